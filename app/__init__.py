@@ -1,0 +1,1 @@
+"""RRMM: the Rapid Response Media Mechanism."""

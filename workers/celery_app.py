@@ -1,0 +1,59 @@
+"""The Celery application, configured from `Settings` when first used (not at import)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.config import Settings, get_settings
+
+HEARTBEAT_INTERVAL = timedelta(seconds=15)
+# Above any task's run time: a task held longer than this is handed to another worker.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Settings that matter for durability (see ECOSYSTEM.md): the database is the ledger,
+    the broker only a doorbell, so no result backend and late acknowledgement."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": 300,
+        "task_time_limit": 360,
+        "task_default_queue": "rrmm",
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+        "beat_schedule": {
+            "heartbeat": {
+                "task": "rrmm.heartbeat",
+                "schedule": HEARTBEAT_INTERVAL,
+                "options": {"expires": HEARTBEAT_INTERVAL.total_seconds()},
+            },
+        },
+    }
+
+
+celery_app = Celery("rrmm", include=["workers.tasks"])
+
+
+@celery_app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked child must not reuse the parent's database connections.
+    from workers import tasks
+
+    tasks.reset_session_factory()
