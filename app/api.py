@@ -6,10 +6,11 @@ from fastapi import FastAPI
 
 from app.audit.router import router as audit_router
 from app.health.router import router as health_router
+from app.incidents.router import router as incidents_router
 from app.members.router import router as members_router
 from app.rosters.router import router as rosters_router
 
-API_ROUTERS = (members_router, rosters_router, audit_router)
+API_ROUTERS = (members_router, rosters_router, incidents_router, audit_router)
 
 
 def mount_routers(app: FastAPI) -> None:

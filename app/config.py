@@ -57,7 +57,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RRMM_", extra="ignore")
 
-    mode: Literal["embedded", "production"] = "production"
+    # Unset: embedded when the database is the default SQLite file, production otherwise,
+    # so a deployment pointed at PostgreSQL can never run without a real secret key.
+    mode: Literal["embedded", "production"] | None = None
     var_dir: Path = Field(default_factory=default_var_dir)
     database_url: str = ""
     broker_url: str = ""
@@ -71,9 +73,32 @@ class Settings(BaseSettings):
     max_import_bytes: int = 20_971_520
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    heartbeat_interval_seconds: float = Field(default=15.0, gt=0)
+
+    # Fan-out (see README, "Tuning the fan-out").
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_connections: int = Field(default=10, ge=1, le=200)
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(default=200, ge=1, le=5000)
+    webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    delivery_batch_size: int = Field(default=250, ge=1, le=5000)
+    delivery_lease_seconds: float = Field(default=120.0, gt=0)
+    delivery_max_attempts: int = Field(default=8, ge=1, le=100)
+    delivery_max_age_seconds: float = Field(default=86400.0, gt=0)
+    retry_base_seconds: float = Field(default=10.0, gt=0)
+    retry_max_seconds: float = Field(default=1800.0, gt=0)
+    retry_after_cap_seconds: float = Field(default=3600.0, gt=0)
+    sweep_interval_seconds: float = Field(default=2.0, gt=0)
+    requeue_after_seconds: float = Field(default=30.0, gt=0)
+    ack_token_ttl_days: int = Field(default=30, ge=1)
 
     @model_validator(mode="after")
     def _fill_defaults_and_check_secret(self) -> Settings:
+        if self.mode is None:
+            self.mode = "embedded" if not self.database_url else "production"
         if not self.database_url:
             self.database_url = default_database_url(self.var_dir)
         if not self.broker_url:
@@ -106,7 +131,12 @@ def _embedded_secret_key(var_dir: Path) -> str:
     """A per-installation key kept in `var/`, so webhook secrets survive a restart."""
     path = var_dir / "secret_key"
     if path.exists():
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        if is_placeholder_secret(key):
+            raise ValueError(
+                f"{path} does not hold a usable secret key; delete it to get a new one"
+            )
+        return key
     var_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
     path.touch(mode=0o600)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,6 +46,30 @@ def engine_from_settings(settings: Settings) -> Engine:
     return create_db_engine(settings.database_url)
 
 
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction has committed (never if it rolls back).
+
+    This is how work is enqueued: a task published before the commit could look for rows
+    that are not there yet (or never will be).
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def commit(session: Session) -> None:
+    """Commit, then run the `on_commit` callbacks registered during the transaction."""
+    session.commit()
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        callback()
+
+
+def rollback(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+    session.rollback()
+
+
+_AFTER_COMMIT = "rrmm_after_commit"
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error.
@@ -55,9 +79,9 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     session = factory()
     try:
         yield session
-        session.commit()
+        commit(session)
     except BaseException:
-        session.rollback()
+        rollback(session)
         raise
     finally:
         session.close()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal, authenticate
 from app.config import Settings
+from app.db import session_scope
 from app.errors import Forbidden, NotAuthenticated
 from app.models import Role
 
@@ -25,15 +26,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 def get_session(request: Request) -> Iterator[Session]:
     """One transaction per request: committed when the endpoint returns, else rolled back."""
-    session: Session = request.app.state.session_factory()
-    try:
+    with session_scope(request.app.state.session_factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit before the response is sent, so a failed commit is an error

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+_FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 log = structlog.get_logger(__name__)
 
 
@@ -148,6 +149,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer to a body it cannot decode (e.g. not UTF-8): make it the
+            # same 422 as any other invalid body, naming the body as the field.
+            reason = "not valid JSON in UTF-8"
+            return problem_response(
+                422,
+                "Invalid input",
+                f"body: {reason}",
+                errors=[FieldProblem(field="body", reason=reason)],
+                instance=request.url.path,
+            )
         return problem_response(
             exc.status_code,
             _reason_phrase(exc.status_code),

@@ -90,6 +90,18 @@ LanguageTag = Annotated[
     str, StringConstraints(min_length=2, max_length=35), AfterValidator(_language)
 ]
 
+_TAG = re.compile(r"[a-z0-9][a-z0-9_.:-]*")
+
+
+def _tag(value: str) -> str:
+    tag = value.strip().lower()
+    if not _TAG.fullmatch(tag):
+        raise ValueError("a tag is lowercase letters, digits and - _ . : (e.g. maghreb, tv)")
+    return tag
+
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_tag)]
+
 
 @lru_cache(maxsize=1)
 def _timezones() -> frozenset[str]:
@@ -103,10 +115,3 @@ def _timezone(value: str) -> str:
 
 
 TimeZoneName = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
-
-Tag = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=64, to_lower=True, pattern=r"^[a-z0-9][a-z0-9_.:-]*$"
-    ),
-]

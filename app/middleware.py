@@ -16,8 +16,11 @@ log = structlog.get_logger("rrmm.access")
 class BodySizeLimit:
     """Refuse bodies over the limit with 413, whether or not Content-Length is honest.
 
-    Imports get a larger limit than JSON routes.
+    The body is read (up to the limit) before the application runs, so an oversized body
+    never reaches a handler and can never be half-processed. Imports get a larger limit.
     """
+
+    IMPORT_PATHS = frozenset({"/v1/members/import"})
 
     def __init__(self, app: ASGIApp, *, default_limit: int, import_limit: int) -> None:
         self.app = app
@@ -28,43 +31,36 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.import_limit if scope["path"].endswith("/import") else self.default_limit
+        limit = self.import_limit if scope["path"] in self.IMPORT_PATHS else self.default_limit
         for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > limit:
-                    await _send_413(send, limit)
-                    return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await _send_413(send, limit)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_413(send, limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_413(send: Send, limit: int) -> None:

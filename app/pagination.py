@@ -56,11 +56,16 @@ def decode_uuid_cursor(cursor: str | None) -> uuid.UUID | None:
         raise _bad_cursor() from exc
 
 
+# Integer keys are positive BIGINT ids: any other number is no cursor of ours, and one
+# beyond 64 bits would make the database driver fail (a 500) instead of a 422.
+_MAX_INT_KEY = 2**63 - 1
+
+
 def decode_int_cursor(cursor: str | None) -> int | None:
     if not cursor:
         return None
     key = _decode(cursor)
-    if not isinstance(key, int) or isinstance(key, bool):
+    if not isinstance(key, int) or isinstance(key, bool) or not 0 < key <= _MAX_INT_KEY:
         raise _bad_cursor()
     return key
 

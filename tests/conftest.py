@@ -77,8 +77,9 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     deadline = time.monotonic() + 20
     while True:
         try:
-            if redis.Redis(unix_socket_path=str(socket_path)).ping():
-                break
+            with redis.Redis(unix_socket_path=str(socket_path)) as client:
+                if client.ping():
+                    break
         except (redis.ConnectionError, FileNotFoundError):
             if time.monotonic() > deadline:
                 raise

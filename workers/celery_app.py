@@ -10,14 +10,17 @@ from celery.signals import worker_process_init
 
 from app.config import Settings, get_settings
 
-HEARTBEAT_INTERVAL = timedelta(seconds=15)
 # Above any task's run time: a task held longer than this is handed to another worker.
 VISIBILITY_TIMEOUT_SECONDS = 3600
+SEND_TASK = "rrmm.send_deliveries"
+DISPATCH_TASK = "rrmm.dispatch_briefing"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Settings that matter for durability (see ECOSYSTEM.md): the database is the ledger,
     the broker only a doorbell, so no result backend and late acknowledgement."""
+    heartbeat_interval = timedelta(seconds=settings.heartbeat_interval_seconds)
+    sweep_interval = timedelta(seconds=settings.sweep_interval_seconds)
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
@@ -27,8 +30,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": 300,
-        "task_time_limit": 360,
+        "task_soft_time_limit": settings.delivery_lease_seconds + 30,
+        "task_time_limit": settings.delivery_lease_seconds + 60,
         "task_default_queue": "rrmm",
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
@@ -36,11 +39,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "heartbeat": {
                 "task": "rrmm.heartbeat",
-                "schedule": HEARTBEAT_INTERVAL,
-                "options": {"expires": HEARTBEAT_INTERVAL.total_seconds()},
+                "schedule": heartbeat_interval,
+                "options": {"expires": heartbeat_interval.total_seconds()},
+            },
+            "sweep": {
+                "task": "rrmm.sweep",
+                "schedule": sweep_interval,
+                # A sweep that waited longer than its period is replaced by the next one.
+                "options": {"expires": sweep_interval.total_seconds()},
             },
         },
     }
+
+
+def create_celery_app(settings: Settings, name: str = "rrmm") -> Celery:
+    """A Celery app for publishing from a process with its own settings (the API)."""
+    app = Celery(name, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
 
 
 celery_app = Celery("rrmm", include=["workers.tasks"])

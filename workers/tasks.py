@@ -1,17 +1,21 @@
-"""Thin tasks: open a unit of work, call one service function, commit."""
+"""Thin tasks: ids in, one service call, nothing else. Each re-reads the database, so a task
+delivered twice (or after its work was done by the sweeper) does nothing twice."""
 
 from __future__ import annotations
 
 import socket
 
+import structlog
 from celery import Task
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
+from app.deliveries import service as deliveries
 from app.health.service import record_heartbeat
-from workers.celery_app import celery_app
+from workers.celery_app import DISPATCH_TASK, SEND_TASK, celery_app
 
+log = structlog.get_logger(__name__)
 _session_factory: sessionmaker[Session] | None = None
 
 
@@ -31,9 +35,37 @@ def reset_session_factory() -> None:
     _session_factory = None
 
 
+def publish_batch(ids: list[int]) -> None:
+    send_deliveries.apply_async(args=(ids,))
+
+
 @celery_app.task(name="rrmm.heartbeat", bind=True)
 def heartbeat(self: Task) -> None:  # type: ignore[type-arg]
     """Record that a worker took a task from the broker and reached the database."""
     name = self.request.hostname or f"celery@{socket.gethostname()}"
     with session_scope(session_factory()) as session:
         record_heartbeat(session, name)
+
+
+@celery_app.task(name=SEND_TASK)
+def send_deliveries(ids: list[int]) -> None:
+    """Claim and send these ledger rows (ids only: the content is read from the database)."""
+    report = deliveries.send_batch(session_factory(), get_settings(), ids)
+    log.info("batch_sent", **report.__dict__)
+
+
+@celery_app.task(name=DISPATCH_TASK)
+def dispatch_briefing(briefing_id: int) -> None:
+    """Queue the due deliveries of a new briefing version in batches."""
+    queued = deliveries.dispatch(
+        session_factory(), get_settings(), publish_batch, briefing_id=briefing_id
+    )
+    log.info("briefing_dispatched", briefing_id=briefing_id, queued=queued)
+
+
+@celery_app.task(name="rrmm.sweep")
+def sweep() -> None:
+    """Beat's periodic sweep: re-queue due or stuck rows, so losing the broker loses nothing."""
+    result = deliveries.sweep(session_factory(), get_settings(), publish_batch)
+    if any(result.values()):
+        log.info("swept", **result)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from app import migrate
 from app.auth import service as auth_service
@@ -17,7 +22,7 @@ from app.auth.service import Principal
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.errors import AppError
-from app.models import Role
+from app.models import ApiKey, Role
 
 cli = typer.Typer(help="RRMM: the Rapid Response Media Mechanism.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -32,16 +37,39 @@ cli.add_typer(members_cli, name="members")
 err = Console(stderr=True)
 
 
+def _fail(message: str) -> None:
+    # Messages quote user input (CSV headers, reasons with regex patterns): never markup.
+    err.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _note(message: str) -> None:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def _settings() -> Settings:
     try:
         return get_settings()
+    except ValidationError as exc:
+        # Not str(exc): it repeats the input, which holds (part of) RRMM_SECRET_KEY.
+        _fail("configuration error:")
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"])
+            _note(f"  {where + ': ' if where else ''}{error['msg']}")
+        raise typer.Exit(2) from exc
     except ValueError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _fail(f"configuration error: {exc}")
         raise typer.Exit(2) from exc
 
 
-def _session_factory(settings: Settings):  # type: ignore[no-untyped-def]
-    return create_session_factory(engine_from_settings(settings))
+@contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
+    """One unit of work on an engine of its own, disposed after (no pooled connection leaks)."""
+    engine = engine_from_settings(settings)
+    try:
+        with session_scope(create_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 @cli.command()
@@ -127,14 +155,14 @@ def smtp_catcher(
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: the latest)."""
     migrate.upgrade(_settings().database_url, revision)
-    err.print(f"database at {revision}")
+    _note(f"database at {revision}")
 
 
 @db_cli.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. -1 or base")]) -> None:
     """Revert migrations down to REVISION."""
     migrate.downgrade(_settings().database_url, revision)
-    err.print(f"database at {revision}")
+    _note(f"database at {revision}")
 
 
 @db_cli.command("current")
@@ -152,45 +180,59 @@ def keys_create(
     """Create an API key and print it alone on stdout. It is not shown again."""
     settings = _settings()
     if not name.strip() or len(name) > 100:
-        err.print("[red]--name must be 1 to 100 characters[/red]")
+        _fail("--name must be 1 to 100 characters")
         raise typer.Exit(2)
-    with session_scope(_session_factory(settings)) as session:
+    with _session(settings) as session:
         key, plaintext = auth_service.create_key(
             session, name=name.strip(), role=role, actor=Principal.cli()
         )
         key_id = key.id
     typer.echo(plaintext)
-    err.print(f"created key {key_id} ({role.value}); store it now, it is not shown again")
+    _note(f"created key {key_id} ({role.value}); store it now, it is not shown again")
 
 
 @keys_cli.command("list")
 def keys_list() -> None:
     """List keys (id, name, role, prefix, created, revoked). Never the keys themselves."""
-    with session_scope(_session_factory(_settings())) as session:
+    with _session(_settings()) as session:
         keys = auth_service.list_keys(session)
-    table = Table("id", "name", "role", "prefix", "created", "revoked")
-    for key in keys:
-        table.add_row(
-            str(key.id),
-            key.name,
-            key.role,
-            key.key_prefix + "…",
-            key.created_at.isoformat(timespec="seconds"),
-            key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
-        )
-    Console().print(table)
+    rows = [_key_row(key) for key in keys]
+    if not sys.stdout.isatty():
+        # Piped or redirected: one tab-separated line per key, never cut to a terminal width
+        # (a shortened id cannot be passed to `keys revoke`).
+        for row in rows:
+            typer.echo("\t".join(row))
+        return
+    table = Table()
+    for column in ("id", "name", "role", "prefix", "created", "revoked"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(markup=False, highlight=False).print(table)
+
+
+def _key_row(key: ApiKey) -> tuple[str, str, str, str, str, str]:
+    return (
+        str(key.id),
+        key.name,
+        key.role,
+        key.key_prefix + "…",
+        key.created_at.isoformat(timespec="seconds"),
+        key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
+    )
 
 
 @keys_cli.command("revoke")
 def keys_revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id.")]) -> None:
     """Revoke a key: every request made with it is refused from now on."""
+    settings = _settings()
     try:
-        with session_scope(_session_factory(_settings())) as session:
+        with _session(settings) as session:
             auth_service.revoke_key(session, key_id=key_id, actor=Principal.cli())
     except AppError as exc:
-        err.print(f"[red]{exc.detail}[/red]")
+        _fail(exc.detail)
         raise typer.Exit(1) from exc
-    err.print(f"revoked {key_id}")
+    _note(f"revoked {key_id}")
 
 
 @members_cli.command("import")
@@ -205,7 +247,7 @@ def members_import(
     from app.members import csv_io
 
     if on_error not in ("abort", "skip"):
-        err.print("[red]--on-error must be abort or skip[/red]")
+        _fail("--on-error must be abort or skip")
         raise typer.Exit(2)
     settings = _settings()
     raw = file.read_bytes()
@@ -214,7 +256,7 @@ def members_import(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
     )
     try:
-        with progress, session_scope(_session_factory(settings)) as session:
+        with progress, _session(settings) as session:
             task = progress.add_task("validating, then writing", total=rows * 2)
             result = csv_io.import_members(
                 session,
@@ -226,16 +268,16 @@ def members_import(
             )
             progress.update(task, completed=rows * 2)
     except AppError as exc:
-        err.print(f"[red]{exc.detail}[/red]")
+        _fail(exc.detail)
         for problem in exc.errors or []:
             where = f"line {problem.row}, " if problem.row else ""
-            err.print(f"  {where}{problem.field}: {problem.reason}")
+            _note(f"  {where}{problem.field}: {problem.reason}")
         raise typer.Exit(1) from exc
     for error in result.errors:
-        err.print(f"  skipped line {error.row}, {error.field}: {error.reason}")
+        _note(f"  skipped line {error.row}, {error.field}: {error.reason}")
     for secret in result.webhook_secrets:
         typer.echo(f"{secret.member_id}\t{secret.webhook_secret}")
-    err.print(
+    _note(
         f"created {result.created}, updated {result.updated}, skipped {result.skipped}"
         + (" (new webhook secrets printed on stdout)" if result.webhook_secrets else "")
     )

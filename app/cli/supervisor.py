@@ -135,7 +135,8 @@ def start_redis(supervisor: Supervisor, socket_path: Path, var_dir: Path) -> Non
 
     def answers() -> bool:
         try:
-            return bool(redis.Redis(unix_socket_path=str(socket_path)).ping())
+            with redis.Redis(unix_socket_path=str(socket_path)) as client:
+                return bool(client.ping())
         except (redis.ConnectionError, FileNotFoundError):
             return False
 

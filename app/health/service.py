@@ -27,4 +27,4 @@ def record_heartbeat(session: Session, worker: str, at: datetime | None = None) 
 
 def last_heartbeats(session: Session) -> dict[str, datetime]:
     rows = session.execute(select(WorkerHeartbeat.worker, WorkerHeartbeat.last_seen_at))
-    return dict(rows.tuples().all())
+    return {row.worker: row.last_seen_at for row in rows}

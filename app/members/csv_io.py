@@ -11,15 +11,17 @@ import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import time
 from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
 from app.auth.service import Principal
-from app.errors import FieldProblem, InvalidInput
+from app.errors import Conflict, FieldProblem, InvalidInput
 from app.members.schemas import (
     ImportedSecret,
     ImportResult,
@@ -44,6 +46,7 @@ LIST_SEPARATOR = ";"
 MAX_ROWS = 100_000
 # Spreadsheet programs run cells that start with these as formulas (CSV injection).
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPE = "'"
 
 OnError = Literal["abort", "skip"]
 Progress = Callable[[int], None]
@@ -75,14 +78,22 @@ def decode_csv(raw: bytes) -> str:
     return text
 
 
+def _import_cell(value: str) -> str:
+    """Undo `_export_cell`, so that an exported file imports back to the same members."""
+    if value.startswith(_ESCAPE) and value.lstrip(_ESCAPE).startswith(_FORMULA_PREFIXES):
+        return value[1:]
+    return value
+
+
 def _row_to_payload(row: dict[str, str]) -> dict[str, Any]:
-    payload: dict[str, Any] = {}
+    # An empty consent still goes in, so that each missing consent column is named.
+    payload: dict[str, Any] = {"consent": {}}
     for column, raw in row.items():
-        value = raw.strip()
+        value = _import_cell(raw.strip())
         if value == "" or column in ("quiet_hours_start", "quiet_hours_end"):
             continue
         if column.startswith("consent_"):
-            payload.setdefault("consent", {})[column.removeprefix("consent_")] = value
+            payload["consent"][column.removeprefix("consent_")] = value
         elif column in LIST_COLUMNS:
             payload[column] = [item.strip() for item in value.split(LIST_SEPARATOR) if item.strip()]
         else:
@@ -137,8 +148,8 @@ def parse_csv(text: str, *, policy: MemberPolicy, progress: Progress | None = No
                 parsed.errors.append(
                     ImportRowError(row=line, field="row", reason="wrong number of columns")
                 )
-                continue
-            _parse_row(line, row, parsed, seen_emails, policy)
+            else:
+                _parse_row(line, row, parsed, seen_emails, policy)
             if progress:
                 progress(1)
     except csv.Error as exc:
@@ -210,7 +221,9 @@ def import_members(
             assert member.email is not None
             existing[member.email] = member
 
-    result = ImportResult(created=0, updated=0, skipped=len(parsed.errors), errors=parsed.errors)
+    # A row with several problems is still one skipped row.
+    skipped = len({error.row for error in parsed.errors})
+    result = ImportResult(created=0, updated=0, skipped=skipped, errors=parsed.errors)
     for row in parsed.rows:
         values = member_columns(row.data)
         found = existing.get(row.data.email) if row.data.email else None
@@ -236,7 +249,14 @@ def import_members(
         record(session, actor, action, "member", member.id, {"row": row.line})
         if progress:
             progress(1)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # Another request created a member with one of these addresses since we looked.
+        raise Conflict(
+            "a member with one of these email addresses was added meanwhile; import again",
+            errors=[FieldProblem(field="email", reason="already used by another member")],
+        ) from exc
     record(
         session,
         actor,
@@ -249,7 +269,8 @@ def import_members(
 
 
 def _export_cell(value: str) -> str:
-    return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
+    # Values that already start with the escape are escaped again, so import can undo it.
+    return _ESCAPE + value if value.lstrip(_ESCAPE).startswith(_FORMULA_PREFIXES) else value
 
 
 def _export_row(member: Member) -> list[str]:
@@ -258,8 +279,10 @@ def _export_row(member: Member) -> list[str]:
             return ""
         if isinstance(value, list):
             return LIST_SEPARATOR.join(value)
-        if hasattr(value, "isoformat"):
-            return str(value.isoformat(timespec="minutes"))
+        if isinstance(value, time):
+            # HH:MM as documented, but never at the cost of the seconds (round trip).
+            exact = value.second == 0 and value.microsecond == 0
+            return value.isoformat(timespec="minutes" if exact else "auto")
         return str(value)
 
     values = {

@@ -3,6 +3,14 @@
 from app.models.api_key import ApiKey, Role
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.incident import (
+    Briefing,
+    Delivery,
+    DeliveryCounter,
+    Incident,
+    IncidentTarget,
+    ReferenceCounter,
+)
 from app.models.member import Member, Roster, RosterMember
 from app.models.worker import WorkerHeartbeat
 
@@ -10,7 +18,13 @@ __all__ = [
     "ApiKey",
     "AuditEntry",
     "Base",
+    "Briefing",
+    "Delivery",
+    "DeliveryCounter",
+    "Incident",
+    "IncidentTarget",
     "Member",
+    "ReferenceCounter",
     "Role",
     "Roster",
     "RosterMember",

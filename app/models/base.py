@@ -6,7 +6,6 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
@@ -65,10 +64,3 @@ def uuid7() -> uuid.UUID:
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
     return uuid.UUID(int=value)
-
-
-def json_ready(value: Any) -> Any:
-    """Turn tuples into lists so JSON columns compare equal after a round trip."""
-    if isinstance(value, tuple | list):
-        return [json_ready(v) for v in value]
-    return value

@@ -31,6 +31,8 @@ class Member(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     # Fernet token of the `whsec_` secret: recoverable to sign, useless without RRMM_SECRET_KEY.
     webhook_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Set when the receiver answered 410 Gone: no more webhooks until the URL changes.
+    webhook_disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     timezone: Mapped[str] = mapped_column(String(64))
     quiet_hours_start: Mapped[time | None] = mapped_column(Time)
     quiet_hours_end: Mapped[time | None] = mapped_column(Time)

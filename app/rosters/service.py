@@ -60,11 +60,11 @@ def member_counts(session: Session, roster_ids: Sequence[uuid.UUID]) -> dict[uui
     if not roster_ids:
         return {}
     rows = session.execute(
-        select(RosterMember.roster_id, func.count())
+        select(RosterMember.roster_id, func.count().label("member_count"))
         .where(RosterMember.roster_id.in_(roster_ids))
         .group_by(RosterMember.roster_id)
     )
-    return dict(rows.tuples())
+    return {row.roster_id: row.member_count for row in rows}
 
 
 def list_rosters(session: Session, *, limit: int, after: uuid.UUID | None) -> list[Roster]:

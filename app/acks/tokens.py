@@ -1,0 +1,71 @@
+"""Acknowledgement tokens: one per delivery, signed, opaque, verifiable without the database.
+
+Layout (then base64url, no padding): version (1 byte) | key id (1) | delivery id (8) |
+expiry as Unix seconds (5) | HMAC-SHA256 over the previous bytes, truncated to 16 bytes.
+Only an opaque row id is inside: no member, no address. Keys are derived from
+RRMM_SECRET_KEY per key id, so a key can be retired by rotating the id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from app.security import derive_key
+
+_VERSION = 1
+_BODY = struct.Struct(">BBQ5s")
+_MAC_BYTES = 16
+
+
+class InvalidToken(Exception):
+    """Tampered, expired, signed with an unknown key, or not a token at all."""
+
+
+@dataclass(frozen=True)
+class AckClaims:
+    delivery_id: int
+    expires_at: datetime
+    key_id: int
+
+
+class AckTokenSigner:
+    """Signs with `current_key_id`; verifies with any id in `accepted_key_ids`."""
+
+    def __init__(
+        self, secret_key: str, *, current_key_id: int = 1, accepted_key_ids: tuple[int, ...] = ()
+    ) -> None:
+        ids = {current_key_id, *accepted_key_ids}
+        self.current_key_id = current_key_id
+        self._keys = {kid: derive_key(secret_key, f"ack-tokens/{kid}") for kid in ids}
+
+    def sign(self, delivery_id: int, expires_at: datetime) -> str:
+        expiry = int(expires_at.timestamp()).to_bytes(5, "big")
+        body = _BODY.pack(_VERSION, self.current_key_id, delivery_id, expiry)
+        mac = hmac.new(self._keys[self.current_key_id], body, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(body + mac[:_MAC_BYTES]).decode().rstrip("=")
+
+    def verify(self, token: str, *, now: datetime | None = None) -> AckClaims:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidToken from exc
+        if len(raw) != _BODY.size + _MAC_BYTES:
+            raise InvalidToken
+        body, mac = raw[: _BODY.size], raw[_BODY.size :]
+        version, key_id, delivery_id, expiry = _BODY.unpack(body)
+        key = self._keys.get(key_id)
+        if version != _VERSION or key is None:
+            raise InvalidToken
+        expected = hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        if not hmac.compare_digest(mac, expected):
+            raise InvalidToken
+        expires_at = datetime.fromtimestamp(int.from_bytes(expiry, "big"), UTC)
+        if expires_at <= (now or datetime.now(UTC)):
+            raise InvalidToken
+        return AckClaims(delivery_id=delivery_id, expires_at=expires_at, key_id=key_id)

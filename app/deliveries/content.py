@@ -1,0 +1,191 @@
+"""What a member receives: chosen language, subject line, text and HTML, webhook body.
+
+Everything that is the same for every member reading one briefing version in one language
+is rendered once (`RenderedBriefing`); per member only the acknowledgement link and the
+addressing change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from babel import Locale, UnknownLocaleError
+from jinja2 import Environment, PackageLoader
+
+from app.models import Briefing, Incident
+
+# Placed where the per-member acknowledgement URL goes; replaced per member.
+ACK_URL_PLACEHOLDER = "RRMM0ACK0URL0PLACEHOLDER"
+
+# Labels in the working languages; any other language gets the English ones.
+_LABELS: dict[str, dict[str, str]] = {
+    "en": {
+        "exercise": "EXERCISE",
+        "updated": "Update {version}",
+        "resolved": "Stand-down",
+        "cancelled": "Cancelled",
+        "reminder": "Reminder",
+        "talking_points": "Talking points",
+        "acknowledge": "Acknowledge and tell us what you will do",
+        "severity": "Severity",
+        "urgency": "Urgency",
+        "exercise_note": "This is an exercise. No real incident is taking place.",
+        "footer": "You receive this because you agreed to be contacted by the Rapid Response "
+        "Media Mechanism.",
+    },
+    "fr": {
+        "exercise": "EXERCICE",
+        "updated": "Mise à jour {version}",
+        "resolved": "Fin d'alerte",
+        "cancelled": "Annulé",
+        "reminder": "Rappel",
+        "talking_points": "Éléments de langage",
+        "acknowledge": "Accuser réception et indiquer ce que vous ferez",
+        "severity": "Gravité",
+        "urgency": "Urgence",
+        "exercise_note": "Ceci est un exercice. Aucun incident réel n'a lieu.",
+        "footer": "Vous recevez ce message car vous avez accepté d'être contacté par le "
+        "Mécanisme de réponse rapide des médias.",
+    },
+    "ar": {
+        "exercise": "تمرين",
+        "updated": "تحديث {version}",
+        "resolved": "إنهاء التنبيه",
+        "cancelled": "إلغاء",
+        "reminder": "تذكير",
+        "talking_points": "نقاط للحديث",
+        "acknowledge": "أكّد الاستلام وأخبرنا بما ستفعله",
+        "severity": "الخطورة",
+        "urgency": "الاستعجال",
+        "exercise_note": "هذا تمرين. لا يوجد حادث حقيقي.",
+        "footer": "تصلك هذه الرسالة لأنك وافقت على أن تتواصل معك آلية الاستجابة الإعلامية السريعة.",
+    },
+}
+
+WEBHOOK_TYPES = {
+    "declared": "incident.declared",
+    "updated": "incident.updated",
+    "resolved": "incident.resolved",
+    "cancelled": "incident.cancelled",
+    "reminder": "incident.reminder",
+}
+
+
+def choose_language(member_languages: Sequence[str], briefing_languages: Sequence[str]) -> str:
+    """The member's first language the briefing has (exactly, else by primary subtag), else
+    English, else the briefing's first language."""
+    available = list(briefing_languages)
+    by_primary: dict[str, str] = {}
+    for language in available:
+        by_primary.setdefault(language.split("-")[0].lower(), language)
+    for wanted in member_languages:
+        if wanted in available:
+            return wanted
+        primary = by_primary.get(wanted.split("-")[0].lower())
+        if primary is not None:
+            return primary
+    return "en" if "en" in available else available[0]
+
+
+@lru_cache(maxsize=256)
+def text_direction(language: str) -> str:
+    try:
+        return str(Locale.parse(language, sep="-").text_direction)
+    except (UnknownLocaleError, ValueError):
+        return "ltr"
+
+
+def labels(language: str) -> dict[str, str]:
+    return _LABELS.get(language.split("-")[0].lower(), _LABELS["en"])
+
+
+def subject_line(incident: Incident, briefing: Briefing, language: str, subject: str) -> str:
+    """`[EXERCISE] [RRMM-2026-0007] Update 2: …` — the kind is visible in every inbox."""
+    words = labels(language)
+    parts = []
+    if incident.mode == "exercise":
+        # The English marker always (filters and people look for it), the local one too.
+        parts.append("[EXERCISE]")
+        if words["exercise"] != "EXERCISE":
+            parts.append(f"[{words['exercise']}]")
+    parts.append(f"[{incident.reference}]")
+    if briefing.kind != "declared":
+        parts.append(words[briefing.kind].format(version=briefing.version) + ":")
+    parts.append(subject)
+    return " ".join(parts)
+
+
+_LOADER = PackageLoader("app.deliveries", "templates")
+# Plain text is not HTML: escaping would show "&amp;" to the reader.
+_TEXT = Environment(loader=_LOADER, autoescape=False, trim_blocks=True).get_template(  # noqa: S701
+    "briefing.txt.j2"
+)
+_HTML = Environment(loader=_LOADER, autoescape=True, trim_blocks=True).get_template(
+    "briefing.html.j2"
+)
+
+
+@dataclass(frozen=True)
+class RenderedBriefing:
+    """One briefing version in one language, ready for any member reading it."""
+
+    language: str
+    direction: str
+    subject: str
+    text: str
+    html: str
+    webhook_briefing: dict[str, Any]
+
+
+def render(incident: Incident, briefing: Briefing, language: str) -> RenderedBriefing:
+    entry = briefing.content[language]
+    subject = subject_line(incident, briefing, language, entry["subject"])
+    context = {
+        "incident": incident,
+        "subject": subject,
+        "body": entry["body"],
+        "paragraphs": [p for p in entry["body"].split("\n\n") if p.strip()],
+        "talking_points": entry.get("talking_points", []),
+        "ack_url": ACK_URL_PLACEHOLDER,
+        "exercise": incident.mode == "exercise",
+        "w": labels(language),
+        "language": language,
+        "direction": text_direction(language),
+    }
+    return RenderedBriefing(
+        language=language,
+        direction=text_direction(language),
+        subject=subject,
+        text=_TEXT.render(context),
+        html=_HTML.render(context),
+        webhook_briefing={
+            "version": briefing.version,
+            "language": language,
+            "subject": entry["subject"],
+            "body": entry["body"],
+            "talking_points": entry.get("talking_points", []),
+        },
+    )
+
+
+def incident_summary(incident: Incident) -> dict[str, Any]:
+    """The `incident` block of a webhook body."""
+    return {
+        "id": str(incident.id),
+        "reference": incident.reference,
+        "title": incident.title,
+        "severity": incident.severity,
+        "urgency": incident.urgency,
+        "mode": incident.mode,
+        "countries": incident.countries,
+        "themes": incident.themes,
+        "status": incident.status,
+    }
+
+
+def webhook_timestamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

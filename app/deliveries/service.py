@@ -1,0 +1,440 @@
+"""Sending a batch of ledger rows, and finding the rows that should be sent.
+
+`send_batch` is what a worker task runs: claim (commit) → build the messages → send them
+all concurrently → write the outcomes under the lease (commit). `dispatch` and `sweep` find
+due rows in the database and hand their ids to `publish` (the broker is only a doorbell).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from app.acks.tokens import AckTokenSigner
+from app.config import Settings
+from app.db import session_scope
+from app.deliveries import ledger
+from app.deliveries.content import (
+    WEBHOOK_TYPES,
+    RenderedBriefing,
+    incident_summary,
+    render,
+    webhook_timestamp,
+)
+from app.deliveries.email import (
+    EmailTemplate,
+    UnsafeHeader,
+    address_member,
+    build_template,
+    message_id,
+    thread_id,
+)
+from app.deliveries.transport import (
+    EmailRequest,
+    SendResult,
+    SmtpSender,
+    SmtpSettings,
+    WebhookRequest,
+    WebhookSender,
+)
+from app.incidents.service import activate_mobilized
+from app.models import Briefing, Delivery, Incident, Member
+from app.models.base import utcnow
+from app.security import SecretBox
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[list[int]], None]
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    skipped: int = 0
+    lost: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed row with what is needed to address it (read in the claim transaction)."""
+
+    delivery_id: int
+    attempt: int
+    channel: str
+    language: str
+    briefing_id: int
+    incident_id: uuid.UUID
+    created_at: datetime
+    member_id: uuid.UUID | None
+    email: str | None
+    webhook_url: str | None
+    webhook_secret: bytes | None
+    usable: str | None  # why the row cannot be sent any more, if so
+
+
+@dataclass
+class Context:
+    """Incidents and briefings of a batch, loaded once."""
+
+    incidents: dict[uuid.UUID, Incident] = field(default_factory=dict)
+    briefings: dict[int, Briefing] = field(default_factory=dict)
+
+
+def _reason_unusable(row: Any) -> str | None:
+    if row.member_id is None:
+        return "member deleted"
+    if row.member_status != "active":
+        return "member paused"
+    if row.channel == "email" and not row.email:
+        return "member has no email address any more"
+    if row.channel == "webhook":
+        if not row.webhook_url or row.webhook_secret is None:
+            return "member has no webhook any more"
+        if row.webhook_disabled_at is not None:
+            return "member's webhook is disabled (410 Gone)"
+    return None
+
+
+def _load_jobs(session: Session, claimed: Sequence[ledger.Changed]) -> list[Job]:
+    attempts = {c.id: c.attempts for c in claimed}
+    rows = session.execute(
+        select(
+            Delivery.id,
+            Delivery.channel,
+            Delivery.language,
+            Delivery.briefing_id,
+            Delivery.incident_id,
+            Delivery.created_at,
+            Delivery.member_id,
+            Member.status.label("member_status"),
+            Member.email,
+            Member.webhook_url,
+            Member.webhook_secret_encrypted.label("webhook_secret"),
+            Member.webhook_disabled_at,
+        )
+        .outerjoin(Member, Member.id == Delivery.member_id)
+        .where(Delivery.id.in_(list(attempts)))
+    )
+    return [
+        Job(
+            delivery_id=row.id,
+            attempt=attempts[row.id],
+            channel=row.channel,
+            language=row.language,
+            briefing_id=row.briefing_id,
+            incident_id=row.incident_id,
+            created_at=row.created_at,
+            member_id=row.member_id,
+            email=row.email,
+            webhook_url=row.webhook_url,
+            webhook_secret=row.webhook_secret,
+            usable=_reason_unusable(row),
+        )
+        for row in rows
+    ]
+
+
+def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
+    context = Context()
+    incident_ids = {j.incident_id for j in jobs}
+    briefing_ids = {j.briefing_id for j in jobs}
+    for incident in session.scalars(select(Incident).where(Incident.id.in_(incident_ids))):
+        context.incidents[incident.id] = incident
+    for briefing in session.scalars(select(Briefing).where(Briefing.id.in_(briefing_ids))):
+        context.briefings[briefing.id] = briefing
+    return context
+
+
+@lru_cache(maxsize=128)
+def _first_briefing_id(incident_id: uuid.UUID, domain: str) -> str:
+    return thread_id(str(incident_id), domain)
+
+
+class MessageBuilder:
+    """Renders each (briefing version, language) once, then addresses it per member."""
+
+    def __init__(self, settings: Settings, context: Context) -> None:
+        self.settings = settings
+        self.context = context
+        self.box = SecretBox(settings.secret)
+        self.signer = AckTokenSigner(settings.secret)
+        self.public_url = settings.public_url.rstrip("/")
+        self.domain = _mail_domain(settings.mail_from)
+        self._rendered: dict[tuple[int, str], RenderedBriefing] = {}
+        self._templates: dict[tuple[int, str], EmailTemplate] = {}
+
+    def rendered(self, job: Job) -> RenderedBriefing:
+        key = (job.briefing_id, job.language)
+        if key not in self._rendered:
+            incident = self.context.incidents[job.incident_id]
+            briefing = self.context.briefings[job.briefing_id]
+            self._rendered[key] = render(incident, briefing, job.language)
+        return self._rendered[key]
+
+    def ack_token(self, job: Job) -> str:
+        expires = job.created_at + timedelta(days=self.settings.ack_token_ttl_days)
+        return self.signer.sign(job.delivery_id, expires)
+
+    def email(self, job: Job) -> EmailRequest:
+        key = (job.briefing_id, job.language)
+        if key not in self._templates:
+            self._templates[key] = build_template(
+                self.rendered(job), mail_from=self.settings.mail_from
+            )
+        template = self._templates[key]
+        briefing = self.context.briefings[job.briefing_id]
+        assert job.email is not None
+        message = address_member(
+            template,
+            to=job.email,
+            message_id=message_id(job.delivery_id, self.domain),
+            ack_url=f"{self.public_url}/ack/{self.ack_token(job)}",
+            # Every version after the first is threaded under the incident's thread id.
+            in_reply_to=_first_briefing_id(job.incident_id, self.domain)
+            if briefing.version > 1
+            else None,
+        )
+        return EmailRequest(job.delivery_id, template.sender_address, job.email, message)
+
+    def webhook(self, job: Job, now: datetime) -> WebhookRequest:
+        incident = self.context.incidents[job.incident_id]
+        briefing = self.context.briefings[job.briefing_id]
+        token = self.ack_token(job)
+        body = json.dumps(
+            {
+                "type": WEBHOOK_TYPES[briefing.kind],
+                "timestamp": webhook_timestamp(now),
+                "data": {
+                    "incident": incident_summary(incident),
+                    "briefing": {**self.rendered(job).webhook_briefing, "kind": briefing.kind},
+                    "ack": {
+                        "url": f"{self.public_url}/v1/acks",
+                        "page": f"{self.public_url}/ack/{token}",
+                        "token": token,
+                        "deadline": None,
+                        "responses": incident.responses,
+                    },
+                },
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        assert job.webhook_url is not None
+        assert job.webhook_secret is not None
+        webhook_id = f"rrmm_dlv_{job.delivery_id}"
+        signature = Webhook(self.box.decrypt(job.webhook_secret)).sign(webhook_id, now, body)
+        return WebhookRequest(
+            job.delivery_id,
+            job.webhook_url,
+            body.encode(),
+            {
+                "content-type": "application/json",
+                "user-agent": "RRMM-Webhooks/1",
+                "webhook-id": webhook_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": signature,
+            },
+        )
+
+
+def _mail_domain(mail_from: str) -> str:
+    address = mail_from.rsplit("<", 1)[-1].rstrip(">").strip()
+    return address.rsplit("@", 1)[-1] or "rrmm.invalid"
+
+
+async def _send(
+    settings: Settings, emails: list[EmailRequest], webhooks: list[WebhookRequest]
+) -> list[SendResult]:
+    webhook_sender = WebhookSender(
+        allow_private=settings.webhook_allow_private,
+        connect_timeout=settings.webhook_connect_timeout_seconds,
+        total_timeout=settings.webhook_timeout_seconds,
+        concurrency=settings.webhook_concurrency,
+        retry_after_cap=settings.retry_after_cap_seconds,
+    )
+    smtp_sender = SmtpSender(
+        SmtpSettings(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            timeout=settings.smtp_timeout_seconds,
+            connections=settings.smtp_connections,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        )
+    )
+    results = await asyncio.gather(smtp_sender.send_all(emails), webhook_sender.send_all(webhooks))
+    return [*results[0], *results[1]]
+
+
+def _deadline(settings: Settings) -> float:
+    """Stop waiting well before the lease runs out, so outcomes are still ours to write."""
+    return max(settings.delivery_lease_seconds * 0.8, 1.0)
+
+
+def send_batch(
+    session_factory: sessionmaker[Session], settings: Settings, ids: Sequence[int]
+) -> BatchReport:
+    """Claim, send and record one batch of deliveries. Safe to run twice for the same ids."""
+    report = BatchReport()
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        claimed = ledger.claim(
+            session, list(ids), now=now,
+            lease=timedelta(seconds=settings.delivery_lease_seconds),
+            max_attempts=settings.delivery_max_attempts,
+        )  # fmt: skip
+        if not claimed:
+            return report
+        jobs = _load_jobs(session, claimed)
+        context = _load_context(session, jobs)
+        for job in jobs:
+            if job.usable is not None:
+                ledger.finish_one(
+                    session, delivery_id=job.delivery_id, attempt=job.attempt,
+                    to_status=ledger.SKIPPED, now=now, error=job.usable,
+                )  # fmt: skip
+                report.skipped += 1
+    report.claimed = len(claimed)
+    sendable = [job for job in jobs if job.usable is None]
+    builder = MessageBuilder(settings, context)
+    emails: list[EmailRequest] = []
+    webhooks: list[WebhookRequest] = []
+    prepared: list[SendResult] = []
+    send_time = utcnow()
+    for job in sendable:
+        try:
+            if job.channel == "email":
+                emails.append(builder.email(job))
+            else:
+                webhooks.append(builder.webhook(job, send_time))
+        except (UnsafeHeader, ValueError) as exc:
+            prepared.append(SendResult(job.delivery_id, ok=False, error=f"not sendable: {exc}"))
+    try:
+        results = asyncio.run(
+            asyncio.wait_for(_send(settings, emails, webhooks), timeout=_deadline(settings))
+        )
+    except TimeoutError:
+        unfinished = [e.delivery_id for e in emails] + [w.delivery_id for w in webhooks]
+        results = [
+            SendResult(i, ok=False, retryable=True, error="batch deadline exceeded")
+            for i in unfinished
+        ]
+    _record_outcomes(session_factory, settings, sendable, [*prepared, *results], report)
+    return report
+
+
+def _record_outcomes(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    jobs: Sequence[Job],
+    results: Sequence[SendResult],
+    report: BatchReport,
+) -> None:
+    by_id = {job.delivery_id: job for job in jobs}
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        sent = [(r.delivery_id, by_id[r.delivery_id].attempt) for r in results if r.ok]
+        written = ledger.mark_sent(session, sent, now=now)
+        report.sent += written
+        report.lost += len(sent) - written
+        disabled: set[uuid.UUID] = set()
+        for result in results:
+            if result.ok:
+                continue
+            job = by_id[result.delivery_id]
+            status, next_at = _after_failure(settings, job, result, now)
+            if ledger.finish_one(
+                session, delivery_id=job.delivery_id, attempt=job.attempt, to_status=status,
+                now=now, error=result.error, next_attempt_at=next_at,
+            ):  # fmt: skip
+                report.retrying += status == ledger.RETRYING
+                report.failed += status == ledger.FAILED
+            else:
+                report.lost += 1
+            if result.disable_webhook and job.member_id is not None:
+                disabled.add(job.member_id)
+        if disabled:
+            session.execute(
+                update(Member)
+                .where(Member.id.in_(disabled), Member.webhook_disabled_at.is_(None))
+                .values(webhook_disabled_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    if report.lost:
+        log.warning("outcomes_not_written_lease_lost", count=report.lost)
+
+
+def _after_failure(
+    settings: Settings, job: Job, result: SendResult, now: datetime
+) -> tuple[str, datetime | None]:
+    too_old = now - job.created_at > timedelta(seconds=settings.delivery_max_age_seconds)
+    if not result.retryable or job.attempt >= settings.delivery_max_attempts or too_old:
+        return ledger.FAILED, None
+    delay = ledger.backoff(
+        job.attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
+    )
+    if result.retry_after is not None:
+        delay = max(delay, result.retry_after)
+    return ledger.RETRYING, now + timedelta(seconds=delay)
+
+
+def dispatch(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    publish: Publish,
+    *,
+    briefing_id: int | None = None,
+    limit: int = 100_000,
+) -> int:
+    """Hand every due row (of one briefing, or of all) to `publish`, in per-channel batches.
+
+    Rows are marked as queued in the database first: if publishing fails, they are picked
+    up again by the sweeper after `requeue_after_seconds`.
+    """
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        rows = ledger.due_for_enqueue(
+            session, now=now, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
+            limit=limit, briefing_id=briefing_id,
+        )  # fmt: skip
+        ids = [row.id for row in rows]
+        ledger.mark_enqueued(session, ids, now=now)
+    by_channel: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        by_channel[row.channel].append(row.id)
+    size = settings.delivery_batch_size
+    # Interleave the channels' batches so neither waits behind the other in the queue.
+    batches = [ids[i : i + size] for ids in by_channel.values() for i in range(0, len(ids), size)]
+    batches.sort(key=lambda batch: batch[0])
+    for batch in batches:
+        publish(batch)
+    return len(ids)
+
+
+def sweep(
+    session_factory: sessionmaker[Session], settings: Settings, publish: Publish
+) -> dict[str, int]:
+    """What beat runs every few seconds: finish what is stuck, start what is due."""
+    with session_scope(session_factory) as session:
+        failed = ledger.fail_exhausted_leases(
+            session, now=utcnow(), max_attempts=settings.delivery_max_attempts
+        )
+        activated = activate_mobilized(session)
+    queued = dispatch(session_factory, settings, publish)
+    return {"queued": queued, "failed_lost": failed, "activated": activated}

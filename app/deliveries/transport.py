@@ -1,0 +1,307 @@
+"""Outbound I/O: webhooks over a pooled aiohttp session, email over a few reused SMTP
+connections. Each send returns a `SendResult`; nothing here touches the database."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import aiosmtplib
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from app.netguard import is_public_address
+
+# How much of a receiver's answer we read: enough for an error message, never 50 MB.
+MAX_RESPONSE_BYTES = 16 * 1024
+# HTTP statuses worth another try; every other non-2xx is final.
+RETRYABLE_HTTP = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class SendResult:
+    delivery_id: int
+    ok: bool
+    retryable: bool = False
+    error: str | None = None
+    retry_after: float | None = None
+    disable_webhook: bool = False
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    delivery_id: int
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EmailRequest:
+    delivery_id: int
+    sender: str
+    recipient: str
+    message: bytes
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves like the system, then refuses if any address is not public (DNS rebinding:
+    the address is checked when we connect, not only when the URL was registered)."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if not is_public_address(ipaddress.ip_address(result["host"])):
+                raise OSError(f"{host} resolves to a non-public address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def parse_retry_after(value: str | None, *, cap: float) -> float | None:
+    """`Retry-After` as seconds (delta or HTTP date), capped; None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), cap))
+
+
+class WebhookSender:
+    """One pooled session per batch; `concurrency` requests in flight at most."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        connect_timeout: float,
+        total_timeout: float,
+        concurrency: int,
+        retry_after_cap: float,
+    ) -> None:
+        self.allow_private = allow_private
+        self.timeout = aiohttp.ClientTimeout(
+            total=total_timeout, connect=connect_timeout, sock_read=total_timeout
+        )
+        self.concurrency = concurrency
+        self.retry_after_cap = retry_after_cap
+
+    async def send_all(self, requests: Sequence[WebhookRequest]) -> list[SendResult]:
+        if not requests:
+            return []
+        connector = aiohttp.TCPConnector(
+            limit=self.concurrency,
+            limit_per_host=self.concurrency,
+            resolver=None if self.allow_private else PublicOnlyResolver(),
+            ttl_dns_cache=60,
+        )
+        gate = asyncio.Semaphore(self.concurrency)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, auto_decompress=False
+        ) as session:
+
+            async def one(request: WebhookRequest) -> SendResult:
+                async with gate:
+                    return await self._send(session, request)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def _literal_address_refused(self, url: str) -> bool:
+        """aiohttp skips the resolver for IP literals, so those are checked here."""
+        if self.allow_private:
+            return False
+        host = urlsplit(url).hostname or ""
+        try:
+            return not is_public_address(ipaddress.ip_address(host))
+        except ValueError:
+            return False
+
+    async def _send(self, session: aiohttp.ClientSession, request: WebhookRequest) -> SendResult:
+        if self._literal_address_refused(request.url):
+            return SendResult(request.delivery_id, ok=False, error="non-public address refused")
+        try:
+            async with session.post(
+                request.url, data=request.body, headers=request.headers, allow_redirects=False
+            ) as response:
+                await response.content.read(MAX_RESPONSE_BYTES)
+                return self._classify(request.delivery_id, response)
+        except TimeoutError:
+            return SendResult(request.delivery_id, ok=False, retryable=True, error="timeout")
+        except aiohttp.ClientError as exc:
+            return SendResult(
+                request.delivery_id,
+                ok=False,
+                retryable=True,
+                error=f"connection error: {type(exc).__name__}",
+            )
+        except OSError as exc:  # the resolver refused a non-public address
+            return SendResult(request.delivery_id, ok=False, error=str(exc)[:200])
+
+    def _classify(self, delivery_id: int, response: aiohttp.ClientResponse) -> SendResult:
+        status = response.status
+        if 200 <= status < 300:
+            return SendResult(delivery_id, ok=True)
+        if status == 410:
+            return SendResult(
+                delivery_id, ok=False, error="410 Gone: webhook disabled", disable_webhook=True
+            )
+        if 300 <= status < 400:
+            return SendResult(delivery_id, ok=False, error=f"{status}: redirects are not followed")
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), cap=self.retry_after_cap
+            )
+        return SendResult(
+            delivery_id,
+            ok=False,
+            retryable=status in RETRYABLE_HTTP,
+            error=f"HTTP {status}",
+            retry_after=retry_after,
+        )
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    timeout: float
+    connections: int
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+class SmtpSender:
+    """A few SMTP connections, each reused for many messages, one message per member."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+
+    async def send_all(self, requests: Sequence[EmailRequest]) -> list[SendResult]:
+        if not requests:
+            return []
+        queue: asyncio.Queue[EmailRequest] = asyncio.Queue()
+        for request in requests:
+            queue.put_nowait(request)
+        results: list[SendResult] = []
+        workers = min(self.settings.connections, len(requests))
+        await asyncio.gather(*(self._connection_loop(queue, results) for _ in range(workers)))
+        # Every connection gave up (server down or hung): the rest wait for their retry
+        # instead of each waiting out its own timeout.
+        while not queue.empty():
+            request = queue.get_nowait()
+            results.append(
+                SendResult(
+                    request.delivery_id,
+                    ok=False,
+                    retryable=True,
+                    error="SMTP server unavailable; not attempted",
+                )
+            )
+        return results
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout, start_tls=s.starttls or None
+        )
+        await client.connect()
+        if s.username and s.password:
+            await client.login(s.username, s.password)
+        return client
+
+    async def _connection_loop(
+        self, queue: asyncio.Queue[EmailRequest], results: list[SendResult]
+    ) -> None:
+        client: aiosmtplib.SMTP | None = None
+        try:
+            while not queue.empty():
+                request = queue.get_nowait()
+                try:
+                    if client is None or not client.is_connected:
+                        client = await self._connect()
+                    results.append(await self._send(client, request))
+                except aiosmtplib.SMTPResponseException as exc:
+                    # A 4xx for this transaction: retry it later, start a fresh session.
+                    results.append(_smtp_failure(request.delivery_id, exc))
+                    await _close_quietly(client)
+                    client = None
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    # The connection itself failed: this loop stops (see send_all).
+                    results.append(_smtp_failure(request.delivery_id, exc))
+                    return
+        finally:
+            await _close_quietly(client)
+
+    async def _send(self, client: aiosmtplib.SMTP, request: EmailRequest) -> SendResult:
+        try:
+            errors, _ = await asyncio.wait_for(
+                client.sendmail(request.sender, [request.recipient], request.message),
+                timeout=self.settings.timeout * 3,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            code = refused.code if refused is not None else 550
+            return SendResult(
+                request.delivery_id,
+                ok=False,
+                retryable=400 <= code < 500,
+                error=f"SMTP {code}: recipient refused",
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code < 500:
+                raise  # 4xx on the transaction: the connection is reset by the caller
+            await client.rset()
+            return SendResult(
+                request.delivery_id, ok=False, error=f"SMTP {exc.code}: {_short(exc.message)}"
+            )
+        if errors:
+            return SendResult(request.delivery_id, ok=False, retryable=True, error="refused")
+        return SendResult(request.delivery_id, ok=True)
+
+
+def _short(text: Any) -> str:
+    return str(text).replace("\r", " ").replace("\n", " ")[:200]
+
+
+def _smtp_failure(delivery_id: int, exc: BaseException) -> SendResult:
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return SendResult(
+            delivery_id,
+            ok=False,
+            retryable=exc.code < 500,
+            error=f"SMTP {exc.code}: {_short(exc.message)}",
+        )
+    name = "timeout" if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError) else "error"
+    return SendResult(
+        delivery_id, ok=False, retryable=True, error=f"SMTP connection {name}: {type(exc).__name__}"
+    )
+
+
+async def _close_quietly(client: aiosmtplib.SMTP | None) -> None:
+    if client is None:
+        return
+    try:
+        if client.is_connected:
+            await asyncio.wait_for(client.quit(), timeout=2)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()

@@ -1,0 +1,267 @@
+"""HTTP routes for incidents: declare, update, resolve, cancel, read, deliveries."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+
+from app.deps import Operator, SessionDep, Viewer
+from app.incidents import service
+from app.incidents.schemas import (
+    BriefingVersion,
+    Channel,
+    DeliveryStatus,
+    DeliveryView,
+    Incident,
+    IncidentCreate,
+    IncidentEnd,
+    IncidentFilters,
+    IncidentStatusView,
+    IncidentUpdate,
+)
+from app.incidents.service import Dispatcher
+from app.models import Incident as IncidentRow
+from app.pagination import (
+    DEFAULT_LIMIT,
+    Page,
+    decode_int_cursor,
+    decode_uuid_cursor,
+    next_cursor,
+)
+
+router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
+log = structlog.get_logger(__name__)
+
+LimitQuery = Annotated[int, Query(ge=1, le=500)]
+CursorQuery = Annotated[str | None, Query(max_length=200)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retrying with the same key and body returns the same incident.",
+    ),
+]
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    """Publishes the dispatch task after commit. If the broker is down the declaration still
+    stands: the rows are in the ledger and the sweeper starts them once it is back."""
+    celery = request.app.state.celery
+
+    def dispatch(briefing_id: int) -> None:
+        try:
+            celery.send_task("rrmm.dispatch_briefing", args=(briefing_id,), retry=False)
+        except Exception as exc:  # any broker failure: the sweeper will pick the rows up
+            log.warning("dispatch_not_published", briefing_id=briefing_id, error=type(exc).__name__)
+
+    return dispatch
+
+
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+_INCIDENT_FIELDS = (
+    "id", "reference", "title", "severity", "urgency", "mode", "status", "countries", "themes",
+    "channels", "responses", "declared_at", "updated_at", "ended_at",
+)  # fmt: skip
+_DELIVERY_FIELDS = (
+    "id", "channel", "status", "attempts", "language", "last_error", "next_attempt_at",
+    "created_at", "updated_at", "sent_at",
+)  # fmt: skip
+
+
+def _out(session: Any, incident: IncidentRow) -> dict[str, Any]:
+    targeted = service.targeted_counts(session, [incident.id]).get(incident.id, 0)
+    version = service.latest_versions(session, [incident.id]).get(incident.id, 0)
+    return _shape(incident, targeted, version)
+
+
+def _shape(incident: IncidentRow, targeted: int, version: int) -> dict[str, Any]:
+    base = f"/v1/incidents/{incident.id}"
+    return {
+        **{k: getattr(incident, k) for k in _INCIDENT_FIELDS},
+        "targeted": targeted,
+        "latest_version": version,
+        "links": {"self": base, "status": f"{base}/status", "deliveries": f"{base}/deliveries"},
+    }
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Incident,
+    responses={200: {"model": Incident, "description": "An idempotent replay."}},
+)
+def declare_incident(
+    body: IncidentCreate,
+    session: SessionDep,
+    actor: Operator,
+    dispatch: DispatcherDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    """Declare a tension incident and brief its audience.
+
+    The answer comes as soon as the ledger rows are written (202); the briefing goes out
+    in the background by email and webhook, in each member's language. With an
+    `Idempotency-Key`, repeating the same request returns the same incident and sends
+    nothing twice; the same key with another body is a 422.
+    """
+    incident, created = service.declare(
+        session, body, actor=actor, idempotency_key=idempotency_key, dispatch=dispatch
+    )
+    response.headers["Location"] = f"/v1/incidents/{incident.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _out(session, incident)
+
+
+@router.get("", response_model=Page[Incident])
+def list_incidents(
+    session: SessionDep,
+    _viewer: Viewer,
+    filters: Annotated[IncidentFilters, Query()],
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """Incidents, newest first, filtered by status, mode, severity or text in the title or
+    reference. No briefing text: dashboards may read this."""
+    rows = service.list_incidents(session, filters, limit=limit, after=decode_uuid_cursor(cursor))
+    items = rows[:limit]
+    ids = [i.id for i in items]
+    targeted = service.targeted_counts(session, ids)
+    versions = service.latest_versions(session, ids)
+    return {
+        "items": [_shape(i, targeted.get(i.id, 0), versions.get(i.id, 0)) for i in items],
+        "next_cursor": next_cursor(rows, limit, str(items[-1].id) if items else None),
+    }
+
+
+@router.get("/{incident_id}", response_model=Incident)
+def get_incident(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -> dict[str, Any]:
+    """One incident (no briefing text)."""
+    return _out(session, service.get_incident(session, incident_id))
+
+
+@router.get("/{incident_id}/status", response_model=IncidentStatusView)
+def incident_status(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -> dict[str, Any]:
+    """Aggregate progress: members targeted and deliveries by status and channel, read from
+    counters kept with the ledger (the cost does not grow with the roster)."""
+    incident = service.get_incident(session, incident_id)
+    by_channel = service.delivery_counts(session, incident_id)
+    by_status: dict[str, int] = {}
+    for counts in by_channel.values():
+        for state, count in counts.items():
+            by_status[state] = by_status.get(state, 0) + count
+    return {
+        "id": incident.id,
+        "reference": incident.reference,
+        "status": incident.status,
+        "mode": incident.mode,
+        "severity": incident.severity,
+        "targeted": service.targeted_counts(session, [incident.id]).get(incident.id, 0),
+        "deliveries": {"by_status": by_status, "by_channel": by_channel},
+        "updated_at": incident.updated_at,
+    }
+
+
+@router.get("/{incident_id}/briefings", response_model=list[BriefingVersion])
+def list_briefings(
+    incident_id: uuid.UUID, session: SessionDep, _actor: Operator
+) -> list[dict[str, Any]]:
+    """Every briefing version with its text, oldest first (operators only)."""
+    return [
+        {
+            "version": b.version,
+            "kind": b.kind,
+            "languages": b.languages,
+            "content": b.content,
+            "created_at": b.created_at,
+        }
+        for b in service.briefings(session, incident_id)
+    ]
+
+
+@router.post(
+    "/{incident_id}/updates", status_code=status.HTTP_202_ACCEPTED, response_model=Incident
+)
+def post_update(
+    incident_id: uuid.UUID,
+    body: IncidentUpdate,
+    session: SessionDep,
+    actor: Operator,
+    dispatch: DispatcherDep,
+) -> dict[str, Any]:
+    """Send a new briefing version to the same audience, and to members who newly match
+    it. Unsent deliveries of earlier versions are superseded."""
+    incident, _ = service.post_update(session, incident_id, body, actor=actor, dispatch=dispatch)
+    return _out(session, incident)
+
+
+@router.post(
+    "/{incident_id}/resolve", status_code=status.HTTP_202_ACCEPTED, response_model=Incident
+)
+def resolve_incident(
+    incident_id: uuid.UUID,
+    session: SessionDep,
+    actor: Operator,
+    dispatch: DispatcherDep,
+    body: IncidentEnd | None = None,
+) -> dict[str, Any]:
+    """Resolve: the stand-down goes to every member already briefed; nothing else is sent."""
+    incident, _ = service.end_incident(
+        session, incident_id, body or IncidentEnd(), kind="resolved", actor=actor,
+        dispatch=dispatch,
+    )  # fmt: skip
+    return _out(session, incident)
+
+
+@router.post("/{incident_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Incident)
+def cancel_incident(
+    incident_id: uuid.UUID,
+    session: SessionDep,
+    actor: Operator,
+    dispatch: DispatcherDep,
+    body: IncidentEnd | None = None,
+) -> dict[str, Any]:
+    """Cancel: what has not been sent is not sent, and members already briefed are told."""
+    incident, _ = service.end_incident(
+        session, incident_id, body or IncidentEnd(), kind="cancelled", actor=actor,
+        dispatch=dispatch,
+    )  # fmt: skip
+    return _out(session, incident)
+
+
+@router.get("/{incident_id}/deliveries", response_model=Page[DeliveryView])
+def list_deliveries(
+    incident_id: uuid.UUID,
+    session: SessionDep,
+    _actor: Operator,
+    status_filter: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
+    channel: Annotated[Channel | None, Query()] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """The ledger of an incident: member, channel, status, attempts, language, last error
+    and timestamps of every delivery, filtered by status or channel."""
+    rows = service.list_deliveries(
+        session, incident_id, status=status_filter, channel=channel, limit=limit,
+        after=decode_int_cursor(cursor),
+    )  # fmt: skip
+    items = rows[:limit]
+    return {
+        "items": [
+            {
+                **{k: getattr(row.Delivery, k) for k in _DELIVERY_FIELDS},
+                "version": row.version,
+                "member": {"id": row.Delivery.member_id, "name": row.name},
+            }
+            for row in items
+        ],
+        "next_cursor": next_cursor(rows, limit, items[-1].Delivery.id if items else None),
+    }

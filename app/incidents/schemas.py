@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from app.fields import (
+    CountryCode,
+    LanguageTag,
+    Line,
+    Name,
+    Network,
+    Tag,
+    Text,
+    Theme,
+)
+
+Severity = Literal["minor", "moderate", "severe", "extreme"]
+Urgency = Literal["immediate", "expected", "future"]
+Mode = Literal["actual", "exercise"]
+Channel = Literal["email", "webhook"]
+IncidentStatus = Literal["mobilizing", "active", "resolved", "cancelled"]
+BriefingKind = Literal["declared", "updated", "resolved", "cancelled"]
+DeliveryStatus = Literal["pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
+
+DEFAULT_RESPONSES = ["acknowledged", "will_engage", "unavailable", "need_briefing_call"]
+
+ResponseSlug = Annotated[
+    str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
+]
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+class BriefingEntry(BaseModel):
+    """The briefing in one language."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: Name
+    body: Annotated[Text, StringConstraints(min_length=1, max_length=20_000)]
+    talking_points: list[Annotated[Text, StringConstraints(min_length=1, max_length=1000)]] = Field(
+        default_factory=list, max_length=20
+    )
+
+
+Briefing = Annotated[
+    dict[LanguageTag, BriefingEntry],
+    Field(
+        min_length=1,
+        max_length=30,
+        description='One entry per language: `{"en": {"subject", "body", "talking_points"}}`.',
+    ),
+]
+
+
+class BriefingInput(BaseModel):
+    """A briefing and whether English must be among its languages (it is the reference)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    briefing: Briefing
+    require_english: bool = Field(
+        True, description="English prevails when versions disagree, so it is required unless false."
+    )
+
+    @model_validator(mode="after")
+    def _english(self) -> Self:
+        if self.require_english and "en" not in self.briefing:
+            raise ValueError(
+                "briefing: an English entry is required (or set require_english to false)"
+            )
+        return self
+
+
+class Audience(BaseModel):
+    """Who is targeted: the union of `rosters`, `networks` and `member_ids`, narrowed by
+    `countries`, `languages`, `themes` and `tags` (any of each). Only active members."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rosters: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
+        default_factory=list, max_length=100
+    )
+    networks: Annotated[list[Network], AfterValidator(_unique)] = Field(default_factory=list)
+    member_ids: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
+        default_factory=list, max_length=10_000
+    )
+    countries: list[CountryCode] = Field(default_factory=list, max_length=250)
+    languages: list[LanguageTag] = Field(default_factory=list, max_length=50)
+    themes: list[Theme] = Field(default_factory=list, max_length=7)
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="after")
+    def _some_source(self) -> Self:
+        if not (self.rosters or self.networks or self.member_ids):
+            raise ValueError("name at least one of rosters, networks or member_ids")
+        return self
+
+
+class IncidentCreate(BriefingInput):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Name
+    severity: Severity
+    urgency: Urgency
+    mode: Mode = "actual"
+    countries: list[CountryCode] = Field(default_factory=list, max_length=250)
+    themes: list[Theme] = Field(default_factory=list, max_length=7)
+    audience: Audience
+    channels: Annotated[list[Channel], AfterValidator(_unique)] | None = Field(
+        None, min_length=1, description="Default: every channel each member has."
+    )
+    responses: Annotated[list[ResponseSlug], AfterValidator(_unique)] | None = Field(
+        None,
+        min_length=1,
+        max_length=10,
+        description=f"The answers members may give. Default: {', '.join(DEFAULT_RESPONSES)}.",
+    )
+
+
+class IncidentUpdate(BriefingInput):
+    """A new briefing version, sent to the same audience and to members who newly match."""
+
+
+class IncidentEnd(BaseModel):
+    """Resolve or cancel. Without a briefing, a short standard notice is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    briefing: Briefing | None = None
+    require_english: bool = True
+
+    @model_validator(mode="after")
+    def _english(self) -> Self:
+        if self.briefing is not None and self.require_english and "en" not in self.briefing:
+            raise ValueError(
+                "briefing: an English entry is required (or set require_english to false)"
+            )
+        return self
+
+
+class IncidentLinks(BaseModel):
+    self: str
+    status: str
+    deliveries: str
+
+
+class Incident(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    reference: str = Field(examples=["RRMM-2026-0007"])
+    title: str
+    severity: Severity
+    urgency: Urgency
+    mode: Mode
+    status: IncidentStatus
+    countries: list[str]
+    themes: list[str]
+    channels: list[Channel]
+    responses: list[str]
+    declared_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    targeted: int = Field(description="Members targeted so far.")
+    latest_version: int
+    links: IncidentLinks
+
+
+class BriefingVersion(BaseModel):
+    version: int
+    kind: BriefingKind
+    languages: list[str]
+    content: dict[str, BriefingEntry]
+    created_at: datetime
+
+
+class DeliveryCounts(BaseModel):
+    by_status: dict[str, int]
+    by_channel: dict[str, dict[str, int]]
+
+
+class IncidentStatusView(BaseModel):
+    """Aggregates only: safe for dashboards (viewer keys)."""
+
+    id: uuid.UUID
+    reference: str
+    status: IncidentStatus
+    mode: Mode
+    severity: Severity
+    targeted: int
+    deliveries: DeliveryCounts
+    updated_at: datetime
+
+
+class DeliveryMember(BaseModel):
+    id: uuid.UUID | None
+    name: str | None
+
+
+class DeliveryView(BaseModel):
+    id: int
+    version: int
+    member: DeliveryMember
+    channel: Channel
+    status: DeliveryStatus
+    attempts: int
+    language: str
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+class IncidentFilters(BaseModel):
+    status: IncidentStatus | None = None
+    mode: Mode | None = None
+    severity: Severity | None = None
+    q: Line | None = None

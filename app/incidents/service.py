@@ -1,0 +1,561 @@
+"""Declaring an incident and its later versions: audience, ledger rows, lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit.service import record
+from app.auth.service import Principal
+from app.db import on_commit
+from app.deliveries import ledger
+from app.deliveries.content import choose_language
+from app.deliveries.quiet_hours import first_attempt_at
+from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from app.incidents.schemas import (
+    DEFAULT_RESPONSES,
+    Audience,
+    IncidentCreate,
+    IncidentEnd,
+    IncidentFilters,
+    IncidentUpdate,
+)
+from app.members.service import json_array_contains
+from app.models import (
+    Briefing,
+    Delivery,
+    DeliveryCounter,
+    Incident,
+    IncidentTarget,
+    Member,
+    ReferenceCounter,
+    Roster,
+    RosterMember,
+)
+from app.models.base import utcnow
+
+# Called after commit with the id of a briefing version whose deliveries should start.
+Dispatcher = Callable[[int], None]
+
+ENDED = frozenset({"resolved", "cancelled"})
+_CHUNK = 500
+
+# The notice sent on resolve/cancel when the operator gives no text.
+_STANDARD_END = {
+    "resolved": {
+        "en": ("Stand-down", "The incident is over. Thank you for your engagement: "
+                             "no further action is needed."),
+        "fr": ("Fin d'alerte", "L'incident est terminé. Merci de votre engagement : "
+                               "aucune autre action n'est nécessaire."),
+        "ar": ("إنهاء التنبيه", "انتهى الحادث. شكراً لالتزامكم، لا حاجة لأي إجراء آخر."),
+    },
+    "cancelled": {
+        "en": ("Cancelled", "This alert is cancelled. Please disregard the earlier briefing."),
+        "fr": ("Annulé", "Cette alerte est annulée. Merci de ne pas tenir compte du briefing."),
+        "ar": ("إلغاء", "تم إلغاء هذا التنبيه. يرجى تجاهل الإحاطة السابقة."),
+    },
+}  # fmt: skip
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    """A digest of the request body, to tell a retry from a different request."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def next_reference(session: Session, year: int) -> str:
+    """`RRMM-<year>-<n>`: the counter row is locked by the UPDATE until commit."""
+    value = session.scalar(
+        update(ReferenceCounter)
+        .where(ReferenceCounter.year == year)
+        .values(value=ReferenceCounter.value + 1)
+        .returning(ReferenceCounter.value)
+    )
+    if value is None:
+        try:
+            with session.begin_nested():
+                session.add(ReferenceCounter(year=year, value=1))
+            value = 1
+        except IntegrityError:  # another declaration created the year's row first
+            return next_reference(session, year)
+    return f"RRMM-{year}-{value:04d}"
+
+
+_MEMBER_COLUMNS = (
+    Member.id, Member.languages, Member.email, Member.webhook_url, Member.webhook_disabled_at,
+    Member.timezone, Member.quiet_hours_start, Member.quiet_hours_end,
+)  # fmt: skip
+TargetRow = Row[tuple[Any, ...]]
+
+
+def _any_of(session: Session, column: Any, values: Sequence[str]) -> Any:
+    return or_(*(json_array_contains(session, column, v) for v in values))
+
+
+def resolve_audience(session: Session, audience: Audience) -> list[TargetRow]:
+    """The active members the audience describes. Unknown rosters or members are a 422."""
+    _check_known(session, Roster.id, audience.rosters, "audience.rosters", "no such roster")
+    _check_known(session, Member.id, audience.member_ids, "audience.member_ids", "no such member")
+    sources = []
+    if audience.rosters:
+        sources.append(
+            Member.id.in_(
+                select(RosterMember.member_id).where(RosterMember.roster_id.in_(audience.rosters))
+            )
+        )
+    if audience.networks:
+        sources.append(Member.network.in_(audience.networks))
+    if audience.member_ids:
+        sources.append(Member.id.in_(audience.member_ids))
+    query = select(*_MEMBER_COLUMNS).where(Member.status == "active", or_(*sources))
+    if audience.countries:
+        query = query.where(Member.country.in_(audience.countries))
+    if audience.languages:
+        query = query.where(_any_of(session, Member.languages, audience.languages))
+    if audience.themes:
+        query = query.where(_any_of(session, Member.themes, audience.themes))
+    if audience.tags:
+        query = query.where(_any_of(session, Member.tags, audience.tags))
+    return list(session.execute(query.order_by(Member.id)))
+
+
+def _check_known(
+    session: Session, column: Any, ids: Sequence[uuid.UUID], field: str, reason: str
+) -> None:
+    known: set[uuid.UUID] = set()
+    for start in range(0, len(ids), _CHUNK):
+        known.update(session.scalars(select(column).where(column.in_(ids[start : start + _CHUNK]))))
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InvalidInput(
+            f"{field}: {len(unknown)} unknown id(s)",
+            errors=[
+                FieldProblem(field=f"body.{field}", reason=f"{reason}: {i}") for i in unknown[:50]
+            ],
+        )
+
+
+def member_channels(member: TargetRow, wanted: Sequence[str]) -> list[str]:
+    channels = []
+    if "email" in wanted and member.email:
+        channels.append("email")
+    if "webhook" in wanted and member.webhook_url and member.webhook_disabled_at is None:
+        channels.append("webhook")
+    return channels
+
+
+@dataclass(frozen=True)
+class Created:
+    briefing: Briefing
+    deliveries: int
+
+
+def _add_briefing(
+    session: Session,
+    incident: Incident,
+    *,
+    kind: str,
+    content: dict[str, Any],
+    actor: Principal,
+    now: datetime,
+) -> Briefing:
+    latest = session.scalar(
+        select(func.max(Briefing.version)).where(Briefing.incident_id == incident.id)
+    )
+    briefing = Briefing(
+        incident_id=incident.id,
+        version=(latest or 0) + 1,
+        kind=kind,
+        languages=list(content),
+        content=content,
+        created_by_key_id=actor.key_id,
+        created_at=now,
+    )
+    session.add(briefing)
+    session.flush()
+    return briefing
+
+
+def _add_deliveries(
+    session: Session,
+    incident: Incident,
+    briefing: Briefing,
+    members: Sequence[TargetRow],
+    *,
+    now: datetime,
+) -> int:
+    rows = []
+    for member in members:
+        language = choose_language(member.languages, briefing.languages)
+        not_before = first_attempt_at(
+            now, incident.severity, member.timezone, member.quiet_hours_start,
+            member.quiet_hours_end,
+        )  # fmt: skip
+        for channel in member_channels(member, incident.channels):
+            rows.append(
+                {
+                    "incident_id": incident.id,
+                    "briefing_id": briefing.id,
+                    "member_id": member.id,
+                    "channel": channel,
+                    "status": ledger.PENDING,
+                    "language": language,
+                    "attempts": 0,
+                    "next_attempt_at": not_before,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(Delivery), rows[start : start + 5000])
+    ledger.count_new(session, ((incident.id, r["channel"], ledger.PENDING) for r in rows))
+    return len(rows)
+
+
+def _add_targets(
+    session: Session, incident: Incident, members: Sequence[TargetRow], now: datetime
+) -> None:
+    rows = [{"incident_id": incident.id, "member_id": m.id, "added_at": now} for m in members]
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(IncidentTarget), rows[start : start + 5000])
+
+
+def declare(
+    session: Session,
+    data: IncidentCreate,
+    *,
+    actor: Principal,
+    idempotency_key: str | None,
+    dispatch: Dispatcher,
+) -> tuple[Incident, bool]:
+    """Declare an incident and write its ledger rows; dispatch starts after commit.
+
+    Returns the incident and whether it was created now (False: an idempotent replay).
+    """
+    digest = request_hash(data.model_dump(mode="json"))
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, actor, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    now = utcnow()
+    members = resolve_audience(session, data.audience)
+    channels = data.channels or ["email", "webhook"]
+    if not any(member_channels(m, channels) for m in members):
+        raise InvalidInput(
+            "the audience matches no active member reachable on the chosen channels",
+            errors=[FieldProblem(field="body.audience", reason="matches nobody")],
+        )
+    try:
+        # A savepoint: if the same key raced us, only this part is undone.
+        with session.begin_nested():
+            incident = Incident(
+                reference=next_reference(session, now.year),
+                title=data.title,
+                severity=data.severity,
+                urgency=data.urgency,
+                mode=data.mode,
+                countries=data.countries,
+                themes=list(dict.fromkeys(data.themes)),
+                audience=data.audience.model_dump(mode="json"),
+                channels=channels,
+                responses=data.responses or DEFAULT_RESPONSES,
+                status="mobilizing",
+                idempotency_key=idempotency_key,
+                request_hash=digest,
+                created_by_key_id=actor.key_id,
+                declared_at=now,
+                updated_at=now,
+            )
+            session.add(incident)
+            session.flush()
+    except IntegrityError:
+        existing = _by_idempotency_key(session, actor, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    briefing = _add_briefing(
+        session, incident, kind="declared", content=_content(data.briefing), actor=actor, now=now
+    )
+    _add_targets(session, incident, members, now)
+    count = _add_deliveries(session, incident, briefing, members, now=now)
+    record(
+        session, actor, "incident.declare", "incident", incident.id,
+        {"reference": incident.reference, "targeted": len(members), "deliveries": count},
+    )  # fmt: skip
+    briefing_id = briefing.id
+    on_commit(session, lambda: dispatch(briefing_id))
+    return incident, True
+
+
+def _content(briefing: dict[str, Any]) -> dict[str, Any]:
+    return {language: entry.model_dump() for language, entry in briefing.items()}
+
+
+def _by_idempotency_key(session: Session, actor: Principal, key: str) -> Incident | None:
+    owner = (
+        Incident.created_by_key_id.is_(None)
+        if actor.key_id is None
+        else Incident.created_by_key_id == actor.key_id
+    )
+    return session.scalar(select(Incident).where(owner, Incident.idempotency_key == key))
+
+
+def _replay(existing: Incident, digest: str) -> Incident:
+    if existing.request_hash != digest:
+        raise InvalidInput(
+            "this Idempotency-Key was used with a different request body",
+            errors=[
+                FieldProblem(field="header.idempotency-key", reason="reused with another body")
+            ],
+        )
+    return existing
+
+
+def get_incident(session: Session, incident_id: uuid.UUID) -> Incident:
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise NotFound(f"no incident {incident_id}")
+    return incident
+
+
+def _open_incident(session: Session, incident_id: uuid.UUID) -> Incident:
+    # FOR UPDATE on PostgreSQL: two updates of one incident get distinct version numbers.
+    incident = session.scalar(select(Incident).where(Incident.id == incident_id).with_for_update())
+    if incident is None:
+        raise NotFound(f"no incident {incident_id}")
+    if incident.status in ENDED:
+        raise Conflict(f"the incident is {incident.status}")
+    return incident
+
+
+def _target_rows(session: Session, incident: Incident) -> list[TargetRow]:
+    query = (
+        select(*_MEMBER_COLUMNS)
+        .join(IncidentTarget, IncidentTarget.member_id == Member.id)
+        .where(IncidentTarget.incident_id == incident.id, Member.status == "active")
+        .order_by(Member.id)
+    )
+    return list(session.execute(query))
+
+
+def _retire_unsent(session: Session, incident: Incident, *, to_status: str, reason: str) -> int:
+    """Earlier versions not yet sent are not sent any more: a newer message replaces them."""
+    now = utcnow()
+    changed = 0
+    for from_status in (ledger.PENDING, ledger.RETRYING):
+        changed += len(
+            ledger.transition(
+                session, where=Delivery.incident_id == incident.id, from_status=from_status,
+                to_status=to_status, values={"last_error": reason, "lease_until": None}, now=now,
+            )
+        )  # fmt: skip
+    return changed
+
+
+def post_update(
+    session: Session,
+    incident_id: uuid.UUID,
+    data: IncidentUpdate,
+    *,
+    actor: Principal,
+    dispatch: Dispatcher,
+) -> tuple[Incident, Briefing]:
+    """A new briefing version to everyone targeted so far and to members who newly match."""
+    incident = _open_incident(session, incident_id)
+    now = utcnow()
+    known = {row.id for row in _target_rows(session, incident)}
+    newcomers = [m for m in resolve_audience(session, Audience(**incident.audience))
+                 if m.id not in known]  # fmt: skip
+    _add_targets(session, incident, newcomers, now)
+    _retire_unsent(
+        session, incident, to_status=ledger.SKIPPED, reason="superseded by a newer version"
+    )
+    briefing = _add_briefing(
+        session, incident, kind="updated", content=_content(data.briefing), actor=actor, now=now
+    )
+    count = _add_deliveries(session, incident, briefing, _target_rows(session, incident), now=now)
+    incident.updated_at = now
+    record(
+        session, actor, "incident.update", "incident", incident.id,
+        {"version": briefing.version, "new_members": len(newcomers), "deliveries": count},
+    )  # fmt: skip
+    briefing_id = briefing.id
+    on_commit(session, lambda: dispatch(briefing_id))
+    return incident, briefing
+
+
+def end_incident(
+    session: Session,
+    incident_id: uuid.UUID,
+    data: IncidentEnd,
+    *,
+    kind: str,
+    actor: Principal,
+    dispatch: Dispatcher,
+) -> tuple[Incident, Briefing]:
+    """Resolve (stand-down) or cancel: what is not sent yet is not sent; every member who
+    was briefed gets the notice."""
+    assert kind in ("resolved", "cancelled")
+    incident = _open_incident(session, incident_id)
+    now = utcnow()
+    retired = _retire_unsent(
+        session, incident, to_status=ledger.CANCELLED, reason=f"incident {kind}"
+    )
+    content = _content(data.briefing) if data.briefing else {
+        language: {"subject": subject, "body": body, "talking_points": []}
+        for language, (subject, body) in _STANDARD_END[kind].items()
+    }  # fmt: skip
+    briefing = _add_briefing(session, incident, kind=kind, content=content, actor=actor, now=now)
+    briefed = select(Delivery.member_id).where(
+        Delivery.incident_id == incident.id,
+        Delivery.status.in_((ledger.SENT, ledger.SENDING)),
+    )
+    recipients = [
+        row for row in _target_rows(session, incident) if row.id in set(session.scalars(briefed))
+    ]
+    count = _add_deliveries(session, incident, briefing, recipients, now=now)
+    incident.status = kind
+    incident.ended_at = now
+    incident.updated_at = now
+    record(
+        session, actor, f"incident.{'resolve' if kind == 'resolved' else 'cancel'}", "incident",
+        incident.id, {"version": briefing.version, "stopped": retired, "deliveries": count},
+    )  # fmt: skip
+    briefing_id = briefing.id
+    on_commit(session, lambda: dispatch(briefing_id))
+    return incident, briefing
+
+
+def list_incidents(
+    session: Session, filters: IncidentFilters, *, limit: int, after: uuid.UUID | None
+) -> list[Incident]:
+    """Newest first."""
+    query = select(Incident).order_by(Incident.id.desc()).limit(limit + 1)
+    if after is not None:
+        query = query.where(Incident.id < after)
+    if filters.status:
+        query = query.where(Incident.status == filters.status)
+    if filters.mode:
+        query = query.where(Incident.mode == filters.mode)
+    if filters.severity:
+        query = query.where(Incident.severity == filters.severity)
+    if filters.q:
+        escaped = filters.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        query = query.where(
+            or_(
+                func.lower(Incident.title).like(pattern, escape="\\"),
+                func.lower(Incident.reference).like(pattern, escape="\\"),
+            )
+        )
+    return list(session.scalars(query))
+
+
+def targeted_counts(session: Session, incident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    if not incident_ids:
+        return {}
+    rows = session.execute(
+        select(IncidentTarget.incident_id, func.count().label("targeted"))
+        .where(IncidentTarget.incident_id.in_(incident_ids))
+        .group_by(IncidentTarget.incident_id)
+    )
+    return {row.incident_id: row.targeted for row in rows}
+
+
+def latest_versions(session: Session, incident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    if not incident_ids:
+        return {}
+    rows = session.execute(
+        select(Briefing.incident_id, func.max(Briefing.version).label("version"))
+        .where(Briefing.incident_id.in_(incident_ids))
+        .group_by(Briefing.incident_id)
+    )
+    return {row.incident_id: row.version for row in rows}
+
+
+def briefings(session: Session, incident_id: uuid.UUID) -> list[Briefing]:
+    get_incident(session, incident_id)
+    return list(
+        session.scalars(
+            select(Briefing).where(Briefing.incident_id == incident_id).order_by(Briefing.version)
+        )
+    )
+
+
+def delivery_counts(session: Session, incident_id: uuid.UUID) -> dict[str, dict[str, int]]:
+    """channel → status → count, from the counters (cost independent of the roster size)."""
+    counts: dict[str, dict[str, int]] = {}
+    rows = session.execute(
+        select(DeliveryCounter.channel, DeliveryCounter.status, DeliveryCounter.count).where(
+            DeliveryCounter.incident_id == incident_id
+        )
+    )
+    for channel, status, count in rows:
+        if count:
+            counts.setdefault(channel, {})[status] = count
+    return counts
+
+
+def list_deliveries(
+    session: Session,
+    incident_id: uuid.UUID,
+    *,
+    status: str | None,
+    channel: str | None,
+    limit: int,
+    after: int | None,
+) -> list[Row[Any]]:
+    get_incident(session, incident_id)
+    query = (
+        select(Delivery, Briefing.version, Member.name)
+        .join(Briefing, Briefing.id == Delivery.briefing_id)
+        .outerjoin(Member, Member.id == Delivery.member_id)
+        .where(Delivery.incident_id == incident_id)
+        .order_by(Delivery.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(Delivery.id > after)
+    if status:
+        query = query.where(Delivery.status == status)
+    if channel:
+        query = query.where(Delivery.channel == channel)
+    return list(session.execute(query))
+
+
+def activate_mobilized(session: Session) -> int:
+    """`mobilizing → active` once every first-version delivery due now has had its first
+    attempt (deferred quiet-hours rows do not hold an incident back)."""
+    now = utcnow()
+    waiting = (
+        select(Delivery.id)
+        .join(Briefing, Briefing.id == Delivery.briefing_id)
+        .where(
+            Delivery.incident_id == Incident.id,
+            Briefing.version == 1,
+            or_(
+                Delivery.status == ledger.SENDING,
+                and_(
+                    Delivery.status == ledger.PENDING,
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                ),
+            ),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(Incident)
+        .where(Incident.status == "mobilizing", ~waiting)
+        .values(status="active", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

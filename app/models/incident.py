@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, BigIntPK, JSONList, UTCDateTime, utcnow, uuid7
+
+
+class Incident(Base):
+    """A tension incident: what is happening, who is targeted, and where it stands."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        UniqueConstraint("created_by_key_id", "idempotency_key"),
+        Index("ix_incidents_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    reference: Mapped[str] = mapped_column(String(32), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[str] = mapped_column(String(16))
+    urgency: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    countries: Mapped[list[str]] = mapped_column(JSONList)
+    themes: Mapped[list[str]] = mapped_column(JSONList)
+    audience: Mapped[dict[str, Any]] = mapped_column(JSONList)
+    channels: Mapped[list[str]] = mapped_column(JSONList)
+    responses: Mapped[list[str]] = mapped_column(JSONList)
+    status: Mapped[str] = mapped_column(String(16), default="mobilizing")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    declared_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReferenceCounter(Base):
+    """The last number handed out per year, for references like RRMM-2026-0007."""
+
+    __tablename__ = "reference_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class IncidentTarget(Base):
+    """A member targeted by an incident (at declaration, or newly matching an update)."""
+
+    __tablename__ = "incident_targets"
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("members.id", ondelete="CASCADE"), primary_key=True
+    )
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Briefing(Base):
+    """One version of an incident's message: the declaration, an update, the stand-down or
+    the cancellation, with one entry per language."""
+
+    __tablename__ = "briefings"
+    __table_args__ = (UniqueConstraint("incident_id", "version"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE")
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    # Languages in the operator's order (JSONB does not keep object key order).
+    languages: Mapped[list[str]] = mapped_column(JSONList)
+    content: Mapped[dict[str, Any]] = mapped_column(JSONList)
+    created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """The ledger: one row per (briefing version, member, channel).
+
+    `pending → sending → sent`, or `→ retrying → … → failed`, or `skipped` / `cancelled`.
+    A sender claims a row (status `sending`, `attempts + 1`, `lease_until`) before any I/O
+    and writes the outcome only if the row is still `sending` with its attempt number.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("briefing_id", "member_id", "channel"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_incident_id_status", "incident_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE")
+    )
+    briefing_id: Mapped[int] = mapped_column(ForeignKey("briefings.id", ondelete="CASCADE"))
+    # NULL once the member is deleted: the ledger keeps its history without the person.
+    member_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("members.id", ondelete="SET NULL")
+    )
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    language: Mapped[str] = mapped_column(String(35))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeliveryCounter(Base):
+    """Deliveries per (incident, channel, status), kept in step with the ledger in the same
+    transactions, so a dashboard's poll costs the same for 10 members as for 100,000."""
+
+    __tablename__ = "delivery_counters"
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

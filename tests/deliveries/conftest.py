@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kombu import Connection
+
+from app.config import Settings
+from app.models import Role
+from tests.conftest import make_client, member_payload
+from tests.support.sinks import SmtpSink, WebhookReceiver, sinks, wait_until
+from tests.support.worker import WorkerProcess, worker_environment
+
+
+@pytest.fixture
+def smtp_and_receiver() -> Iterator[tuple[SmtpSink, WebhookReceiver]]:
+    yield from sinks()
+
+
+@pytest.fixture
+def smtp(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> SmtpSink:
+    return smtp_and_receiver[0]
+
+
+@pytest.fixture
+def receiver(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> WebhookReceiver:
+    return smtp_and_receiver[1]
+
+
+@pytest.fixture
+def purge_broker(settings: Settings) -> None:
+    """Drop messages a previous test left in the queue (their rows are gone anyway)."""
+    with Connection(settings.broker_url) as connection:
+        connection.default_channel.queue_purge("rrmm")
+
+
+@pytest.fixture
+def fanout_client(settings: Settings, engine: Any) -> Iterator[TestClient]:
+    """The API, allowed to target webhooks on 127.0.0.1 (the test receivers)."""
+    yield from make_client(settings.model_copy(update={"webhook_allow_private": True}))
+
+
+@pytest.fixture
+def worker_env(settings: Settings, smtp: SmtpSink, tmp_path: Path) -> dict[str, str]:
+    return worker_environment(settings, smtp_port=smtp.port, var_dir=tmp_path / "worker")
+
+
+@pytest.fixture
+def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_env).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def add_member(
+    fanout_client: TestClient, auth: Callable[[Role], dict[str, str]], receiver: WebhookReceiver
+) -> Callable[..., dict[str, Any]]:
+    """Create a member whose webhook points at the receiver (its secret registered there)."""
+    counter = iter(range(1_000_000))
+
+    def create(*, webhook: bool = True, email: bool = True, **overrides: Any) -> dict[str, Any]:
+        n = next(counter)
+        path = f"/hooks/{n}"
+        payload = member_payload(
+            name=overrides.pop("name", f"Member {n}"),
+            email=f"member{n}@example.org" if email else None,
+            webhook_url=receiver.url(path) if webhook else None,
+            quiet_hours=overrides.pop("quiet_hours", None),
+            **overrides,
+        )
+        if payload.get("quiet_hours") is None:
+            payload.pop("quiet_hours", None)
+        response = fanout_client.post("/v1/members", json=payload, headers=auth(Role.OPERATOR))
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        if webhook:
+            receiver.set_secret(path, body["webhook_secret"])
+        body["hook_path"] = path
+        return body
+
+    return create
+
+
+def briefing(**languages: str) -> dict[str, Any]:
+    return {
+        language: {
+            "subject": f"Subject in {language}",
+            "body": f"Body in {language}.\n\nSecond paragraph.",
+            "talking_points": [f"Point one ({language})", "Point two"],
+        }
+        for language in (languages or {"en": ""})
+    }
+
+
+def declare_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "title": "Tension after the cartoon publication",
+        "severity": "severe",
+        "urgency": "immediate",
+        "mode": "actual",
+        "countries": ["MA"],
+        "themes": ["religious-hatred"],
+        "audience": {"networks": ["editors", "personalities"]},
+        "briefing": briefing(en="", fr="", ar=""),
+    }
+    body.update(overrides)
+    return body
+
+
+def wait_final(
+    client: TestClient, headers: dict[str, str], incident_id: str, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll the status until no delivery is pending, sending or retrying."""
+    state: dict[str, Any] = {}
+
+    def done() -> bool:
+        nonlocal state
+        state = client.get(f"/v1/incidents/{incident_id}/status", headers=headers).json()
+        by_status = state["deliveries"]["by_status"]
+        return sum(by_status.values()) > 0 and not any(
+            by_status.get(s, 0) for s in ("pending", "sending", "retrying")
+        )
+
+    wait_until(done, timeout, f"every delivery final (last status {state})", interval=0.3)
+    return state

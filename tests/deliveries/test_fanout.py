@@ -1,0 +1,45 @@
+"""Declaring an incident briefs every member by email and webhook, with a real worker."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from app.models import Delivery, Role
+from tests.deliveries.conftest import declare_body, wait_final
+
+
+def test_declare_briefs_every_member_once_per_channel(
+    fanout_client, auth, add_member, worker, smtp, receiver, db
+):
+    members = [add_member(languages=["ar", "en"]) for _ in range(3)]
+    members += [add_member(languages=["fr-CA"]), add_member(languages=["de"])]
+    operator = auth(Role.OPERATOR)
+    response = fanout_client.post(
+        "/v1/incidents", json=declare_body(), headers={**operator, "Idempotency-Key": "k1"}
+    )
+    assert response.status_code == 202, response.text
+    incident = response.json()
+    assert incident["reference"].startswith("RRMM-")
+    assert incident["status"] == "mobilizing"
+    assert incident["targeted"] == 5
+
+    state = wait_final(fanout_client, auth(Role.VIEWER), incident["id"])
+    assert state["deliveries"]["by_channel"] == {"email": {"sent": 5}, "webhook": {"sent": 5}}
+
+    rows = db.execute(select(Delivery.channel, func.count()).group_by(Delivery.channel)).all()
+    assert dict(rows) == {"email": 5, "webhook": 5}
+    for member in members:
+        mails = smtp.to(member["email"])
+        assert len(mails) == 1
+        hits = receiver.hits_for(member["hook_path"])
+        assert len(hits) == 1 and hits[0].verified
+        expected = {"ar": "ar", "fr-CA": "fr", "de": "en"}[member["languages"][0]]
+        assert hits[0].body["data"]["briefing"]["language"] == expected
+        assert hits[0].body["type"] == "incident.declared"
+        message = mails[0].message
+        assert message["Content-Language"] == expected
+        html = message.get_body(("html",)).get_content()
+        assert f'lang="{expected}"' in html
+        assert ('dir="rtl"' in html) == (expected == "ar")
+        assert message["Auto-Submitted"] == "auto-generated"
+        assert message["To"] == member["email"]
