@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from datetime import UTC, datetime, time
 from functools import lru_cache
 from typing import Annotated, Literal
 
 import langcodes
 import pycountry
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, StringConstraints, WithJsonSchema
 
 Network = Literal["personalities", "editors"]
 NETWORKS: tuple[str, ...] = ("personalities", "editors")
@@ -115,3 +116,35 @@ def _timezone(value: str) -> str:
 
 
 TimeZoneName = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
+
+
+def _naive_time(value: time) -> time:
+    if value.tzinfo is not None:
+        raise ValueError("a local time, without an offset (e.g. 22:00)")
+    return value
+
+
+LocalTime = Annotated[
+    time,
+    AfterValidator(_naive_time),
+    # Not `format: time`: JSON Schema's time carries an offset, and ours never does.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$",
+            "examples": ["22:00"],
+        }
+    ),
+]
+"""A wall-clock time in the member's own time zone (quiet hours)."""
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("out of range once converted to UTC") from exc
+
+
+UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timestamp with an offset, stored and returned in UTC."""

@@ -18,7 +18,7 @@ from app.logging import configure_logging
 from app.members.service import MemberPolicy
 from app.middleware import AccessLog, BodySizeLimit
 from app.security import SecretBox
-from workers.celery_app import create_celery_app
+from workers.celery_app import create_publisher
 
 DESCRIPTION = """
 The Rapid Response Media Mechanism: rosters of the two networks (personalities and
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = engine_from_settings(settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        app.state.celery = create_celery_app(settings, "rrmm-api")
+        app.state.celery = create_publisher(settings)
         try:
             yield
         finally:
@@ -98,29 +98,5 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             responses.pop("422", None)
             if path.startswith("/v1"):
                 responses["4XX"] = problem
-    _document_local_times(schema)
     app.openapi_schema = schema
     return schema
-
-
-# HH:MM[:SS[.ffffff]], no offset: what Pydantic reads and writes for a naive `datetime.time`.
-LOCAL_TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$"
-
-
-def _document_local_times(node: Any) -> None:
-    """Describe `datetime.time` fields as the local times they are (quiet hours: "22:00").
-
-    Pydantic documents them as `format: time`, which JSON Schema defines as an RFC 3339
-    full-time, offset included ("22:00:00Z"); our times have no offset, so every response
-    holding one would break its own schema, and clients would be told to send offsets that
-    are refused.
-    """
-    if isinstance(node, dict):
-        if node.get("type") == "string" and node.get("format") == "time":
-            del node["format"]
-            node["pattern"] = LOCAL_TIME_PATTERN
-        for value in node.values():
-            _document_local_times(value)
-    elif isinstance(node, list):
-        for item in node:
-            _document_local_times(item)

@@ -25,7 +25,6 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
 )
-from sqlalchemy.exc import StatementError
 
 from app.config import Settings
 from app.main import create_app
@@ -172,13 +171,6 @@ def test_openapi_conformance(case: Any, app: FastAPI, admin: dict[str, str], see
 
 # Values that the generator rarely reaches, checked the same way (found by probing).
 OVERFLOWING_CONSENT = {"given_at": "0001-01-01T00:00:00+01:00", "method": "written"}
-CONSENT_BUG = pytest.mark.xfail(
-    strict=True,
-    # The 500 is re-raised through the in-process transport (or fails the checks).
-    raises=(StatementError, BaseExceptionGroup),
-    reason="a 500: `consent.given_at` is accepted at any offset, then overflows when the "
-    "database type converts it to UTC (app/members/schemas.py + app/models/base.py)",
-)
 EDGE_CASES = [
     pytest.param(
         "GET", "/v1/audit", {"query": {"cursor": encode_cursor(2**64)}}, id="cursor beyond int64"
@@ -189,7 +181,6 @@ EDGE_CASES = [
         "/v1/members",
         {"body": member_payload(consent=OVERFLOWING_CONSENT)},
         id="consent before year 1 in UTC",
-        marks=CONSENT_BUG,
     ),
     pytest.param(
         "POST",
@@ -200,7 +191,6 @@ EDGE_CASES = [
             "media_type": "text/csv",
         },
         id="imported consent before year 1 in UTC",
-        marks=CONSENT_BUG,
     ),
 ]
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.auth.service import Principal, create_key, revoke_key
 from app.db import session_scope
 from app.models import Role
+from app.security import new_api_key
 from tests.conftest import PUBLIC_WEBHOOK, assert_problem, member_payload
 
 Route = tuple[str, str]
@@ -46,6 +47,15 @@ EXPECTED: dict[Route, Role] = {
     ("POST", "/v1/rosters/{roster_id}/members"): Role.OPERATOR,
     ("POST", "/v1/rosters/{roster_id}/members/remove"): Role.OPERATOR,
     ("DELETE", "/v1/rosters/{roster_id}/members/{member_id}"): Role.OPERATOR,
+    ("POST", "/v1/incidents"): Role.OPERATOR,
+    ("GET", "/v1/incidents"): Role.VIEWER,
+    ("GET", "/v1/incidents/{incident_id}"): Role.VIEWER,
+    ("GET", "/v1/incidents/{incident_id}/status"): Role.VIEWER,
+    ("GET", "/v1/incidents/{incident_id}/briefings"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/updates"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/resolve"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/cancel"): Role.OPERATOR,
+    ("GET", "/v1/incidents/{incident_id}/deliveries"): Role.OPERATOR,
     ("GET", "/v1/audit"): Role.ADMIN,
 }
 
@@ -77,9 +87,10 @@ def app_routes(app: FastAPI, prefix: str = "/v1") -> dict[Route, Dependant]:
     """
     routes: dict[Route, Dependant] = {}
     for context in iter_route_contexts(app.routes):
-        if isinstance(context.original_route, APIRoute) and context.path.startswith(prefix):
+        path = context.path
+        if isinstance(context.original_route, APIRoute) and path and path.startswith(prefix):
             for method in context.methods or ():
-                routes[(method, context.path)] = context.dependant
+                routes[(method, path)] = context.dependant
     return routes
 
 
@@ -142,7 +153,19 @@ def ids(client: TestClient, admin: dict[str, str]) -> dict[str, str]:
         f"/v1/rosters/{roster_id}/members", json={"member_ids": [member_id]}, headers=admin
     )
     assert added.status_code == 200, added.text
-    return {"member_id": member_id, "roster_id": roster_id}
+    incident = client.post("/v1/incidents", json=_incident_body(member_id), headers=admin)
+    assert incident.status_code == 202, incident.text
+    return {"member_id": member_id, "roster_id": roster_id, "incident_id": incident.json()["id"]}
+
+
+def _incident_body(member_id: str) -> dict[str, Any]:
+    return {
+        "title": "Tension in the capital",
+        "severity": "severe",
+        "urgency": "immediate",
+        "audience": {"member_ids": [member_id]},
+        "briefing": {"en": {"subject": "Call for calm", "body": "Please call for calm."}},
+    }
 
 
 def request_kwargs(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
@@ -167,6 +190,10 @@ def _json_body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
         ("PATCH", "/v1/rosters/{roster_id}"): {"description": "Newsrooms of the Maghreb"},
         ("POST", "/v1/rosters/{roster_id}/members"): {"member_ids": [ids["member_id"]]},
         ("POST", "/v1/rosters/{roster_id}/members/remove"): {"member_ids": [ids["member_id"]]},
+        ("POST", "/v1/incidents"): _incident_body(ids["member_id"]),
+        ("POST", "/v1/incidents/{incident_id}/updates"): {
+            "briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}
+        },
     }
     return bodies.get((method, path), {})
 
@@ -206,7 +233,7 @@ def test_malformed_header_is_401(client, ids, route, authorization):
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
 def test_unknown_key_is_401(client, ids, route, api_keys):
-    unknown = api_keys[Role.ADMIN][:-4] + "xxxx"
+    unknown = new_api_key()  # well-formed, never stored
     assert unknown not in api_keys.values()
     assert_unauthenticated(call(client, route, ids, f"Bearer {unknown}"))
 
@@ -223,8 +250,7 @@ def test_revoked_key_is_401(
             session, name="to-revoke", role=Role.ADMIN, actor=Principal.cli()
         )
         key_id: uuid.UUID = key.id
-    # Harmless for every route: the GET below touches nothing; what matters is that the
-    # key worked before being revoked.
+    # The key works (for everything: it is an admin key) until it is revoked.
     before = client.get("/v1/audit", headers={"Authorization": f"Bearer {plaintext}"})
     assert before.status_code == 200, before.text
     with session_scope(session_factory) as session:
@@ -237,9 +263,8 @@ def test_revoked_key_is_401(
 
 
 ROLE_CASES = [
-    pytest.param(route, role, id=f"{method} {path} as {role.value}")
-    for route in ROUTES
-    for method, path in [route]
+    pytest.param(route, role, id=f"{route_id} as {role.value}")
+    for route, route_id in zip(ROUTES, ROUTE_IDS, strict=True)
     for role in ALL_ROLES
 ]
 

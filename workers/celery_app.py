@@ -52,10 +52,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_celery_app(settings: Settings, name: str = "rrmm") -> Celery:
-    """A Celery app for publishing from a process with its own settings (the API)."""
+def create_publisher(settings: Settings, name: str = "rrmm-api") -> Celery:
+    """A Celery app that only publishes (the API). It gives up on an unreachable broker
+    within about a second instead of retrying: the rows are in the ledger already and the
+    sweeper starts them once the broker is back, so the operator need not wait."""
     app = Celery(name, set_as_current=False)
     app.conf.update(celery_config(settings))
+    app.conf.update(
+        broker_connection_timeout=1,
+        broker_connection_retry=False,
+        broker_connection_max_retries=0,
+        broker_transport_options={
+            **app.conf.broker_transport_options,
+            "socket_connect_timeout": 1,
+            "socket_timeout": 2,
+            "retry_on_timeout": False,
+            "max_retries": 0,
+        },
+    )
     return app
 
 

@@ -170,7 +170,7 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     return delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not security)
 
 
-def due_for_enqueue(
+def take_due(
     session: Session,
     *,
     now: datetime,
@@ -178,9 +178,13 @@ def due_for_enqueue(
     limit: int,
     briefing_id: int | None = None,
 ) -> list[Row[tuple[int, str]]]:
-    """Rows a sender should look at now: new or forgotten pending rows, retries that are
-    due, and rows whose lease ran out. `enqueued_at` keeps a row from being queued again
-    while its message is plausibly still in the broker."""
+    """Mark as queued, and return, the rows a sender should look at now: new or forgotten
+    pending rows, retries that are due, and rows whose lease ran out.
+
+    One conditional UPDATE: if a sweep and a dispatch race for the same rows, the second
+    re-checks the condition on the locked rows and takes none of them, so nothing is queued
+    twice while its message is plausibly still in the broker.
+    """
     not_recently_queued = or_(
         Delivery.enqueued_at.is_(None), Delivery.enqueued_at < now - requeue_after
     )
@@ -189,20 +193,18 @@ def due_for_enqueue(
         and_(Delivery.status.in_((PENDING, RETRYING)), due, not_recently_queued),
         and_(Delivery.status == SENDING, Delivery.lease_until < now, not_recently_queued),
     )
-    query = select(Delivery.id, Delivery.channel).where(condition)
+    candidates = select(Delivery.id).where(condition)
     if briefing_id is not None:
-        query = query.where(Delivery.briefing_id == briefing_id)
-    return list(session.execute(query.order_by(Delivery.id).limit(limit)))
-
-
-def mark_enqueued(session: Session, ids: Sequence[int], *, now: datetime) -> None:
-    for chunk in _chunks(ids):
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(chunk))
-            .values(enqueued_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        candidates = candidates.where(Delivery.briefing_id == briefing_id)
+    candidates = candidates.order_by(Delivery.id).limit(limit)
+    statement = (
+        update(Delivery)
+        .where(Delivery.id.in_(candidates.scalar_subquery()), condition)
+        .values(enqueued_at=now)
+        .returning(Delivery.id, Delivery.channel)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(session.execute(statement), key=lambda row: row.id)
 
 
 def fail_exhausted_leases(session: Session, *, now: datetime, max_attempts: int) -> int:

@@ -409,12 +409,10 @@ def dispatch(
     """
     now = utcnow()
     with session_scope(session_factory) as session:
-        rows = ledger.due_for_enqueue(
+        rows = ledger.take_due(
             session, now=now, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
             limit=limit, briefing_id=briefing_id,
         )  # fmt: skip
-        ids = [row.id for row in rows]
-        ledger.mark_enqueued(session, ids, now=now)
     by_channel: dict[str, list[int]] = defaultdict(list)
     for row in rows:
         by_channel[row.channel].append(row.id)
@@ -424,7 +422,7 @@ def dispatch(
     batches.sort(key=lambda batch: batch[0])
     for batch in batches:
         publish(batch)
-    return len(ids)
+    return len(rows)
 
 
 def sweep(

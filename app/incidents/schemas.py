@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -10,6 +10,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -65,23 +67,24 @@ Briefing = Annotated[
 ]
 
 
+def _english_if_required(briefing: dict[str, Any] | None, info: ValidationInfo) -> Any:
+    if briefing is not None and info.data.get("require_english", True) and "en" not in briefing:
+        raise ValueError("an English entry is required (or set require_english to false)")
+    return briefing
+
+
 class BriefingInput(BaseModel):
     """A briefing and whether English must be among its languages (it is the reference)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    briefing: Briefing
+    # Before `briefing`: its validator reads this field.
     require_english: bool = Field(
         True, description="English prevails when versions disagree, so it is required unless false."
     )
+    briefing: Briefing
 
-    @model_validator(mode="after")
-    def _english(self) -> Self:
-        if self.require_english and "en" not in self.briefing:
-            raise ValueError(
-                "briefing: an English entry is required (or set require_english to false)"
-            )
-        return self
+    _english = field_validator("briefing")(_english_if_required)
 
 
 class Audience(BaseModel):
@@ -139,16 +142,10 @@ class IncidentEnd(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    briefing: Briefing | None = None
     require_english: bool = True
+    briefing: Briefing | None = None
 
-    @model_validator(mode="after")
-    def _english(self) -> Self:
-        if self.briefing is not None and self.require_english and "en" not in self.briefing:
-            raise ValueError(
-                "briefing: an English entry is required (or set require_english to false)"
-            )
-        return self
+    _english = field_validator("briefing")(_english_if_required)
 
 
 class IncidentLinks(BaseModel):

@@ -29,7 +29,7 @@ from app.incidents.schemas import (
     IncidentFilters,
     IncidentUpdate,
 )
-from app.members.service import json_array_contains
+from app.members.service import json_array_contains, json_array_has_language
 from app.models import (
     Briefing,
     Delivery,
@@ -120,7 +120,15 @@ def resolve_audience(session: Session, audience: Audience) -> list[TargetRow]:
     if audience.countries:
         query = query.where(Member.country.in_(audience.countries))
     if audience.languages:
-        query = query.where(_any_of(session, Member.languages, audience.languages))
+        # "fr" also finds members who read "fr-CA", as the language choice does.
+        query = query.where(
+            or_(
+                *(
+                    json_array_has_language(session, Member.languages, language)
+                    for language in audience.languages
+                )
+            )
+        )
     if audience.themes:
         query = query.where(_any_of(session, Member.themes, audience.themes))
     if audience.tags:
@@ -247,9 +255,10 @@ def declare(
         if existing is not None:
             return _replay(existing, digest), False
     now = utcnow()
-    members = resolve_audience(session, data.audience)
     channels = data.channels or ["email", "webhook"]
-    if not any(member_channels(m, channels) for m in members):
+    # Only members the chosen channels can reach are targeted (and counted as such).
+    members = [m for m in resolve_audience(session, data.audience) if member_channels(m, channels)]
+    if not members:
         raise InvalidInput(
             "the audience matches no active member reachable on the chosen channels",
             errors=[FieldProblem(field="body.audience", reason="matches nobody")],
@@ -373,8 +382,11 @@ def post_update(
     incident = _open_incident(session, incident_id)
     now = utcnow()
     known = {row.id for row in _target_rows(session, incident)}
-    newcomers = [m for m in resolve_audience(session, Audience(**incident.audience))
-                 if m.id not in known]  # fmt: skip
+    newcomers = [
+        m
+        for m in resolve_audience(session, Audience(**incident.audience))
+        if m.id not in known and member_channels(m, incident.channels)
+    ]
     _add_targets(session, incident, newcomers, now)
     _retire_unsent(
         session, incident, to_status=ledger.SKIPPED, reason="superseded by a newer version"

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, time
+from datetime import datetime
 from typing import Annotated, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -20,6 +19,7 @@ from app.fields import (
     CountryCode,
     LanguageTag,
     Line,
+    LocalTime,
     MemberStatus,
     Name,
     Network,
@@ -27,6 +27,7 @@ from app.fields import (
     Text,
     Theme,
     TimeZoneName,
+    UTCDatetime,
 )
 from app.netguard import MAX_URL_LENGTH
 
@@ -60,13 +61,11 @@ class QuietHours(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: time
-    end: time
+    start: LocalTime
+    end: LocalTime
 
     @model_validator(mode="after")
     def _distinct(self) -> Self:
-        if self.start.tzinfo is not None or self.end.tzinfo is not None:
-            raise ValueError("quiet hours are local times, without an offset")
         if self.start == self.end:
             raise ValueError("start and end must differ")
         return self
@@ -77,7 +76,7 @@ class Consent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    given_at: AwareDatetime
+    given_at: UTCDatetime
     method: ConsentMethod
     note: Annotated[Text, StringConstraints(max_length=1000)] | None = None
 

@@ -208,6 +208,19 @@ def json_array_contains(
     return exists().select_from(elements).where(elements.c.value == value)
 
 
+def json_array_has_language(
+    session: Session, column: InstrumentedAttribute[list[str]], language: str
+) -> ColumnElement[bool]:
+    """The JSON array of language tags has `language` or one of its variants (`fr` → `fr-CA`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        elements = func.jsonb_array_elements_text(type_coerce(column, JSONB)).table_valued("value")
+    else:
+        elements = func.json_each(column).table_valued("value")
+    value = elements.c.value
+    variants = value.like(language.replace("%", "").replace("_", "") + "-%")
+    return exists().select_from(elements).where(or_(value == language, variants))
+
+
 def _like_pattern(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kombu import Connection
+from kombu import Connection, Queue
 
 from app.config import Settings
 from app.models import Role
@@ -34,7 +34,7 @@ def receiver(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> WebhookRece
 def purge_broker(settings: Settings) -> None:
     """Drop messages a previous test left in the queue (their rows are gone anyway)."""
     with Connection(settings.broker_url) as connection:
-        connection.default_channel.queue_purge("rrmm")
+        Queue("rrmm").bind(connection.default_channel).purge()
 
 
 @pytest.fixture
