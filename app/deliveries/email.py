@@ -88,16 +88,21 @@ def address_member(
     to: str,
     message_id: str,
     ack_url: str,
-    in_reply_to: str | None = None,
+    references: list[str],
 ) -> bytes:
-    """The complete message for one member, as bytes ready for SMTP."""
+    """The complete message for one member, as bytes ready for SMTP.
+
+    `references` threads it: the incident's thread id, then (for later versions) the
+    member's first briefing, which is also what it replies to.
+    """
     addressing = [
         f"To: {safe_header_value(to)}",
         f"Message-ID: {safe_header_value(message_id)}",
     ]
-    if in_reply_to is not None:
-        addressing.append(f"In-Reply-To: {safe_header_value(in_reply_to)}")
-        addressing.append(f"References: {in_reply_to}")
+    if references:
+        addressing.append(f"References: {safe_header_value(' '.join(references))}")
+    if len(references) > 1:
+        addressing.append(f"In-Reply-To: {safe_header_value(references[-1])}")
     addressing.append(f'Content-Type: multipart/alternative; boundary="{template.boundary}"')
     boundary = template.boundary.encode()
     return b"".join(

@@ -14,11 +14,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -93,6 +92,8 @@ class Context:
 
     incidents: dict[uuid.UUID, Incident] = field(default_factory=dict)
     briefings: dict[int, Briefing] = field(default_factory=dict)
+    # (incident, member) → the id of the member's first briefing email: later ones reply to it.
+    first_emails: dict[tuple[uuid.UUID, uuid.UUID | None], int] = field(default_factory=dict)
 
 
 def _reason_unusable(row: Any) -> str | None:
@@ -157,12 +158,24 @@ def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
         context.incidents[incident.id] = incident
     for briefing in session.scalars(select(Briefing).where(Briefing.id.in_(briefing_ids))):
         context.briefings[briefing.id] = briefing
+    later = {
+        j.member_id
+        for j in jobs
+        if j.channel == "email" and context.briefings[j.briefing_id].version > 1
+    }
+    if later:
+        first_emails = (
+            select(Delivery.incident_id, Delivery.member_id, func.min(Delivery.id).label("first"))
+            .where(
+                Delivery.incident_id.in_(incident_ids),
+                Delivery.member_id.in_(later),
+                Delivery.channel == "email",
+            )
+            .group_by(Delivery.incident_id, Delivery.member_id)
+        )
+        for row in session.execute(first_emails):
+            context.first_emails[(row.incident_id, row.member_id)] = row.first
     return context
-
-
-@lru_cache(maxsize=128)
-def _first_briefing_id(incident_id: uuid.UUID, domain: str) -> str:
-    return thread_id(str(incident_id), domain)
 
 
 class MessageBuilder:
@@ -199,15 +212,16 @@ class MessageBuilder:
         template = self._templates[key]
         briefing = self.context.briefings[job.briefing_id]
         assert job.email is not None
+        references = [thread_id(str(job.incident_id), self.domain)]
+        first = self.context.first_emails.get((job.incident_id, job.member_id))
+        if briefing.version > 1 and first is not None and first != job.delivery_id:
+            references.append(message_id(first, self.domain))
         message = address_member(
             template,
             to=job.email,
             message_id=message_id(job.delivery_id, self.domain),
             ack_url=f"{self.public_url}/ack/{self.ack_token(job)}",
-            # Every version after the first is threaded under the incident's thread id.
-            in_reply_to=_first_briefing_id(job.incident_id, self.domain)
-            if briefing.version > 1
-            else None,
+            references=references,
         )
         return EmailRequest(job.delivery_id, template.sender_address, job.email, message)
 

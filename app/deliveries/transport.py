@@ -85,6 +85,17 @@ def parse_retry_after(value: str | None, *, cap: float) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), cap))
 
 
+async def _read_capped(response: aiohttp.ClientResponse) -> None:
+    """Read the answer to its end, but no more than MAX_RESPONSE_BYTES: an answer that
+    never ends runs into the timeout (not sent), a huge one is cut off."""
+    received = 0
+    while received < MAX_RESPONSE_BYTES:
+        chunk = await response.content.read(MAX_RESPONSE_BYTES - received)
+        if not chunk:
+            return
+        received += len(chunk)
+
+
 class WebhookSender:
     """One pooled session per batch; `concurrency` requests in flight at most."""
 
@@ -141,7 +152,7 @@ class WebhookSender:
             async with session.post(
                 request.url, data=request.body, headers=request.headers, allow_redirects=False
             ) as response:
-                await response.content.read(MAX_RESPONSE_BYTES)
+                await _read_capped(response)
                 return self._classify(request.delivery_id, response)
         except TimeoutError:
             return SendResult(request.delivery_id, ok=False, retryable=True, error="timeout")

@@ -3,7 +3,8 @@ or hang, webhook receivers that fail, go away, throttle, redirect, drip or flood
 checks the final ledger state of every delivery and what the peer actually saw.
 
 Clocks come from `FAST_CLOCKS` (webhook timeout 2 s, SMTP timeout 1.5 s, retry base 0.3 s,
-sweep every 0.5 s); a test that needs other values starts its own worker."""
+sweep every 0.5 s). The tests with these settings share one worker and one pair of sinks
+(emptied before each test); a test that needs other settings gets a worker of its own."""
 
 from __future__ import annotations
 
