@@ -35,4 +35,5 @@ def test_sensitive_keys_are_redacted_whoever_logs_them(capfd):
     structlog.get_logger("test").info("member_touched", email="a@b.org", webhook_url="https://h/")
     _out, err = capfd.readouterr()
     assert "member_touched" in err
-    assert "a@b.org" not in err and "https://h/" not in err
+    assert "a@b.org" not in err
+    assert "https://h/" not in err

@@ -32,7 +32,8 @@ def test_declare_briefs_every_member_once_per_channel(
         mails = smtp.to(member["email"])
         assert len(mails) == 1
         hits = receiver.hits_for(member["hook_path"])
-        assert len(hits) == 1 and hits[0].verified
+        assert len(hits) == 1
+        assert hits[0].verified
         expected = {"ar": "ar", "fr-CA": "fr", "de": "en"}[member["languages"][0]]
         assert hits[0].body["data"]["briefing"]["language"] == expected
         assert hits[0].body["type"] == "incident.declared"

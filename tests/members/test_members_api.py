@@ -56,7 +56,8 @@ def test_webhook_secret_is_shown_once_and_stored_encrypted(client, operator, db)
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
     stored = db.scalar(select(Member).where(Member.id == uuid.UUID(body["id"])))
-    assert stored is not None and stored.webhook_secret_encrypted is not None
+    assert stored is not None
+    assert stored.webhook_secret_encrypted is not None
     assert secret.encode() not in stored.webhook_secret_encrypted
     assert SecretBox(TEST_SECRET_KEY).decrypt(stored.webhook_secret_encrypted) == secret
     assert "webhook_secret" not in client.get(f"/v1/members/{body['id']}", headers=operator).json()
@@ -67,9 +68,11 @@ def test_rotating_the_webhook_secret(client, operator, db):
     rotated = client.post(f"/v1/members/{body['id']}/webhook-secret", headers=operator)
     assert rotated.status_code == 200
     new_secret = rotated.json()["webhook_secret"]
-    assert new_secret.startswith("whsec_") and new_secret != body["webhook_secret"]
+    assert new_secret.startswith("whsec_")
+    assert new_secret != body["webhook_secret"]
     stored = db.get(Member, uuid.UUID(body["id"]))
-    assert stored is not None and stored.webhook_secret_encrypted is not None
+    assert stored is not None
+    assert stored.webhook_secret_encrypted is not None
     assert SecretBox(TEST_SECRET_KEY).decrypt(stored.webhook_secret_encrypted) == new_secret
 
 
@@ -278,12 +281,18 @@ def test_delete(client, operator):
 
 
 def test_list_filters(client, operator):
-    leila = create(client, operator, name="Leila Benali", network="editors", country="MA",
-                   languages=["fr", "ar"], themes=["religious-hatred"], tags=["maghreb"])  # fmt: skip
-    john = create(client, operator, name="John Carter", network="personalities", country="GB",
-                  languages=["en"], themes=["social-cohesion"], tags=["tv"], organization="BBC")  # fmt: skip
-    paused = create(client, operator, name="Amal Haddad", country="TN", languages=["ar"],
-                    status="paused", tags=["maghreb"])  # fmt: skip
+    leila = create(
+        client, operator, name="Leila Benali", network="editors", country="MA",
+        languages=["fr", "ar"], themes=["religious-hatred"], tags=["maghreb"],
+    )  # fmt: skip
+    john = create(
+        client, operator, name="John Carter", network="personalities", country="GB",
+        languages=["en"], themes=["social-cohesion"], tags=["tv"], organization="BBC",
+    )  # fmt: skip
+    paused = create(
+        client, operator, name="Amal Haddad", country="TN", languages=["ar"], status="paused",
+        tags=["maghreb"],
+    )  # fmt: skip
 
     def ids(query: str) -> set[str]:
         response = client.get(f"/v1/members?{query}", headers=operator)
@@ -325,4 +334,5 @@ def test_cursor_pagination_sees_every_member_once(client, operator):
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert len(seen) == len(created) and set(seen) == created
+    assert len(seen) == len(created)
+    assert set(seen) == created

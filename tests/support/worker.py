@@ -64,7 +64,7 @@ class WorkerProcess:
         if self.beat:
             argv.append("--beat")
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(  # noqa: S603
+            self.process = subprocess.Popen(
                 argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         return self
