@@ -9,7 +9,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint format bench-fanout clean
+.PHONY: help install browser run test lint format bench-fanout clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
@@ -28,13 +28,28 @@ install: $(STAMP)
 run: install
 	$(BIN)/rrmm run --port $(PORT)
 
-test: install
+# The browser test drives Debian's Chromium (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	  else \
+	    echo "the browser test needs Chromium: sudo apt-get install chromium" >&2; exit 1; \
+	  fi; }
+
+test: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app workers migrations tests bench
+
+# N members (default 10000) on the embedded default; see bench/README.md for PostgreSQL.
+MEMBERS ?= 10000
+bench-fanout: install
+	$(BIN)/python -m bench.fanout --members $(MEMBERS)
 
 format: install
 	$(BIN)/ruff format .

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
     requeue_after_seconds: float = Field(default=30.0, gt=0)
     ack_token_ttl_days: int = Field(default=30, ge=1)
+    ack_token_key_id: int = Field(default=1, ge=1, le=255)
+    ack_token_accepted_key_ids: list[int] = Field(default_factory=list)
+    ack_rate_limit: str = "60/minute"
+    rate_limit_storage: str = "memory://"
+    operator_emails: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _fill_defaults_and_check_secret(self) -> Settings:

@@ -10,6 +10,8 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.acks.ratelimit import RateLimiter
+from app.acks.tokens import signer_from_settings
 from app.api import mount_routers
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.member_policy = member_policy(settings)
+    app.state.ack_signer = signer_from_settings(settings)
+    app.state.ack_limiter = RateLimiter(settings.ack_rate_limit, settings.rate_limit_storage)
     install_error_handlers(app)
     mount_routers(app)
     # Outermost last: the request id exists before anything logs.

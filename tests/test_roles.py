@@ -56,11 +56,19 @@ EXPECTED: dict[Route, Role] = {
     ("POST", "/v1/incidents/{incident_id}/resolve"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/cancel"): Role.OPERATOR,
     ("GET", "/v1/incidents/{incident_id}/deliveries"): Role.OPERATOR,
+    ("GET", "/v1/incidents/{incident_id}/acks"): Role.OPERATOR,
+    ("GET", "/v1/incidents/{incident_id}/members/{member_id}/acks"): Role.OPERATOR,
+    ("GET", "/v1/incidents/{incident_id}/quotas"): Role.VIEWER,
     ("GET", "/v1/audit"): Role.ADMIN,
 }
 
-# Routes outside /v1 that answer without a key.
+# /v1 routes whose credential is an acknowledgement token in the body, not an API key.
+TOKEN_AUTHENTICATED: set[Route] = {("POST", "/v1/acks")}
+
+# Routes outside /v1 that answer without a key: the probes, and the ack page (its URL
+# holds a signed token; tests/acks checks that everything else about it is refused).
 PUBLIC: set[Route] = {("GET", "/healthz"), ("GET", "/readyz")}
+ACK_PAGE: set[Route] = {("GET", "/ack/{token}"), ("HEAD", "/ack/{token}"), ("POST", "/ack/{token}")}
 
 ROUTES = sorted(EXPECTED)
 ROUTE_IDS = [f"{method} {path}" for method, path in ROUTES]
@@ -109,6 +117,8 @@ def required_roles(dependant: Dependant) -> set[Role]:
 
 def test_every_route_has_an_entry(app):
     actual = app_routes(app)
+    for key in TOKEN_AUTHENTICATED:
+        assert required_roles(actual.pop(key)) == set(), key
     assert set(actual) == set(EXPECTED), (
         f"routes without an entry: {sorted(set(actual) - set(EXPECTED))}; "
         f"entries without a route: {sorted(set(EXPECTED) - set(actual))}"
@@ -117,13 +127,13 @@ def test_every_route_has_an_entry(app):
         assert required_roles(dependant) == {EXPECTED[key]}, key
 
 
-def test_only_the_probes_are_public(app):
+def test_only_the_probes_and_the_ack_page_are_public(app):
     outside = {
         key: dependant
         for key, dependant in app_routes(app, prefix="/").items()
         if not key[1].startswith("/v1/")
     }
-    assert set(outside) == PUBLIC
+    assert set(outside) == PUBLIC | ACK_PAGE
     for key, dependant in outside.items():
         assert required_roles(dependant) == set(), key
 

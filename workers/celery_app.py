@@ -84,6 +84,8 @@ def _configure(sender: Celery, **_: Any) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked child must not reuse the parent's database connections.
+    from app.deliveries.service import forget_transports
     from workers import tasks
 
     tasks.reset_session_factory()
+    forget_transports()

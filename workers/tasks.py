@@ -9,6 +9,7 @@ import structlog
 from celery import Task
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.acks import followup
 from app.config import get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.deliveries import service as deliveries
@@ -39,6 +40,10 @@ def publish_batch(ids: list[int]) -> None:
     send_deliveries.apply_async(args=(ids,))
 
 
+def publish_dispatch(briefing_id: int) -> None:
+    dispatch_briefing.apply_async(args=(briefing_id,))
+
+
 @celery_app.task(name="rrmm.heartbeat", bind=True)
 def heartbeat(self: Task) -> None:  # type: ignore[type-arg]
     """Record that a worker took a task from the broker and reached the database."""
@@ -65,7 +70,9 @@ def dispatch_briefing(briefing_id: int) -> None:
 
 @celery_app.task(name="rrmm.sweep")
 def sweep() -> None:
-    """Beat's periodic sweep: re-queue due or stuck rows, so losing the broker loses nothing."""
+    """Beat's periodic sweep: re-queue due or stuck rows (so losing the broker loses
+    nothing) and fire due reminders, escalations and deadlines."""
     result = deliveries.sweep(session_factory(), get_settings(), publish_batch)
+    result["timers"] = followup.fire_due(session_factory(), get_settings(), publish_dispatch)
     if any(result.values()):
         log.info("swept", **result)

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from app.config import Settings
 from app.security import derive_key
 
 _VERSION = 1
@@ -69,3 +70,13 @@ class AckTokenSigner:
         if expires_at <= (now or datetime.now(UTC)):
             raise InvalidToken
         return AckClaims(delivery_id=delivery_id, expires_at=expires_at, key_id=key_id)
+
+
+def signer_from_settings(settings: Settings) -> AckTokenSigner:
+    """Signs with RRMM_ACK_TOKEN_KEY_ID; also accepts RRMM_ACK_TOKEN_ACCEPTED_KEY_IDS, so a
+    key can be rotated without breaking links already sent."""
+    return AckTokenSigner(
+        settings.secret,
+        current_key_id=settings.ack_token_key_id,
+        accepted_key_ids=tuple(settings.ack_token_accepted_key_ids),
+    )

@@ -72,6 +72,8 @@ WEBHOOK_TYPES = {
     "resolved": "incident.resolved",
     "cancelled": "incident.cancelled",
     "reminder": "incident.reminder",
+    # The second tier reads the briefing for the first time.
+    "escalated": "incident.declared",
 }
 
 
@@ -113,7 +115,7 @@ def subject_line(incident: Incident, briefing: Briefing, language: str, subject:
         if words["exercise"] != "EXERCISE":
             parts.append(f"[{words['exercise']}]")
     parts.append(f"[{incident.reference}]")
-    if briefing.kind != "declared":
+    if briefing.kind not in ("declared", "escalated"):
         parts.append(words[briefing.kind].format(version=briefing.version) + ":")
     parts.append(subject)
     return " ".join(parts)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from app.acks.tokens import AckTokenSigner
+from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
@@ -49,7 +48,7 @@ from app.deliveries.transport import (
     WebhookSender,
 )
 from app.incidents.service import activate_mobilized
-from app.models import Briefing, Delivery, Incident, Member
+from app.models import Briefing, CurrentAck, Delivery, Incident, Member
 from app.models.base import utcnow
 from app.security import SecretBox
 
@@ -84,6 +83,28 @@ class Job:
     webhook_url: str | None
     webhook_secret: bytes | None
     usable: str | None  # why the row cannot be sent any more, if so
+
+
+def _skip_answered_reminders(session: Session, jobs: list[Job], context: Context) -> list[Job]:
+    """A member who answered is never reminded: the answer may have come after the
+    reminder rows were written."""
+    reminders = [j for j in jobs if context.briefings[j.briefing_id].kind == "reminder"]
+    if not reminders:
+        return jobs
+    rows = session.execute(
+        select(CurrentAck.incident_id, CurrentAck.member_id).where(
+            CurrentAck.member_id.in_({j.member_id for j in reminders})
+        )
+    )
+    answered = {(row.incident_id, row.member_id) for row in rows}
+    return [
+        replace(job, usable="already answered")
+        if job.usable is None
+        and (job.incident_id, job.member_id) in answered
+        and context.briefings[job.briefing_id].kind == "reminder"
+        else job
+        for job in jobs
+    ]
 
 
 @dataclass
@@ -185,7 +206,7 @@ class MessageBuilder:
         self.settings = settings
         self.context = context
         self.box = SecretBox(settings.secret)
-        self.signer = AckTokenSigner(settings.secret)
+        self.signer = signer_from_settings(settings)
         self.public_url = settings.public_url.rstrip("/")
         self.domain = _mail_domain(settings.mail_from)
         self._rendered: dict[tuple[int, str], RenderedBriefing] = {}
@@ -240,7 +261,9 @@ class MessageBuilder:
                         "url": f"{self.public_url}/v1/acks",
                         "page": f"{self.public_url}/ack/{token}",
                         "token": token,
-                        "deadline": None,
+                        "deadline": webhook_timestamp(incident.ack_deadline)
+                        if incident.ack_deadline
+                        else None,
                         "responses": incident.responses,
                     },
                 },
@@ -271,29 +294,68 @@ def _mail_domain(mail_from: str) -> str:
     return address.rsplit("@", 1)[-1] or "rrmm.invalid"
 
 
-async def _send(
-    settings: Settings, emails: list[EmailRequest], webhooks: list[WebhookRequest]
-) -> list[SendResult]:
-    webhook_sender = WebhookSender(
-        allow_private=settings.webhook_allow_private,
-        connect_timeout=settings.webhook_connect_timeout_seconds,
-        total_timeout=settings.webhook_timeout_seconds,
-        concurrency=settings.webhook_concurrency,
-        retry_after_cap=settings.retry_after_cap_seconds,
-    )
-    smtp_sender = SmtpSender(
-        SmtpSettings(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            timeout=settings.smtp_timeout_seconds,
-            connections=settings.smtp_connections,
-            starttls=settings.smtp_starttls,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+class Transports:
+    """The process's senders and the event loop they live on, kept from one batch to the
+    next so that HTTP and SMTP connections are reused (built after any fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.runner = asyncio.Runner()
+        self.webhooks = WebhookSender(
+            allow_private=settings.webhook_allow_private,
+            connect_timeout=settings.webhook_connect_timeout_seconds,
+            total_timeout=settings.webhook_timeout_seconds,
+            concurrency=settings.webhook_concurrency,
+            retry_after_cap=settings.retry_after_cap_seconds,
         )
-    )
-    results = await asyncio.gather(smtp_sender.send_all(emails), webhook_sender.send_all(webhooks))
-    return [*results[0], *results[1]]
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        self.smtp = SmtpSender(
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                timeout=settings.smtp_timeout_seconds,
+                connections=settings.smtp_connections,
+                starttls=settings.smtp_starttls,
+                username=settings.smtp_username,
+                password=password,
+            )
+        )
+
+    def send(
+        self, emails: list[EmailRequest], webhooks: list[WebhookRequest], *, deadline: float
+    ) -> list[SendResult]:
+        """Send both channels concurrently; raises TimeoutError past the deadline."""
+
+        async def both() -> list[SendResult]:
+            results = await asyncio.gather(
+                self.smtp.send_all(emails), self.webhooks.send_all(webhooks)
+            )
+            return [*results[0], *results[1]]
+
+        return self.runner.run(asyncio.wait_for(both(), timeout=deadline))
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            await self.webhooks.close()
+            await self.smtp.close()
+
+        self.runner.run(close_all())
+        self.runner.close()
+
+
+_transports: Transports | None = None
+
+
+def transports(settings: Settings) -> Transports:
+    global _transports
+    if _transports is None:
+        _transports = Transports(settings)
+    return _transports
+
+
+def forget_transports() -> None:
+    """In a freshly forked child: the parent's loop and sockets are not ours to use."""
+    global _transports
+    _transports = None
 
 
 def _deadline(settings: Settings) -> float:
@@ -317,6 +379,7 @@ def send_batch(
             return report
         jobs = _load_jobs(session, claimed)
         context = _load_context(session, jobs)
+        jobs = _skip_answered_reminders(session, jobs, context)
         for job in jobs:
             if job.usable is not None:
                 ledger.finish_one(
@@ -340,9 +403,7 @@ def send_batch(
         except (UnsafeHeader, ValueError) as exc:
             prepared.append(SendResult(job.delivery_id, ok=False, error=f"not sendable: {exc}"))
     try:
-        results = asyncio.run(
-            asyncio.wait_for(_send(settings, emails, webhooks), timeout=_deadline(settings))
-        )
+        results = transports(settings).send(emails, webhooks, deadline=_deadline(settings))
     except TimeoutError:
         unfinished = [e.delivery_id for e in emails] + [w.delivery_id for w in webhooks]
         results = [
@@ -427,15 +488,12 @@ def dispatch(
             session, now=now, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
             limit=limit, briefing_id=briefing_id,
         )  # fmt: skip
-    by_channel: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        by_channel[row.channel].append(row.id)
+    # Rows of one member's channels are adjacent, so a batch holds both channels and its
+    # SMTP and HTTP exchanges overlap.
+    ids = [row.id for row in rows]
     size = settings.delivery_batch_size
-    # Interleave the channels' batches so neither waits behind the other in the queue.
-    batches = [ids[i : i + size] for ids in by_channel.values() for i in range(0, len(ids), size)]
-    batches.sort(key=lambda batch: batch[0])
-    for batch in batches:
-        publish(batch)
+    for start in range(0, len(ids), size):
+        publish(ids[start : start + size])
     return len(rows)
 
 

@@ -115,25 +115,41 @@ class WebhookSender:
         self.concurrency = concurrency
         self.retry_after_cap = retry_after_cap
 
+        self._session: aiohttp.ClientSession | None = None
+        self._gate: asyncio.Semaphore | None = None
+
+    def _client(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        """One pooled session for the life of the process's event loop: connections to a
+        receiver are reused from one batch to the next."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.concurrency,
+                limit_per_host=self.concurrency,
+                resolver=None if self.allow_private else PublicOnlyResolver(),
+                ttl_dns_cache=60,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self.timeout, auto_decompress=False
+            )
+            self._gate = asyncio.Semaphore(self.concurrency)
+        assert self._gate is not None
+        return self._session, self._gate
+
     async def send_all(self, requests: Sequence[WebhookRequest]) -> list[SendResult]:
         if not requests:
             return []
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency,
-            limit_per_host=self.concurrency,
-            resolver=None if self.allow_private else PublicOnlyResolver(),
-            ttl_dns_cache=60,
-        )
-        gate = asyncio.Semaphore(self.concurrency)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=self.timeout, auto_decompress=False
-        ) as session:
+        session, gate = self._client()
 
-            async def one(request: WebhookRequest) -> SendResult:
-                async with gate:
-                    return await self._send(session, request)
+        async def one(request: WebhookRequest) -> SendResult:
+            async with gate:
+                return await self._send(session, request)
 
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _literal_address_refused(self, url: str) -> bool:
         """aiohttp skips the resolver for IP literals, so those are checked here."""
@@ -206,6 +222,13 @@ class SmtpSender:
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
+        # Connections kept open between batches (a relay's greeting and EHLO cost a round
+        # trip or two each; its quota usually counts connections too).
+        self._idle: list[aiosmtplib.SMTP] = []
+
+    async def close(self) -> None:
+        while self._idle:
+            await _close_quietly(self._idle.pop())
 
     async def send_all(self, requests: Sequence[EmailRequest]) -> list[SendResult]:
         if not requests:
@@ -243,25 +266,42 @@ class SmtpSender:
     async def _connection_loop(
         self, queue: asyncio.Queue[EmailRequest], results: list[SendResult]
     ) -> None:
-        client: aiosmtplib.SMTP | None = None
+        client: aiosmtplib.SMTP | None = self._idle.pop() if self._idle else None
+        reused = client is not None
         try:
             while not queue.empty():
                 request = queue.get_nowait()
                 try:
                     if client is None or not client.is_connected:
-                        client = await self._connect()
+                        client, reused = await self._connect(), False
                     results.append(await self._send(client, request))
+                    reused = False
                 except aiosmtplib.SMTPResponseException as exc:
                     # A 4xx for this transaction: retry it later, start a fresh session.
                     results.append(_smtp_failure(request.delivery_id, exc))
                     await _close_quietly(client)
                     client = None
+                except asyncio.CancelledError:
+                    # The batch ran out of time mid-transaction: this connection is spent.
+                    if client is not None:
+                        client.close()
+                    client = None
+                    raise
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    if reused:
+                        # The relay closed an idle connection meanwhile: once more, afresh.
+                        await _close_quietly(client)
+                        client, reused = None, False
+                        queue.put_nowait(request)
+                        continue
                     # The connection itself failed: this loop stops (see send_all).
                     results.append(_smtp_failure(request.delivery_id, exc))
+                    await _close_quietly(client)
+                    client = None
                     return
         finally:
-            await _close_quietly(client)
+            if client is not None and client.is_connected:
+                self._idle.append(client)
 
     async def _send(self, client: aiosmtplib.SMTP, request: EmailRequest) -> SendResult:
         try:

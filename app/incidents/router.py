@@ -67,7 +67,7 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 _INCIDENT_FIELDS = (
     "id", "reference", "title", "severity", "urgency", "mode", "status", "countries", "themes",
-    "channels", "responses", "declared_at", "updated_at", "ended_at",
+    "channels", "responses", "declared_at", "updated_at", "ended_at", "ack_deadline",
 )  # fmt: skip
 _DELIVERY_FIELDS = (
     "id", "channel", "status", "attempts", "language", "last_error", "next_attempt_at",

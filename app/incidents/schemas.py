@@ -25,13 +25,14 @@ from app.fields import (
     Text,
     Theme,
 )
+from app.members.schemas import Email
 
 Severity = Literal["minor", "moderate", "severe", "extreme"]
 Urgency = Literal["immediate", "expected", "future"]
 Mode = Literal["actual", "exercise"]
 Channel = Literal["email", "webhook"]
 IncidentStatus = Literal["mobilizing", "active", "resolved", "cancelled"]
-BriefingKind = Literal["declared", "updated", "resolved", "cancelled"]
+BriefingKind = Literal["declared", "updated", "reminder", "escalated", "resolved", "cancelled"]
 DeliveryStatus = Literal["pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
 
 DEFAULT_RESPONSES = ["acknowledged", "will_engage", "unavailable", "need_briefing_call"]
@@ -112,6 +113,50 @@ class Audience(BaseModel):
         return self
 
 
+class Quota(BaseModel):
+    """A coverage target: at least `min` members of the segment answered one of `responses`.
+
+    The segment is every targeted member matching `network`, `countries` and `languages`
+    (each optional). A segment that meets its quota is no longer reminded or escalated.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: Network | None = None
+    countries: list[CountryCode] = Field(default_factory=list, max_length=250)
+    languages: list[LanguageTag] = Field(default_factory=list, max_length=50)
+    responses: Annotated[list[ResponseSlug], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["will_engage"], min_length=1, max_length=10
+    )
+    min: int = Field(ge=1, le=1_000_000)
+
+
+class FollowUp(BaseModel):
+    """How silence is chased: reminders, then escalation, until the acknowledgement deadline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ack_deadline_seconds: int = Field(
+        7200, ge=1, le=30 * 86400, description="From the declaration to the deadline."
+    )
+    reminders: int = Field(
+        2, ge=0, le=10, description="Reminders to members who have not answered."
+    )
+    reminder_interval_seconds: int = Field(1800, ge=1, le=7 * 86400)
+    escalation_rosters: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=20,
+        description="The second tier, briefed after the last reminder.",
+    )
+    quotas: list[Quota] = Field(default_factory=list, max_length=50)
+    notify_emails: list[Email] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Operators told when the deadline passes with quotas unmet "
+        "(in addition to RRMM_OPERATOR_EMAILS).",
+    )
+
+
 class IncidentCreate(BriefingInput):
     model_config = ConfigDict(extra="forbid")
 
@@ -131,6 +176,7 @@ class IncidentCreate(BriefingInput):
         max_length=10,
         description=f"The answers members may give. Default: {', '.join(DEFAULT_RESPONSES)}.",
     )
+    followup: FollowUp = Field(default_factory=FollowUp)
 
 
 class IncidentUpdate(BriefingInput):
@@ -171,6 +217,7 @@ class Incident(BaseModel):
     declared_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    ack_deadline: datetime | None
     targeted: int = Field(description="Members targeted so far.")
     latest_version: int
     links: IncidentLinks

@@ -7,13 +7,14 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.acks.followup import create_timers
 from app.audit.service import record
 from app.auth.service import Principal
 from app.db import on_commit
@@ -47,6 +48,8 @@ from app.models.base import utcnow
 Dispatcher = Callable[[int], None]
 
 ENDED = frozenset({"resolved", "cancelled"})
+DELIVERIES = cast(Table, Delivery.__table__)
+INCIDENT_TARGETS = cast(Table, IncidentTarget.__table__)
 _CHUNK = 500
 
 # The notice sent on resolve/cancel when the operator gives no text.
@@ -94,7 +97,7 @@ _MEMBER_COLUMNS = (
     Member.id, Member.languages, Member.email, Member.webhook_url, Member.webhook_disabled_at,
     Member.timezone, Member.quiet_hours_start, Member.quiet_hours_end,
 )  # fmt: skip
-TargetRow = Row[tuple[Any, ...]]
+TargetRow = Any  # a Row of _MEMBER_COLUMNS
 
 
 def _any_of(session: Session, column: Any, values: Sequence[str]) -> Any:
@@ -173,7 +176,7 @@ def _add_briefing(
     *,
     kind: str,
     content: dict[str, Any],
-    actor: Principal,
+    actor: Principal | None,
     now: datetime,
 ) -> Briefing:
     latest = session.scalar(
@@ -185,7 +188,7 @@ def _add_briefing(
         kind=kind,
         languages=list(content),
         content=content,
-        created_by_key_id=actor.key_id,
+        created_by_key_id=actor.key_id if actor else None,
         created_at=now,
     )
     session.add(briefing)
@@ -193,7 +196,7 @@ def _add_briefing(
     return briefing
 
 
-def _add_deliveries(
+def add_deliveries(
     session: Session,
     incident: Incident,
     briefing: Briefing,
@@ -224,17 +227,18 @@ def _add_deliveries(
                 }
             )
     for start in range(0, len(rows), 5000):
-        session.execute(insert(Delivery), rows[start : start + 5000])
+        # Core insert: the ORM's bulk path costs several times more per row here.
+        session.execute(insert(DELIVERIES), rows[start : start + 5000])
     ledger.count_new(session, ((incident.id, r["channel"], ledger.PENDING) for r in rows))
     return len(rows)
 
 
-def _add_targets(
+def add_targets(
     session: Session, incident: Incident, members: Sequence[TargetRow], now: datetime
 ) -> None:
     rows = [{"incident_id": incident.id, "member_id": m.id, "added_at": now} for m in members]
     for start in range(0, len(rows), 5000):
-        session.execute(insert(IncidentTarget), rows[start : start + 5000])
+        session.execute(insert(INCIDENT_TARGETS), rows[start : start + 5000])
 
 
 def declare(
@@ -255,6 +259,10 @@ def declare(
         if existing is not None:
             return _replay(existing, digest), False
     now = utcnow()
+    _check_known(
+        session, Roster.id, data.followup.escalation_rosters, "followup.escalation_rosters",
+        "no such roster",
+    )  # fmt: skip
     channels = data.channels or ["email", "webhook"]
     # Only members the chosen channels can reach are targeted (and counted as such).
     members = [m for m in resolve_audience(session, data.audience) if member_channels(m, channels)]
@@ -277,6 +285,8 @@ def declare(
                 audience=data.audience.model_dump(mode="json"),
                 channels=channels,
                 responses=data.responses or DEFAULT_RESPONSES,
+                followup=data.followup.model_dump(mode="json"),
+                ack_deadline=now + timedelta(seconds=data.followup.ack_deadline_seconds),
                 status="mobilizing",
                 idempotency_key=idempotency_key,
                 request_hash=digest,
@@ -294,14 +304,14 @@ def declare(
     briefing = _add_briefing(
         session, incident, kind="declared", content=_content(data.briefing), actor=actor, now=now
     )
-    _add_targets(session, incident, members, now)
-    count = _add_deliveries(session, incident, briefing, members, now=now)
+    add_targets(session, incident, members, now)
+    count = add_deliveries(session, incident, briefing, members, now=now)
+    create_timers(session, incident, now)
     record(
         session, actor, "incident.declare", "incident", incident.id,
         {"reference": incident.reference, "targeted": len(members), "deliveries": count},
     )  # fmt: skip
-    briefing_id = briefing.id
-    on_commit(session, lambda: dispatch(briefing_id))
+    dispatch_after_commit(session, briefing, dispatch)
     return incident, True
 
 
@@ -346,14 +356,48 @@ def _open_incident(session: Session, incident_id: uuid.UUID) -> Incident:
     return incident
 
 
-def _target_rows(session: Session, incident: Incident) -> list[TargetRow]:
+def target_rows(
+    session: Session, incident: Incident, condition: Any | None = None
+) -> list[TargetRow]:
+    """The incident's targeted members who are still active (and match `condition`)."""
     query = (
         select(*_MEMBER_COLUMNS)
         .join(IncidentTarget, IncidentTarget.member_id == Member.id)
         .where(IncidentTarget.incident_id == incident.id, Member.status == "active")
         .order_by(Member.id)
     )
+    if condition is not None:
+        query = query.where(condition)
     return list(session.execute(query))
+
+
+def reachable_members(session: Session, incident: Incident, condition: Any) -> list[TargetRow]:
+    """Active members matching `condition` whom the incident's channels can reach."""
+    query = select(*_MEMBER_COLUMNS).where(Member.status == "active", condition)
+    rows = session.execute(query.order_by(Member.id))
+    return [row for row in rows if member_channels(row, incident.channels)]
+
+
+def add_follow_up_briefing(session: Session, incident: Incident, *, kind: str) -> Briefing:
+    """A reminder or escalation version: the latest briefing's text, sent again."""
+    latest = session.scalar(
+        select(Briefing)
+        .where(
+            Briefing.incident_id == incident.id,
+            Briefing.kind.in_(("declared", "updated")),
+        )
+        .order_by(Briefing.version.desc())
+        .limit(1)
+    )
+    assert latest is not None  # every incident has its declaration
+    return _add_briefing(
+        session, incident, kind=kind, content=latest.content, actor=None, now=utcnow()
+    )
+
+
+def dispatch_after_commit(session: Session, briefing: Briefing, dispatch: Dispatcher) -> None:
+    briefing_id = briefing.id
+    on_commit(session, lambda: dispatch(briefing_id))
 
 
 def _retire_unsent(session: Session, incident: Incident, *, to_status: str, reason: str) -> int:
@@ -381,27 +425,26 @@ def post_update(
     """A new briefing version to everyone targeted so far and to members who newly match."""
     incident = _open_incident(session, incident_id)
     now = utcnow()
-    known = {row.id for row in _target_rows(session, incident)}
+    known = {row.id for row in target_rows(session, incident)}
     newcomers = [
         m
         for m in resolve_audience(session, Audience(**incident.audience))
         if m.id not in known and member_channels(m, incident.channels)
     ]
-    _add_targets(session, incident, newcomers, now)
+    add_targets(session, incident, newcomers, now)
     _retire_unsent(
         session, incident, to_status=ledger.SKIPPED, reason="superseded by a newer version"
     )
     briefing = _add_briefing(
         session, incident, kind="updated", content=_content(data.briefing), actor=actor, now=now
     )
-    count = _add_deliveries(session, incident, briefing, _target_rows(session, incident), now=now)
+    count = add_deliveries(session, incident, briefing, target_rows(session, incident), now=now)
     incident.updated_at = now
     record(
         session, actor, "incident.update", "incident", incident.id,
         {"version": briefing.version, "new_members": len(newcomers), "deliveries": count},
     )  # fmt: skip
-    briefing_id = briefing.id
-    on_commit(session, lambda: dispatch(briefing_id))
+    dispatch_after_commit(session, briefing, dispatch)
     return incident, briefing
 
 
@@ -432,9 +475,9 @@ def end_incident(
         Delivery.status.in_((ledger.SENT, ledger.SENDING)),
     )
     recipients = [
-        row for row in _target_rows(session, incident) if row.id in set(session.scalars(briefed))
+        row for row in target_rows(session, incident) if row.id in set(session.scalars(briefed))
     ]
-    count = _add_deliveries(session, incident, briefing, recipients, now=now)
+    count = add_deliveries(session, incident, briefing, recipients, now=now)
     incident.status = kind
     incident.ended_at = now
     incident.updated_at = now
@@ -442,8 +485,7 @@ def end_incident(
         session, actor, f"incident.{'resolve' if kind == 'resolved' else 'cancel'}", "incident",
         incident.id, {"version": briefing.version, "stopped": retired, "deliveries": count},
     )  # fmt: skip
-    briefing_id = briefing.id
-    on_commit(session, lambda: dispatch(briefing_id))
+    dispatch_after_commit(session, briefing, dispatch)
     return incident, briefing
 
 

@@ -1,5 +1,6 @@
 """All ORM models; Alembic's env imports this module to see the whole schema."""
 
+from app.models.ack import Ack, CurrentAck, IncidentTimer
 from app.models.api_key import ApiKey, Role
 from app.models.audit import AuditEntry
 from app.models.base import Base
@@ -15,14 +16,17 @@ from app.models.member import Member, Roster, RosterMember
 from app.models.worker import WorkerHeartbeat
 
 __all__ = [
+    "Ack",
     "ApiKey",
     "AuditEntry",
     "Base",
     "Briefing",
+    "CurrentAck",
     "Delivery",
     "DeliveryCounter",
     "Incident",
     "IncidentTarget",
+    "IncidentTimer",
     "Member",
     "ReferenceCounter",
     "Role",

@@ -37,6 +37,9 @@ class Incident(Base):
     declared_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Follow-up of the answers: see app/acks/followup.py.
+    ack_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    followup: Mapped[dict[str, Any]] = mapped_column(JSONList, default=dict)
 
 
 class ReferenceCounter(Base):

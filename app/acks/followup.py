@@ -1,0 +1,217 @@
+"""Chasing silence: reminder rounds, escalation to a second tier, and the deadline.
+
+Every step is an `incident_timers` row written when the incident is declared and fired
+once by beat's sweep (a conditional UPDATE marks it done in the same transaction that does
+the work), so a restart or a lost broker message loses no deadline.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, select, update
+from sqlalchemy.orm import Session
+
+from app.acks.service import met_segments, quota_progress
+from app.config import Settings
+from app.deliveries.email import safe_header_value
+from app.models import CurrentAck, Incident, IncidentTarget, IncidentTimer, Member, RosterMember
+from app.models.base import utcnow
+
+log = structlog.get_logger(__name__)
+
+Dispatcher = Any  # Callable[[int], None], see app.incidents.service
+RETRY_FAILED_TIMER = timedelta(minutes=1)
+
+
+def create_timers(session: Session, incident: Incident, now: datetime) -> None:
+    followup = incident.followup
+    interval = timedelta(seconds=followup["reminder_interval_seconds"])
+    timers = [
+        IncidentTimer(
+            incident_id=incident.id, kind="reminder", sequence=n, due_at=now + n * interval
+        )
+        for n in range(1, followup["reminders"] + 1)
+    ]
+    if followup.get("escalation_rosters"):
+        timers.append(
+            IncidentTimer(
+                incident_id=incident.id,
+                kind="escalation",
+                sequence=1,
+                due_at=now + (followup["reminders"] + 1) * interval,
+            )
+        )
+    timers.append(
+        IncidentTimer(
+            incident_id=incident.id,
+            kind="deadline",
+            sequence=1,
+            due_at=now + timedelta(seconds=followup["ack_deadline_seconds"]),
+        )
+    )
+    session.add_all(timers)
+
+
+def take_due_timer(session: Session, now: datetime) -> IncidentTimer | None:
+    """Take one due timer: the conditional UPDATE makes sure only one sweep fires it."""
+    candidate = session.scalar(
+        select(IncidentTimer.id)
+        .where(IncidentTimer.done_at.is_(None), IncidentTimer.due_at <= now)
+        .order_by(IncidentTimer.due_at)
+        .limit(1)
+    )
+    if candidate is None:
+        return None
+    taken = session.execute(
+        update(IncidentTimer)
+        .where(IncidentTimer.id == candidate, IncidentTimer.done_at.is_(None))
+        .values(done_at=now)
+        .returning(IncidentTimer.id)
+        .execution_options(synchronize_session=False)
+    ).scalar()
+    return session.get(IncidentTimer, taken) if taken is not None else None
+
+
+def _silent_targets(session: Session, incident: Incident) -> list[Any]:
+    """Targeted, active members with no answer, outside every segment that met its quota."""
+    from app.incidents.service import target_rows
+
+    answered = select(CurrentAck.member_id).where(CurrentAck.incident_id == incident.id)
+    extra = [Member.id.not_in(answered)]
+    met = met_segments(session, incident)
+    if met is not None:
+        extra.append(~met)
+    return target_rows(session, incident, and_(*extra))
+
+
+def fire(
+    session: Session, timer: IncidentTimer, *, settings: Settings, dispatch: Dispatcher
+) -> str:
+    """Do what the timer is for; returns a short outcome kept on the timer row."""
+    from app.incidents import service as incidents
+
+    incident = session.get(Incident, timer.incident_id)
+    if incident is None or incident.status in incidents.ENDED:
+        return "incident ended"
+    if timer.kind == "reminder":
+        members = _silent_targets(session, incident)
+        if not members:
+            return "nobody to remind"
+        briefing = incidents.add_follow_up_briefing(session, incident, kind="reminder")
+        count = incidents.add_deliveries(session, incident, briefing, members, now=utcnow())
+        incidents.dispatch_after_commit(session, briefing, dispatch)
+        return f"reminded {len(members)} members ({count} deliveries)"
+    if timer.kind == "escalation":
+        return _escalate(session, incident, dispatch)
+    return _deadline(session, incident, settings)
+
+
+def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str:
+    from app.incidents import service as incidents
+
+    if all(p.met for p in quota_progress(session, incident)) and incident.followup.get("quotas"):
+        return "every quota met: no escalation"
+    rosters = incident.followup.get("escalation_rosters", [])
+    targeted = select(IncidentTarget.member_id).where(IncidentTarget.incident_id == incident.id)
+    in_rosters = select(RosterMember.member_id).where(RosterMember.roster_id.in_(rosters))
+    condition = [Member.id.in_(in_rosters), Member.id.not_in(targeted)]
+    met = met_segments(session, incident)
+    if met is not None:
+        condition.append(~met)
+    members = incidents.reachable_members(session, incident, and_(*condition))
+    if not members:
+        return "no one left to escalate to"
+    now = utcnow()
+    incidents.add_targets(session, incident, members, now)
+    briefing = incidents.add_follow_up_briefing(session, incident, kind="escalated")
+    count = incidents.add_deliveries(session, incident, briefing, members, now=now)
+    incidents.dispatch_after_commit(session, briefing, dispatch)
+    return f"escalated to {len(members)} members ({count} deliveries)"
+
+
+def _deadline(session: Session, incident: Incident, settings: Settings) -> str:
+    unmet = [p for p in quota_progress(session, incident) if not p.met]
+    if not unmet:
+        return "deadline passed, every quota met"
+    recipients = list(
+        dict.fromkeys([*settings.operator_emails, *incident.followup.get("notify_emails", [])])
+    )
+    if not recipients:
+        return f"deadline passed, {len(unmet)} quota(s) unmet, no operator address configured"
+    lines = [
+        f"The acknowledgement deadline of {incident.reference} ({incident.title}) has passed "
+        f"with {len(unmet)} coverage quota(s) unmet:",
+        "",
+    ]
+    for progress in unmet:
+        quota = progress.quota
+        segment = ", ".join(
+            part
+            for part in (
+                quota.get("network") or "all networks",
+                "/".join(quota.get("countries") or []) or "all countries",
+                "/".join(quota.get("languages") or []) or "all languages",
+            )
+        )
+        lines.append(
+            f"- {segment}: {progress.answered} of {quota['min']} "
+            f"({'/'.join(quota['responses'])}), {progress.targeted} targeted"
+        )
+    message = EmailMessage()
+    message["From"] = safe_header_value(settings.mail_from)
+    message["To"] = ", ".join(safe_header_value(r) for r in recipients)
+    message["Subject"] = safe_header_value(
+        f"[{incident.reference}] Acknowledgement deadline passed: quotas unmet"
+    )
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content("\n".join(lines) + "\n")
+    # Raised errors roll the timer back: the next sweep tries again (at least once).
+    with smtplib.SMTP(
+        settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds
+    ) as smtp:
+        if settings.smtp_starttls:
+            smtp.starttls()
+        if settings.smtp_username and settings.smtp_password:
+            smtp.login(settings.smtp_username, settings.smtp_password.get_secret_value())
+        smtp.send_message(message)
+    return f"operators notified: {len(unmet)} quota(s) unmet"
+
+
+def fire_due(
+    session_factory: Any, settings: Settings, dispatch: Dispatcher, limit: int = 50
+) -> int:
+    """Fire due timers, one transaction each. A timer whose work fails (the SMTP relay is
+    down for the operators' notice) is postponed a minute and fired again then."""
+    from app.db import session_scope
+
+    fired = 0
+    for _ in range(limit):
+        timer_id = None
+        try:
+            with session_scope(session_factory) as session:
+                timer = take_due_timer(session, utcnow())
+                if timer is None:
+                    return fired
+                timer_id = timer.id
+                timer.outcome = fire(session, timer, settings=settings, dispatch=dispatch)[:200]
+                log.info(
+                    "timer_fired", kind=timer.kind, incident_id=str(timer.incident_id),
+                    outcome=timer.outcome,
+                )  # fmt: skip
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("timer_postponed", timer_id=timer_id, error=type(exc).__name__)
+            if timer_id is not None:
+                with session_scope(session_factory) as session:
+                    session.execute(
+                        update(IncidentTimer)
+                        .where(IncidentTimer.id == timer_id)
+                        .values(due_at=utcnow() + RETRY_FAILED_TIMER)
+                    )
+            continue
+        fired += 1
+    return fired

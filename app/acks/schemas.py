@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.fields import Text
+
+Comment = Annotated[Text, StringConstraints(max_length=2000)]
+
+
+class AckCreate(BaseModel):
+    """An answer from a newsroom system: the token from the webhook's `ack` block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    response: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    comment: Comment | None = None
+
+
+class AckReceipt(BaseModel):
+    incident: str = Field(description="The incident's reference.")
+    response: str
+    answered_at: datetime
+    late: bool
+    briefing_version: int
+
+
+class AckMember(BaseModel):
+    id: uuid.UUID
+    name: str
+    network: str
+    country: str
+
+
+class AckView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    response: str
+    comment: str | None
+    route: str
+    channel: str
+    briefing_version: int
+    language: str
+    answered_at: datetime
+    delay_seconds: float | None
+    late: bool
+
+
+class CurrentAckView(BaseModel):
+    member: AckMember
+    answer: AckView
+    first_answered_at: datetime
+
+
+class QuotaView(BaseModel):
+    network: str | None
+    countries: list[str]
+    languages: list[str]
+    responses: list[str]
+    min: int
+    answered: int
+    targeted: int
+    met: bool

@@ -1,0 +1,253 @@
+"""Answers to incidents: recorded from a signed token, one current answer per member, the
+whole history kept; and the coverage quotas measured against them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.acks.tokens import AckTokenSigner, InvalidToken
+from app.errors import FieldProblem, InvalidInput, NotFound
+from app.models import (
+    Ack,
+    Briefing,
+    CurrentAck,
+    Delivery,
+    Incident,
+    IncidentTarget,
+    Member,
+)
+from app.models.base import utcnow
+
+MAX_COMMENT = 2000
+
+
+class LinkNotValid(NotFound):
+    """Tampered, expired, unknown or orphaned: the caller is told nothing more."""
+
+
+@dataclass(frozen=True)
+class AckView:
+    """What the ack page shows: the incident, the allowed answers, the current answer."""
+
+    delivery: Delivery
+    incident: Incident
+    version: int
+    language: str
+    current: str | None
+
+
+def _claims(signer: AckTokenSigner, token: str) -> int:
+    if len(token) > 200:
+        raise LinkNotValid("link not valid")
+    try:
+        return signer.verify(token).delivery_id
+    except InvalidToken as exc:
+        raise LinkNotValid("link not valid") from exc
+
+
+def view(session: Session, signer: AckTokenSigner, token: str) -> AckView:
+    """Read-only: what the page needs. Changes nothing (mail scanners follow links)."""
+    delivery = session.get(Delivery, _claims(signer, token))
+    if delivery is None or delivery.member_id is None:
+        raise LinkNotValid("link not valid")
+    incident = session.get(Incident, delivery.incident_id)
+    version = session.scalar(select(Briefing.version).where(Briefing.id == delivery.briefing_id))
+    if incident is None or version is None:
+        raise LinkNotValid("link not valid")
+    current = session.scalar(
+        select(CurrentAck.response).where(
+            CurrentAck.incident_id == incident.id, CurrentAck.member_id == delivery.member_id
+        )
+    )
+    return AckView(delivery, incident, version, delivery.language, current)
+
+
+def record(
+    session: Session,
+    signer: AckTokenSigner,
+    token: str,
+    *,
+    response: str,
+    comment: str | None,
+    route: str,
+    now: datetime | None = None,
+) -> tuple[Ack, AckView]:
+    """Record an answer. Repeating it is harmless: the history grows, the current answer
+    is the latest. An answer after the incident ended is kept and flagged late."""
+    seen = view(session, signer, token)
+    if response not in seen.incident.responses:
+        raise InvalidInput(
+            f"response must be one of {', '.join(seen.incident.responses)}",
+            errors=[FieldProblem(field="response", reason="not an answer this incident allows")],
+        )
+    if comment is not None and len(comment) > MAX_COMMENT:
+        raise InvalidInput(
+            f"comment is longer than {MAX_COMMENT} characters",
+            errors=[FieldProblem(field="comment", reason=f"at most {MAX_COMMENT} characters")],
+        )
+    now = now or utcnow()
+    delivery = seen.delivery
+    assert delivery.member_id is not None
+    reference_time = delivery.sent_at or delivery.created_at
+    ack = Ack(
+        incident_id=seen.incident.id,
+        member_id=delivery.member_id,
+        delivery_id=delivery.id,
+        response=response,
+        comment=comment or None,
+        route=route,
+        channel=delivery.channel,
+        briefing_version=seen.version,
+        language=seen.language,
+        answered_at=now,
+        delay_seconds=max((now - reference_time).total_seconds(), 0.0),
+        late=seen.incident.ended_at is not None and now >= seen.incident.ended_at,
+    )
+    session.add(ack)
+    session.flush()
+    _make_current(session, ack)
+    return ack, seen
+
+
+def _make_current(session: Session, ack: Ack) -> None:
+    """Upsert the current answer; concurrent answers converge on the latest (highest id)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(CurrentAck).values(
+        incident_id=ack.incident_id,
+        member_id=ack.member_id,
+        ack_id=ack.id,
+        response=ack.response,
+        answered_at=ack.answered_at,
+        first_answered_at=ack.answered_at,
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[CurrentAck.incident_id, CurrentAck.member_id],
+            set_={
+                "ack_id": statement.excluded.ack_id,
+                "response": statement.excluded.response,
+                "answered_at": statement.excluded.answered_at,
+            },
+            where=CurrentAck.ack_id < statement.excluded.ack_id,
+        )
+    )
+
+
+def list_current(
+    session: Session,
+    incident_id: uuid.UUID,
+    *,
+    response: str | None,
+    network: str | None,
+    country: str | None,
+    language: str | None,
+    limit: int,
+    after: int | None,
+) -> list[Row[Any]]:
+    """Current answers with who gave them, in the order of their latest answer."""
+    query = (
+        select(CurrentAck, Ack, Member.name, Member.network, Member.country)
+        .join(Ack, Ack.id == CurrentAck.ack_id)
+        .join(Member, Member.id == CurrentAck.member_id)
+        .where(CurrentAck.incident_id == incident_id)
+        .order_by(CurrentAck.ack_id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(CurrentAck.ack_id > after)
+    if response:
+        query = query.where(CurrentAck.response == response)
+    if network:
+        query = query.where(Member.network == network)
+    if country:
+        query = query.where(Member.country == country)
+    if language:
+        query = query.where(Ack.language == language)
+    return list(session.execute(query))
+
+
+def history(session: Session, incident_id: uuid.UUID, member_id: uuid.UUID) -> list[Ack]:
+    return list(
+        session.scalars(
+            select(Ack)
+            .where(Ack.incident_id == incident_id, Ack.member_id == member_id)
+            .order_by(Ack.id)
+        )
+    )
+
+
+def segment_condition(session: Session, quota: dict[str, Any]) -> Any:
+    """SQL for "this member belongs to the quota's segment"."""
+    from app.members.service import json_array_has_language
+
+    conditions = []
+    if quota.get("network"):
+        conditions.append(Member.network == quota["network"])
+    if quota.get("countries"):
+        conditions.append(Member.country.in_(quota["countries"]))
+    if quota.get("languages"):
+        conditions.append(
+            or_(*(json_array_has_language(session, Member.languages, lang)
+                  for lang in quota["languages"]))
+        )  # fmt: skip
+    return and_(*conditions) if conditions else Member.id.is_not(None)
+
+
+@dataclass(frozen=True)
+class QuotaProgress:
+    index: int
+    quota: dict[str, Any]
+    answered: int
+    targeted: int
+
+    @property
+    def met(self) -> bool:
+        return self.answered >= int(self.quota["min"])
+
+
+def quota_progress(session: Session, incident: Incident) -> list[QuotaProgress]:
+    """For each quota: targeted members of the segment, and how many gave a counting answer."""
+    progress = []
+    for index, quota in enumerate(incident.followup.get("quotas", [])):
+        segment = segment_condition(session, quota)
+        targeted = session.scalar(
+            select(func.count())
+            .select_from(IncidentTarget)
+            .join(Member, Member.id == IncidentTarget.member_id)
+            .where(IncidentTarget.incident_id == incident.id, segment)
+        )
+        answered = session.scalar(
+            select(func.count())
+            .select_from(CurrentAck)
+            .join(Member, Member.id == CurrentAck.member_id)
+            .where(
+                CurrentAck.incident_id == incident.id,
+                CurrentAck.response.in_(quota["responses"]),
+                segment,
+            )
+        )
+        progress.append(QuotaProgress(index, quota, answered or 0, targeted or 0))
+    return progress
+
+
+def met_segments(session: Session, incident: Incident) -> Any | None:
+    """SQL for "the member is in a segment whose quota is met" (None if no quota is met)."""
+    met = [p.quota for p in quota_progress(session, incident) if p.met]
+    if not met:
+        return None
+    return or_(*(segment_condition(session, quota) for quota in met))
+
+
+def get_incident_or_404(session: Session, incident_id: uuid.UUID) -> Incident:
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise NotFound(f"no incident {incident_id}")
+    return incident
