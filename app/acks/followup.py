@@ -8,6 +8,7 @@ the work), so a restart or a lost broker message loses no deadline.
 from __future__ import annotations
 
 import smtplib
+import uuid
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -116,7 +117,7 @@ def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str
 
     if all(p.met for p in quota_progress(session, incident)) and incident.followup.get("quotas"):
         return "every quota met: no escalation"
-    rosters = incident.followup.get("escalation_rosters", [])
+    rosters = [uuid.UUID(r) for r in incident.followup.get("escalation_rosters", [])]
     targeted = select(IncidentTarget.member_id).where(IncidentTarget.incident_id == incident.id)
     in_rosters = select(RosterMember.member_id).where(RosterMember.roster_id.in_(rosters))
     condition = [Member.id.in_(in_rosters), Member.id.not_in(targeted)]
@@ -203,7 +204,9 @@ def fire_due(
                     "timer_fired", kind=timer.kind, incident_id=str(timer.incident_id),
                     outcome=timer.outcome,
                 )  # fmt: skip
-        except (OSError, smtplib.SMTPException) as exc:
+        except Exception as exc:
+            # Whatever failed (the relay for the operators' notice, or a bug), this timer
+            # waits a minute and the others still fire: one bad timer never blocks the rest.
             log.warning("timer_postponed", timer_id=timer_id, error=type(exc).__name__)
             if timer_id is not None:
                 with session_scope(session_factory) as session:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from app.security import derive_key
 _VERSION = 1
 _BODY = struct.Struct(">BBQ5s")
 _MAC_BYTES = 16
+_CANONICAL = re.compile(r"[A-Za-z0-9_-]{42}")  # 31 bytes, base64url, unpadded
 
 
 class InvalidToken(Exception):
@@ -52,10 +54,16 @@ class AckTokenSigner:
         return base64.urlsafe_b64encode(body + mac[:_MAC_BYTES]).decode().rstrip("=")
 
     def verify(self, token: str, *, now: datetime | None = None) -> AckClaims:
+        if not _CANONICAL.fullmatch(token):
+            # One spelling per token: base64 decoding would also take padding, the standard
+            # alphabet and stray low bits, giving a delivery many valid links.
+            raise InvalidToken
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError) as exc:
             raise InvalidToken from exc
+        if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+            raise InvalidToken
         if len(raw) != _BODY.size + _MAC_BYTES:
             raise InvalidToken
         body, mac = raw[: _BODY.size], raw[_BODY.size :]

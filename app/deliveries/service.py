@@ -221,8 +221,13 @@ class MessageBuilder:
         return self._rendered[key]
 
     def ack_token(self, job: Job) -> str:
-        expires = job.created_at + timedelta(days=self.settings.ack_token_ttl_days)
-        return self.signer.sign(job.delivery_id, expires)
+        """Valid for RRMM_ACK_TOKEN_TTL_DAYS after the later of sending and the incident's
+        acknowledgement deadline, so a link never dies while an answer is still wanted."""
+        incident = self.context.incidents[job.incident_id]
+        start = max(job.created_at, incident.ack_deadline or job.created_at)
+        return self.signer.sign(
+            job.delivery_id, start + timedelta(days=self.settings.ack_token_ttl_days)
+        )
 
     def email(self, job: Job) -> EmailRequest:
         key = (job.briefing_id, job.language)
