@@ -6,7 +6,6 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -162,12 +161,6 @@ def member_channels(member: TargetRow, wanted: Sequence[str]) -> list[str]:
     if "webhook" in wanted and member.webhook_url and member.webhook_disabled_at is None:
         channels.append("webhook")
     return channels
-
-
-@dataclass(frozen=True)
-class Created:
-    briefing: Briefing
-    deliveries: int
 
 
 def _add_briefing(
