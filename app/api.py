@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from app.acks.router import pages as ack_pages
 from app.acks.router import router as acks_router
 from app.audit.router import router as audit_router
+from app.cap.router import router as cap_router
 from app.health.router import router as health_router
 from app.incidents.router import router as incidents_router
 from app.members.router import router as members_router
@@ -20,3 +21,4 @@ def mount_routers(app: FastAPI) -> None:
     app.include_router(ack_pages)
     for router in API_ROUTERS:
         app.include_router(router)
+    app.include_router(cap_router)

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     heartbeat_interval_seconds: float = Field(default=15.0, gt=0)
+    # `/readyz` answers 503 when no worker heartbeat is fresh (off: the API runs alone too).
+    ready_requires_worker: bool = False
 
     # Fan-out (see README, "Tuning the fan-out").
     smtp_starttls: bool = False

@@ -18,6 +18,7 @@ from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
+from app.metrics import install_metrics
 from app.middleware import AccessLog, BodySizeLimit
 from app.security import SecretBox
 from workers.celery_app import create_publisher
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=settings.max_body_bytes,
         import_limit=settings.max_import_bytes,
     )
+    install_metrics(app, settings)
     app.add_middleware(AccessLog)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -80,7 +80,8 @@ async def _send_413(send: Send, limit: int) -> None:
 
 
 class AccessLog:
-    """One line per request: method, route path (no query string: it may hold an email)."""
+    """One line per request: method, route template (neither the query string, which may
+    hold an email, nor path parameters, which may hold a token)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -104,7 +105,8 @@ class AccessLog:
             log.info(
                 "request",
                 method=scope["method"],
-                path=scope["path"],
+                # The route template, never the raw path: /ack/{token} carries a credential.
+                path=getattr(scope.get("route"), "path", None) or "<unmatched>",
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 1),
                 request_id=correlation_id.get(),

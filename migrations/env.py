@@ -27,6 +27,11 @@ def _database_url() -> str:
 
 
 def _configure(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # SQLite rebuilds a table to alter it; with foreign keys enforced, dropping the old
+        # copy would cascade into every child row. Off for the migration (before any BEGIN).
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()  # end SQLAlchemy's autobegun transaction: Alembic opens its own
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

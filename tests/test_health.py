@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.db import session_scope
+from app.health.service import record_heartbeat, record_sweep
+from app.models.base import utcnow
 from tests.conftest import make_client
 
 # Port 1 on the loopback: nothing listens there, so connecting fails at once.
@@ -40,7 +44,10 @@ def test_readyz_when_everything_answers(client):
     response = client.get("/readyz")
 
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "broker": "ok", "workers": "none"},
+    }
 
 
 def test_readyz_when_the_broker_is_unreachable(settings, engine):
@@ -67,3 +74,66 @@ def test_readyz_when_the_database_is_unreachable(settings):
     assert body["checks"]["broker"] == "ok"
     for leaked in ("hunter2", "rrmm_user", "rrmm_db", "127.0.0.1", "postgresql"):
         assert leaked not in response.text
+
+
+# --- the worker check: a heartbeat row written by the beat-driven `rrmm.heartbeat` task ------
+
+
+def _beat(session_factory, age_seconds: float, name: str = "celery@worker-1") -> None:
+    with session_scope(session_factory) as session:
+        record_heartbeat(session, name, at=utcnow() - timedelta(seconds=age_seconds))
+
+
+def test_readyz_reports_a_fresh_worker(client, session_factory, settings):
+    _beat(session_factory, settings.heartbeat_interval_seconds)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["workers"] == "ok"
+
+
+def test_readyz_stays_ready_without_workers_by_default(client, session_factory, settings):
+    # The API can run alone: no worker, or a stale one, is reported but is not fatal.
+    assert client.get("/readyz").json()["checks"]["workers"] == "none"
+    _beat(session_factory, settings.heartbeat_interval_seconds * 3 + 10)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "broker": "ok", "workers": "stale"},
+    }
+
+
+def test_the_sweeper_row_is_not_a_worker(client, session_factory):
+    with session_scope(session_factory) as session:
+        record_sweep(session)
+
+    assert client.get("/readyz").json()["checks"]["workers"] == "none"
+
+
+def test_readyz_requires_a_worker_when_configured(settings, engine, session_factory):
+    strict = settings.model_copy(update={"ready_requires_worker": True})
+    with client_for(strict) as client:
+        none = client.get("/readyz")
+        _beat(session_factory, settings.heartbeat_interval_seconds * 3 + 10)
+        stale = client.get("/readyz")
+        _beat(session_factory, 1, name="celery@worker-2")
+        fresh = client.get("/readyz")
+
+    assert none.status_code == 503, none.text
+    assert none.json()["checks"]["workers"] == "none"
+    assert stale.status_code == 503, stale.text
+    assert stale.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "ok", "workers": "stale"},
+    }
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json()["checks"]["workers"] == "ok"
+
+
+def test_ready_requires_worker_is_read_from_the_environment(monkeypatch, settings):
+    monkeypatch.setenv("RRMM_READY_REQUIRES_WORKER", "true")
+    assert Settings(**settings.model_dump(exclude={"ready_requires_worker"})).ready_requires_worker

@@ -37,3 +37,13 @@ def test_sensitive_keys_are_redacted_whoever_logs_them(capfd):
     assert "member_touched" in err
     assert "a@b.org" not in err
     assert "https://h/" not in err
+
+
+def test_access_log_shows_route_templates_not_tokens(client, capfd):
+    token = "A" * 42
+    response = client.get(f"/ack/{token}")
+    assert response.status_code == 404
+    out, err = capfd.readouterr()
+    logs = out + err
+    assert '"path": "/ack/{token}"' in logs
+    assert token not in logs

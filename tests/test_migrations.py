@@ -144,3 +144,108 @@ def test_upgrade_keeps_rows_of_a_database_at_head(fresh_database_url):
         engine.dispose()
 
     assert [tuple(row) for row in workers] == [("celery@test",)]
+
+
+def test_status_counters_are_backfilled(fresh_database_url):
+    """Incidents that predate the status counters are counted once by the migration."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    from app.acks.service import delay_bucket
+    from app.models import (
+        Ack,
+        AnswerCounter,
+        AnswerDelayCounter,
+        Briefing,
+        CurrentAck,
+        Delivery,
+        IncidentTarget,
+        Member,
+        QuotaCounter,
+    )
+    from app.models.base import JSONList, UTCDateTime, utcnow, uuid7
+
+    migrate.upgrade(fresh_database_url, "f8e95597496e")
+    engine = create_db_engine(fresh_database_url)
+    now = utcnow()
+    # The incidents table as it was before the counters (the model has `targeted` now).
+    old_incidents = sa.table(
+        "incidents", *(sa.column(c) for c in (
+            "reference", "title", "severity", "urgency", "mode", "status")),
+        sa.column("id", sa.Uuid()), sa.column("declared_at", UTCDateTime()),
+        sa.column("updated_at", UTCDateTime()),
+        *(sa.column(c, JSONList) for c in (
+            "countries", "themes", "audience", "channels", "responses", "followup")),
+    )  # fmt: skip
+    incident_id = uuid7()
+    quota = {"network": "editors", "responses": ["will_engage"], "min": 1}
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(
+                sa.insert(old_incidents).values(
+                    id=incident_id, reference="RRMM-2026-0001", title="t", severity="severe",
+                    urgency="immediate", mode="actual", status="active", declared_at=now,
+                    updated_at=now, countries=[], themes=[], audience={}, channels=["email"],
+                    responses=["will_engage"], followup={"quotas": [quota]},
+                )
+            )  # fmt: skip
+            members = [
+                Member(
+                    network=network, name=f"M{n}", country="MA", languages=["fr"], themes=[],
+                    tags=[], email=f"m{n}@example.org", timezone="UTC", consent_given_at=now,
+                    consent_method="written",
+                )
+                for n, network in enumerate(("editors", "personalities"))
+            ]  # fmt: skip
+            briefing = Briefing(
+                incident_id=incident_id, version=1, kind="declared", languages=["en"], content={}
+            )
+            session.add_all([*members, briefing])
+            session.flush()
+            session.add_all(
+                IncidentTarget(incident_id=incident_id, member_id=m.id) for m in members
+            )
+            delivery = Delivery(
+                incident_id=incident_id, briefing_id=briefing.id, member_id=members[0].id,
+                channel="email", language="en",
+            )  # fmt: skip
+            session.add(delivery)
+            session.flush()
+            answered_at = now + timedelta(seconds=30)
+            ack = Ack(
+                incident_id=incident_id, member_id=members[0].id, delivery_id=delivery.id,
+                response="will_engage", route="api", channel="email", briefing_version=1,
+                language="en", answered_at=answered_at,
+            )  # fmt: skip
+            session.add(ack)
+            session.flush()
+            session.add(
+                CurrentAck(
+                    incident_id=incident_id, member_id=members[0].id, ack_id=ack.id,
+                    response="will_engage", answered_at=answered_at,
+                    first_answered_at=answered_at,
+                )
+            )  # fmt: skip
+
+        migrate.upgrade(fresh_database_url)
+
+        with Session(engine) as session:
+            targeted = session.scalar(sa.text("SELECT targeted FROM incidents"))
+            answers = session.execute(
+                sa.select(AnswerCounter.incident_id, AnswerCounter.response, AnswerCounter.count)
+            ).all()
+            delays = session.execute(
+                sa.select(AnswerDelayCounter.bucket, AnswerDelayCounter.count)
+            ).all()
+            quotas = session.execute(
+                sa.select(QuotaCounter.quota_index, QuotaCounter.targeted, QuotaCounter.answered)
+            ).all()
+    finally:
+        engine.dispose()
+
+    assert targeted == 2
+    assert answers == [(incident_id, "will_engage", 1)]
+    assert delays == [(delay_bucket(30), 1)]
+    assert quotas == [(0, 1, 1)]

@@ -51,7 +51,9 @@ EXPECTED: dict[Route, Role] = {
     ("GET", "/v1/incidents"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}/status"): Role.VIEWER,
+    ("GET", "/v1/incidents/{incident_id}/coverage"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}/briefings"): Role.OPERATOR,
+    ("GET", "/v1/incidents/{incident_id}/cap"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/updates"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/resolve"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/cancel"): Role.OPERATOR,
@@ -65,9 +67,9 @@ EXPECTED: dict[Route, Role] = {
 # /v1 routes whose credential is an acknowledgement token in the body, not an API key.
 TOKEN_AUTHENTICATED: set[Route] = {("POST", "/v1/acks")}
 
-# Routes outside /v1 that answer without a key: the probes, and the ack page (its URL
+# Routes outside /v1 that answer without a key: the probes, the metrics, and the ack page (its URL
 # holds a signed token; tests/acks checks that everything else about it is refused).
-PUBLIC: set[Route] = {("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC: set[Route] = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 ACK_PAGE: set[Route] = {("GET", "/ack/{token}"), ("HEAD", "/ack/{token}"), ("POST", "/ack/{token}")}
 
 ROUTES = sorted(EXPECTED)

@@ -106,7 +106,8 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
 
     wait_for(ready, 90, "/readyz 200")
     body = httpx.get(f"{base}/readyz").json()
-    assert body["checks"] == {"database": "ok", "broker": "ok"}
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["broker"] == "ok"
 
     # The worker and beat run: the heartbeat went beat → redis → worker → SQLite.
     database = tmp_path / "var" / "rrmm.db"
@@ -117,6 +118,11 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
             return count > 0
 
     wait_for(heartbeat_recorded, 60, "a worker heartbeat in the database")
+
+    def worker_ready() -> bool:
+        return bool(httpx.get(f"{base}/readyz").json()["checks"].get("workers") == "ok")
+
+    wait_for(worker_ready, 30, "/readyz reporting the worker")
 
     # The local SMTP catcher keeps what it receives.
     message = EmailMessage()

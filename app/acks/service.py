@@ -3,26 +3,33 @@ whole history kept; and the coverage quotas measured against them."""
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app import counters
 from app.acks.tokens import AckTokenSigner, InvalidToken
 from app.errors import FieldProblem, InvalidInput, NotFound
 from app.models import (
     Ack,
+    AnswerCounter,
+    AnswerDelayCounter,
     Briefing,
     CurrentAck,
     Delivery,
     Incident,
     IncidentTarget,
     Member,
+    QuotaCounter,
 )
 from app.models.base import utcnow
 
@@ -113,32 +120,132 @@ def record(
     )
     session.add(ack)
     session.flush()
-    _make_current(session, ack)
+    _make_current(session, ack, seen.incident)
     return ack, seen
 
 
-def _make_current(session: Session, ack: Ack) -> None:
-    """Upsert the current answer; concurrent answers converge on the latest (highest id)."""
+def _make_current(session: Session, ack: Ack, incident: Incident) -> None:
+    """Make `ack` the member's current answer unless a later one is already current
+    (concurrent answers converge on the highest id), and move the answer counters by
+    exactly what changed: the row is inserted, or changed under its row lock."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(CurrentAck).values(
-        incident_id=ack.incident_id,
-        member_id=ack.member_id,
-        ack_id=ack.id,
-        response=ack.response,
-        answered_at=ack.answered_at,
-        first_answered_at=ack.answered_at,
-    )
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[CurrentAck.incident_id, CurrentAck.member_id],
-            set_={
-                "ack_id": statement.excluded.ack_id,
-                "response": statement.excluded.response,
-                "answered_at": statement.excluded.answered_at,
-            },
-            where=CurrentAck.ack_id < statement.excluded.ack_id,
+    key = (CurrentAck.incident_id == ack.incident_id, CurrentAck.member_id == ack.member_id)
+    inserted = session.execute(
+        insert(CurrentAck)
+        .values(
+            incident_id=ack.incident_id, member_id=ack.member_id, ack_id=ack.id,
+            response=ack.response, answered_at=ack.answered_at,
+            first_answered_at=ack.answered_at,
         )
+        .on_conflict_do_nothing(index_elements=[CurrentAck.incident_id, CurrentAck.member_id])
+        .returning(CurrentAck.ack_id)
+    ).first()  # fmt: skip
+    if inserted is not None:
+        _count_answer(session, incident, ack, previous=None, first=True)
+        return
+    current = session.execute(
+        select(CurrentAck.ack_id, CurrentAck.response).where(*key).with_for_update()
+    ).one()
+    if current.ack_id >= ack.id:
+        return
+    session.execute(
+        update(CurrentAck)
+        .where(*key)
+        .values(ack_id=ack.id, response=ack.response, answered_at=ack.answered_at)
+        .execution_options(synchronize_session=False)
     )
+    if current.response != ack.response:
+        _count_answer(session, incident, ack, previous=current.response, first=False)
+
+
+def delay_bucket(seconds: float) -> int:
+    """The histogram bucket of a delay: 0 under a second, else b with
+    2**((b-1)/8) <= seconds < 2**(b/8) (each bucket about 9% wide)."""
+    return 0 if seconds < 1 else math.floor(8 * math.log2(seconds)) + 1
+
+
+def bucket_seconds(bucket: int) -> float:
+    """A bucket's representative delay: its geometric middle (within ±4.5% of any delay
+    in it)."""
+    return 0.5 if bucket == 0 else float(2 ** ((bucket - 0.5) / 8))
+
+
+def in_segment(quota: dict[str, Any], network: str, country: str, languages: list[str]) -> bool:
+    """Python twin of `segment_condition`, for counting one member at a time."""
+    if quota.get("network") and network != quota["network"]:
+        return False
+    if quota.get("countries") and country not in quota["countries"]:
+        return False
+    wanted = quota.get("languages") or []
+    return not wanted or any(
+        have == lang or have.startswith(lang + "-") for lang in wanted for have in languages
+    )
+
+
+def _count_answer(
+    session: Session, incident: Incident, ack: Ack, *, previous: str | None, first: bool
+) -> None:
+    now = utcnow()
+    deltas: Counter[str] = Counter({ack.response: 1})
+    if previous is not None:
+        deltas[previous] -= 1
+    counters.add(
+        session, AnswerCounter,
+        [{"incident_id": incident.id, "response": r, "count": d, "updated_at": now}
+         for r, d in deltas.items()],
+        keys=("incident_id", "response"), sums=("count",), latest=("updated_at",),
+    )  # fmt: skip
+    if first:
+        delay = max((ack.answered_at - incident.declared_at).total_seconds(), 0.0)
+        counters.add(
+            session, AnswerDelayCounter,
+            [{"incident_id": incident.id, "bucket": delay_bucket(delay), "count": 1}],
+            keys=("incident_id", "bucket"), sums=("count",),
+        )  # fmt: skip
+    quotas = incident.followup.get("quotas", [])
+    if not quotas:
+        return
+    member = session.execute(
+        select(Member.network, Member.country, Member.languages).where(Member.id == ack.member_id)
+    ).one()
+    rows = []
+    for index, quota in enumerate(quotas):
+        if not in_segment(quota, member.network, member.country, member.languages):
+            continue
+        change = (ack.response in quota["responses"]) - (previous in quota["responses"])
+        if change:
+            rows.append(
+                {"incident_id": incident.id, "quota_index": index, "targeted": 0,
+                 "answered": change}
+            )  # fmt: skip
+    counters.add(
+        session, QuotaCounter, rows, keys=("incident_id", "quota_index"), sums=("answered",)
+    )
+
+
+def count_targets(session: Session, incident: Incident, members: Sequence[Any]) -> None:
+    """Count newly targeted members (rows with `network`, `country`, `languages`): the
+    incident's `targeted` and each quota's segment."""
+    if not members:
+        return
+    session.execute(
+        update(Incident)
+        .where(Incident.id == incident.id)
+        .values(targeted=Incident.targeted + len(members), updated_at=Incident.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(incident, ["targeted"])
+    quotas = incident.followup.get("quotas", [])
+    counters.add(
+        session, QuotaCounter,
+        [
+            {"incident_id": incident.id, "quota_index": index, "answered": 0,
+             "targeted": sum(in_segment(quota, m.network, m.country, m.languages)
+                             for m in members)}
+            for index, quota in enumerate(quotas)
+        ],
+        keys=("incident_id", "quota_index"), sums=("targeted",),
+    )  # fmt: skip
 
 
 def list_current(

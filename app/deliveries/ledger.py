@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, and_, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app import counters
 from app.models import Delivery, DeliveryCounter
+from app.models.base import utcnow
 
 PENDING, SENDING, SENT, RETRYING, FAILED, SKIPPED, CANCELLED = (
     "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled",
@@ -42,23 +42,16 @@ class Changed:
 
 def bump_counters(session: Session, deltas: Counter[tuple[uuid.UUID, str, str]]) -> None:
     """Apply (incident, channel, status) → delta to the counters, as upserts."""
+    now = utcnow()
     rows = [
-        {"incident_id": i, "channel": c, "status": s, "count": d}
+        {"incident_id": i, "channel": c, "status": s, "count": d, "updated_at": now}
         for (i, c, s), d in deltas.items()
         if d
     ]
-    if not rows:
-        return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(DeliveryCounter)
-    statement = statement.on_conflict_do_update(
-        index_elements=["incident_id", "channel", "status"],
-        set_={"count": DeliveryCounter.count + statement.excluded.count},
-    )
-    # Sorted, so concurrent transactions lock counter rows in the same order (no deadlock).
-    session.execute(
-        statement, sorted(rows, key=lambda r: (str(r["incident_id"]), r["channel"], r["status"]))
-    )
+    counters.add(
+        session, DeliveryCounter, rows, keys=("incident_id", "channel", "status"),
+        sums=("count",), latest=("updated_at",),
+    )  # fmt: skip
 
 
 def count_new(session: Session, rows: Iterable[tuple[uuid.UUID, str, str]]) -> None:

@@ -47,6 +47,7 @@ from app.deliveries.transport import (
     WebhookRequest,
     WebhookSender,
 )
+from app.health.service import record_sweep
 from app.incidents.service import activate_mobilized
 from app.models import Briefing, CurrentAck, Delivery, Incident, Member
 from app.models.base import utcnow
@@ -511,5 +512,6 @@ def sweep(
             session, now=utcnow(), max_attempts=settings.delivery_max_attempts
         )
         activated = activate_mobilized(session)
+        record_sweep(session)
     queued = dispatch(session_factory, settings, publish)
     return {"queued": queued, "failed_lost": failed, "activated": activated}

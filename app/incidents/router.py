@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from typing import Annotated, Any
 
@@ -10,9 +12,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from app.deps import Operator, SessionDep, Viewer
 from app.incidents import service
+from app.incidents import status as status_reads
 from app.incidents.schemas import (
     BriefingVersion,
     Channel,
+    CoverageView,
     DeliveryStatus,
     DeliveryView,
     Incident,
@@ -23,6 +27,7 @@ from app.incidents.schemas import (
     IncidentUpdate,
 )
 from app.incidents.service import Dispatcher
+from app.incidents.status import CoverageBy
 from app.models import Incident as IncidentRow
 from app.pagination import (
     DEFAULT_LIMIT,
@@ -76,9 +81,8 @@ _DELIVERY_FIELDS = (
 
 
 def _out(session: Any, incident: IncidentRow) -> dict[str, Any]:
-    targeted = service.targeted_counts(session, [incident.id]).get(incident.id, 0)
     version = service.latest_versions(session, [incident.id]).get(incident.id, 0)
-    return _shape(incident, targeted, version)
+    return _shape(incident, incident.targeted, version)
 
 
 def _shape(incident: IncidentRow, targeted: int, version: int) -> dict[str, Any]:
@@ -134,10 +138,9 @@ def list_incidents(
     rows = service.list_incidents(session, filters, limit=limit, after=decode_uuid_cursor(cursor))
     items = rows[:limit]
     ids = [i.id for i in items]
-    targeted = service.targeted_counts(session, ids)
     versions = service.latest_versions(session, ids)
     return {
-        "items": [_shape(i, targeted.get(i.id, 0), versions.get(i.id, 0)) for i in items],
+        "items": [_shape(i, i.targeted, versions.get(i.id, 0)) for i in items],
         "next_cursor": next_cursor(rows, limit, str(items[-1].id) if items else None),
     }
 
@@ -148,26 +151,55 @@ def get_incident(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -
     return _out(session, service.get_incident(session, incident_id))
 
 
-@router.get("/{incident_id}/status", response_model=IncidentStatusView)
-def incident_status(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -> dict[str, Any]:
-    """Aggregate progress: members targeted and deliveries by status and channel, read from
-    counters kept with the ledger (the cost does not grow with the roster)."""
-    incident = service.get_incident(session, incident_id)
-    by_channel = service.delivery_counts(session, incident_id)
-    by_status: dict[str, int] = {}
-    for counts in by_channel.values():
-        for state, count in counts.items():
-            by_status[state] = by_status.get(state, 0) + count
-    return {
-        "id": incident.id,
-        "reference": incident.reference,
-        "status": incident.status,
-        "mode": incident.mode,
-        "severity": incident.severity,
-        "targeted": service.targeted_counts(session, [incident.id]).get(incident.id, 0),
-        "deliveries": {"by_status": by_status, "by_channel": by_channel},
-        "updated_at": incident.updated_at,
-    }
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/{incident_id}/status",
+    response_model=IncidentStatusView,
+    responses={304: {"description": "Not modified: the `If-None-Match` ETag is current."}},
+)
+def incident_status(
+    incident_id: uuid.UUID,
+    session: SessionDep,
+    _viewer: Viewer,
+    if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+) -> Response:
+    """Aggregate progress for dashboards: state, members targeted, deliveries by status and
+    channel, answers by response, ack rate, time to first and median answer (seconds from
+    the declaration), quota progress, reminders and escalations fired, last change.
+
+    Read from counters kept with the ledger and the answers: the cost does not grow with
+    the roster. Poll with `If-None-Match`: an unchanged status is a 304 without a body.
+    """
+    body = IncidentStatusView.model_validate(
+        status_reads.incident_status(session, incident_id)
+    ).model_dump(mode="json")
+    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    etag = f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(payload, media_type="application/json", headers=headers)
+
+
+@router.get("/{incident_id}/coverage", response_model=CoverageView)
+def incident_coverage(
+    incident_id: uuid.UUID,
+    session: SessionDep,
+    _viewer: Viewer,
+    by: Annotated[CoverageBy, Query(description="How to group the members.")],
+) -> dict[str, Any]:
+    """The funnel targeted → sent → failed → answered per network, country, language (the
+    language a member was sent) or channel, counted in members. Aggregates only.
+
+    Runs GROUP BY queries over this incident's rows: its cost grows with the incident's
+    audience (poll `/status` for a cheap, frequent read)."""
+    return status_reads.coverage(session, incident_id, by)
 
 
 @router.get("/{incident_id}/briefings", response_model=list[BriefingVersion])

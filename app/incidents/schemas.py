@@ -236,6 +236,43 @@ class DeliveryCounts(BaseModel):
     by_channel: dict[str, dict[str, int]]
 
 
+class AnswerStats(BaseModel):
+    answered: int = Field(description="Members with a current answer.")
+    by_response: dict[str, int] = Field(description="Current answers per response.")
+    ack_rate: float | None = Field(description="answered / targeted (null: nobody targeted).")
+    first_answer_seconds: float | None = Field(
+        description="Seconds from the declaration to the first answer."
+    )
+    median_answer_seconds: float | None = Field(
+        description="Median seconds from the declaration to each member's first answer "
+        "(approximate: within ±4.5%)."
+    )
+
+
+class QuotaStatus(BaseModel):
+    network: str | None
+    countries: list[str]
+    languages: list[str]
+    responses: list[str]
+    min: int
+    targeted: int
+    answered: int
+    met: bool
+
+
+class FiredTimer(BaseModel):
+    sequence: int
+    fired_at: datetime
+    outcome: str | None
+
+
+class FollowUpStatus(BaseModel):
+    reminders: list[FiredTimer] = Field(description="Reminder rounds fired so far.")
+    escalations: list[FiredTimer] = Field(description="Escalations fired so far.")
+    reminder_versions: list[int] = Field(description="Briefing versions sent as reminders.")
+    escalation_versions: list[int] = Field(description="Briefing versions sent to escalation.")
+
+
 class IncidentStatusView(BaseModel):
     """Aggregates only: safe for dashboards (viewer keys)."""
 
@@ -246,7 +283,30 @@ class IncidentStatusView(BaseModel):
     severity: Severity
     targeted: int
     deliveries: DeliveryCounts
+    answers: AnswerStats
+    quotas: list[QuotaStatus]
+    followup: FollowUpStatus
+    declared_at: datetime
     updated_at: datetime
+    last_change_at: datetime = Field(
+        description="The latest change of the incident, its deliveries, answers or timers."
+    )
+
+
+class CoverageGroup(BaseModel):
+    group: str
+    targeted: int
+    sent: int
+    failed: int = Field(description="Members with a failed delivery and none sent.")
+    answered: int
+
+
+class CoverageView(BaseModel):
+    """The funnel per group, counted in members. Aggregates only."""
+
+    id: uuid.UUID
+    by: Literal["network", "country", "language", "channel"]
+    groups: list[CoverageGroup]
 
 
 class DeliveryMember(BaseModel):

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.acks.followup import create_timers
+from app.acks.service import count_targets
 from app.audit.service import record
 from app.auth.service import Principal
 from app.db import on_commit
@@ -33,7 +34,6 @@ from app.members.service import json_array_contains, json_array_has_language
 from app.models import (
     Briefing,
     Delivery,
-    DeliveryCounter,
     Incident,
     IncidentTarget,
     Member,
@@ -93,8 +93,9 @@ def next_reference(session: Session, year: int) -> str:
 
 
 _MEMBER_COLUMNS = (
-    Member.id, Member.languages, Member.email, Member.webhook_url, Member.webhook_disabled_at,
-    Member.timezone, Member.quiet_hours_start, Member.quiet_hours_end,
+    Member.id, Member.network, Member.country, Member.languages, Member.email,
+    Member.webhook_url, Member.webhook_disabled_at, Member.timezone, Member.quiet_hours_start,
+    Member.quiet_hours_end,
 )  # fmt: skip
 TargetRow = Any  # a Row of _MEMBER_COLUMNS
 
@@ -232,6 +233,7 @@ def add_targets(
     rows = [{"incident_id": incident.id, "member_id": m.id, "added_at": now} for m in members]
     for start in range(0, len(rows), 5000):
         session.execute(insert(INCIDENT_TARGETS), rows[start : start + 5000])
+    count_targets(session, incident, members)
 
 
 def declare(
@@ -507,17 +509,6 @@ def list_incidents(
     return list(session.scalars(query))
 
 
-def targeted_counts(session: Session, incident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    if not incident_ids:
-        return {}
-    rows = session.execute(
-        select(IncidentTarget.incident_id, func.count().label("targeted"))
-        .where(IncidentTarget.incident_id.in_(incident_ids))
-        .group_by(IncidentTarget.incident_id)
-    )
-    return {row.incident_id: row.targeted for row in rows}
-
-
 def latest_versions(session: Session, incident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
     if not incident_ids:
         return {}
@@ -536,20 +527,6 @@ def briefings(session: Session, incident_id: uuid.UUID) -> list[Briefing]:
             select(Briefing).where(Briefing.incident_id == incident_id).order_by(Briefing.version)
         )
     )
-
-
-def delivery_counts(session: Session, incident_id: uuid.UUID) -> dict[str, dict[str, int]]:
-    """channel → status → count, from the counters (cost independent of the roster size)."""
-    counts: dict[str, dict[str, int]] = {}
-    rows = session.execute(
-        select(DeliveryCounter.channel, DeliveryCounter.status, DeliveryCounter.count).where(
-            DeliveryCounter.incident_id == incident_id
-        )
-    )
-    for channel, status, count in rows:
-        if count:
-            counts.setdefault(channel, {})[status] = count
-    return counts
 
 
 def list_deliveries(

@@ -1,6 +1,13 @@
 """All ORM models; Alembic's env imports this module to see the whole schema."""
 
-from app.models.ack import Ack, CurrentAck, IncidentTimer
+from app.models.ack import (
+    Ack,
+    AnswerCounter,
+    AnswerDelayCounter,
+    CurrentAck,
+    IncidentTimer,
+    QuotaCounter,
+)
 from app.models.api_key import ApiKey, Role
 from app.models.audit import AuditEntry
 from app.models.base import Base
@@ -17,6 +24,8 @@ from app.models.worker import WorkerHeartbeat
 
 __all__ = [
     "Ack",
+    "AnswerCounter",
+    "AnswerDelayCounter",
     "ApiKey",
     "AuditEntry",
     "Base",
@@ -28,6 +37,7 @@ __all__ = [
     "IncidentTarget",
     "IncidentTimer",
     "Member",
+    "QuotaCounter",
     "ReferenceCounter",
     "Role",
     "Roster",

@@ -38,7 +38,11 @@ class CurrentAck(Base):
     """A member's current answer to an incident: the latest of their `acks`."""
 
     __tablename__ = "current_acks"
-    __table_args__ = (Index("ix_current_acks_incident_id_response", "incident_id", "response"),)
+    __table_args__ = (
+        Index("ix_current_acks_incident_id_response", "incident_id", "response"),
+        # The first answer of an incident is the first entry of this index: O(log n).
+        Index("ix_current_acks_incident_id_first_answered_at", "incident_id", "first_answered_at"),
+    )
 
     incident_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
@@ -68,3 +72,45 @@ class IncidentTimer(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     outcome: Mapped[str | None] = mapped_column(String(200))
+
+
+class AnswerCounter(Base):
+    """Current answers per (incident, response), moved in the transaction that changes a
+    member's current answer, so a dashboard's poll needs no COUNT over `current_acks`."""
+
+    __tablename__ = "answer_counters"
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    response: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AnswerDelayCounter(Base):
+    """A histogram of first answers by delay from the declaration: bucket `b` holds the
+    members whose first answer came `2**((b-1)/8)` to `2**(b/8)` seconds in (bucket 0: under
+    a second). The median time to answer is read from it at a bounded cost."""
+
+    __tablename__ = "answer_delay_counters"
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class QuotaCounter(Base):
+    """Per quota of an incident: targeted members of its segment and how many of them gave
+    a counting answer, kept where targets are added and answers change."""
+
+    __tablename__ = "quota_counters"
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    quota_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    targeted: Mapped[int] = mapped_column(Integer, default=0)
+    answered: Mapped[int] = mapped_column(Integer, default=0)

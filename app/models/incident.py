@@ -40,6 +40,8 @@ class Incident(Base):
     # Follow-up of the answers: see app/acks/followup.py.
     ack_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     followup: Mapped[dict[str, Any]] = mapped_column(JSONList, default=dict)
+    # Members targeted so far, kept with `incident_targets` so status reads need no COUNT.
+    targeted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ReferenceCounter(Base):
@@ -134,3 +136,4 @@ class DeliveryCounter(Base):
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

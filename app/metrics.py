@@ -1,0 +1,211 @@
+"""Prometheus metrics at `/metrics`.
+
+HTTP latency is measured in the API process, labelled by route template (`/ack/{token}`,
+never the token). Everything about the business (deliveries, answers, incidents, queue lag,
+workers, the sweeper) is read from the database at scrape time by a collector: the database
+is the source of truth, so any API replica gives the same numbers and no multiprocess
+state is needed for workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings
+from app.deliveries import ledger
+from app.health.service import last_sweep, worker_health
+from app.models import Ack, Delivery, DeliveryCounter, Incident
+from app.models.base import utcnow
+
+log = structlog.get_logger(__name__)
+
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+INCIDENT_STATUSES = ("mobilizing", "active", "resolved", "cancelled")
+# Requests that matched no route (404s, 413s before routing): one label, never the path.
+UNMATCHED = "<unmatched>"
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics (no API key: aggregates only, no contact detail or text)."""
+    registry: CollectorRegistry = request.app.state.metrics_registry
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(registry), media_type=content_type)
+
+
+class HttpMetrics:
+    """Observe each request's duration by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            # The router stores the matched route in the scope: its template, not the path.
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.histogram.labels(route, method, str(status)).observe(time.perf_counter() - started)
+
+
+class DatabaseCollector(Collector):
+    """Business gauges, read with a few cheap queries at each scrape."""
+
+    def __init__(
+        self, session_factory: Callable[[], sessionmaker[Session] | None], settings: Settings
+    ) -> None:
+        self.session_factory = session_factory
+        self.settings = settings
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # the families depend on the database: not described at registration
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "rrmm_metrics_database_up", "1 if the database answered this scrape's queries."
+        )
+        factory = self.session_factory()
+        if factory is None:
+            up.add_metric([], 0)
+            return [up]
+        try:
+            with factory() as session:
+                families = list(self._read(session))
+        except Exception as exc:  # a scrape must answer even when the database does not
+            log.warning("metrics_database_error", error=type(exc).__name__)
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        return [up, *families]
+
+    def _read(self, session: Session) -> Iterable[Metric]:
+        now = utcnow()
+        deliveries = GaugeMetricFamily(
+            "rrmm_deliveries",
+            "Ledger rows by channel and status (all incidents).",
+            labels=["channel", "status"],
+        )
+        rows = session.execute(
+            select(DeliveryCounter.channel, DeliveryCounter.status, func.sum(DeliveryCounter.count))
+            .group_by(DeliveryCounter.channel, DeliveryCounter.status)
+            .order_by(DeliveryCounter.channel, DeliveryCounter.status)
+        )
+        for channel, status, count in rows:
+            deliveries.add_metric([channel, status], float(count or 0))
+        yield deliveries
+
+        # Queue lag: how long the longest-waiting due row has waited (0 if none waits).
+        waiting_since = session.scalar(
+            select(func.min(func.coalesce(Delivery.next_attempt_at, Delivery.created_at))).where(
+                Delivery.status.in_((ledger.PENDING, ledger.RETRYING)),
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            )
+        )
+        oldest = GaugeMetricFamily(
+            "rrmm_delivery_oldest_due_age_seconds",
+            "Seconds the oldest due pending or retrying delivery has waited to be sent.",
+        )
+        oldest.add_metric([], _age(now, waiting_since) or 0.0)
+        yield oldest
+
+        answers = CounterMetricFamily(
+            "rrmm_answers", "Answers (acknowledgements) recorded, by response.", labels=["response"]
+        )
+        for response, count in session.execute(
+            select(Ack.response, func.count()).group_by(Ack.response).order_by(Ack.response)
+        ):
+            answers.add_metric([response], float(count))
+        yield answers
+
+        incidents = GaugeMetricFamily("rrmm_incidents", "Incidents by status.", labels=["status"])
+        by_status = dict.fromkeys(INCIDENT_STATUSES, 0)
+        for status, count in session.execute(
+            select(Incident.status, func.count()).group_by(Incident.status)
+        ):
+            by_status[status] = count
+        for status, count in by_status.items():
+            incidents.add_metric([status], float(count))
+        yield incidents
+
+        health = worker_health(
+            session, interval_seconds=self.settings.heartbeat_interval_seconds, now=now
+        )
+        workers_up = GaugeMetricFamily(
+            "rrmm_workers_up", "1 if a worker ran the heartbeat task within 3 intervals."
+        )
+        workers_up.add_metric([], 1.0 if health.state == "ok" else 0.0)
+        yield workers_up
+        if health.age_seconds is not None:
+            heartbeat = GaugeMetricFamily(
+                "rrmm_worker_last_heartbeat_age_seconds",
+                "Seconds since a worker last ran the heartbeat task.",
+            )
+            heartbeat.add_metric([], health.age_seconds)
+            yield heartbeat
+
+        swept = _age(now, last_sweep(session))
+        if swept is not None:
+            sweep = GaugeMetricFamily(
+                "rrmm_sweeper_last_run_age_seconds", "Seconds since the sweeper last ran."
+            )
+            sweep.add_metric([], swept)
+            yield sweep
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    if then is None:
+        return None
+    return float(max((now - then).total_seconds(), 0.0))
+
+
+def install_metrics(app: FastAPI, settings: Settings) -> None:
+    """A registry of this app's own (several apps in one process do not share series), the
+    HTTP middleware and the `/metrics` route."""
+    registry = CollectorRegistry(auto_describe=True)
+    histogram = Histogram(
+        "rrmm_http_request_duration_seconds",
+        "HTTP request duration, by route template, method and status.",
+        labelnames=("route", "method", "status"),
+        buckets=HTTP_BUCKETS,
+        registry=registry,
+    )
+    registry.register(
+        DatabaseCollector(lambda: getattr(app.state, "session_factory", None), settings)
+    )
+    app.state.metrics_registry = registry
+    app.add_middleware(HttpMetrics, histogram=histogram)
+    app.include_router(router)

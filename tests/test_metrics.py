@@ -1,0 +1,178 @@
+"""`/metrics`: HTTP latency by route template, and business gauges read from the database."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import session_scope
+from app.deliveries import ledger
+from app.deliveries import service as deliveries
+from app.health.service import record_heartbeat, record_sweep
+from app.metrics import UNMATCHED
+from app.models import Ack, Delivery
+from app.models.base import utcnow
+from tests.conftest import member_payload
+from tests.deliveries.conftest import declare_body
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def scrape(client: TestClient) -> tuple[str, Samples]:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return response.text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def seed(client: TestClient, operator: dict[str, str]) -> dict[str, Any]:
+    """Two members, an incident (its ledger rows pending), and the ids involved."""
+    members = []
+    for name in ("Amina Haddad", "Jean Dupont"):
+        payload = member_payload(name=name, quiet_hours=None)
+        response = client.post("/v1/members", json=payload, headers=operator)
+        assert response.status_code == 201, response.text
+        members.append({**response.json(), "email": payload["email"]})
+    incident = client.post("/v1/incidents", json=declare_body(), headers=operator)
+    assert incident.status_code == 202, incident.text
+    return {"members": members, "incident_id": incident.json()["id"]}
+
+
+def test_metrics_need_no_key_and_expose_the_families(client):
+    _text, samples = scrape(client)
+
+    names = {name for name, _labels in samples}
+    assert value(samples, "rrmm_metrics_database_up") == 1
+    assert value(samples, "rrmm_delivery_oldest_due_age_seconds") == 0
+    assert value(samples, "rrmm_workers_up") == 0
+    assert value(samples, "rrmm_incidents", status="active") == 0
+    assert "rrmm_worker_last_heartbeat_age_seconds" not in names  # no worker ever seen
+    assert "rrmm_sweeper_last_run_age_seconds" not in names
+
+
+def test_http_latency_is_labelled_by_route_template(client, operator):
+    data = seed(client, operator)
+    incident_id = data["incident_id"]
+    token = "tok_" + uuid.uuid4().hex
+    client.get(f"/v1/incidents/{incident_id}", headers=operator)
+    client.get(f"/v1/incidents/{incident_id}", headers=operator)
+    client.get(f"/ack/{token}")
+    client.get(f"/no/such/{uuid.uuid4()}")
+
+    text, samples = scrape(client)
+
+    count = "rrmm_http_request_duration_seconds_count"
+    assert (
+        value(samples, count, route="/v1/incidents/{incident_id}", method="GET", status="200") == 2
+    )
+    assert value(samples, count, route="/v1/incidents", method="POST", status="202") == 1
+    ack_page = [
+        labels for name, labels in samples if name == count and ("route", "/ack/{token}") in labels
+    ]
+    assert ack_page, "the ack page is counted under its template"
+    assert value(samples, count, route=UNMATCHED, method="GET", status="404") == 1
+    routes = {dict(labels)["route"] for name, labels in samples if name == count}
+    for route in routes:
+        assert route == UNMATCHED or route.startswith("/"), route
+    assert token not in text
+    assert incident_id not in text
+    assert not UUID.search(text), "no id in any label"
+
+
+def test_business_gauges_follow_the_database(
+    client: TestClient, operator: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    data = seed(client, operator)
+    incident_id = uuid.UUID(data["incident_id"])
+    now = utcnow()
+    with session_scope(session_factory) as session:
+        rows = list(
+            session.scalars(
+                select(Delivery).where(Delivery.incident_id == incident_id).order_by(Delivery.id)
+            )
+        )
+        assert len(rows) == 2  # two members by email
+        first, second = rows
+        # One sent (and answered), one still pending and waiting for two minutes.
+        ledger.transition(
+            session, where=Delivery.id == first.id, from_status=ledger.PENDING,
+            to_status=ledger.SENT, values={"sent_at": now}, now=now,
+        )  # fmt: skip
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == second.id)
+            .values(created_at=now - timedelta(seconds=120), next_attempt_at=None)
+        )
+        session.add(
+            Ack(
+                incident_id=incident_id, member_id=first.member_id, delivery_id=first.id,
+                response="will_engage", comment="Private comment", route="json",
+                channel="email", briefing_version=1, language="en", answered_at=now,
+            )
+        )  # fmt: skip
+        record_heartbeat(session, "celery@worker-1", at=now - timedelta(seconds=5))
+        record_sweep(session, at=now - timedelta(seconds=1))
+
+    text, samples = scrape(client)
+
+    assert value(samples, "rrmm_deliveries", channel="email", status="sent") == 1
+    assert value(samples, "rrmm_deliveries", channel="email", status="pending") == 1
+    assert 120 <= value(samples, "rrmm_delivery_oldest_due_age_seconds") < 180
+    assert value(samples, "rrmm_answers_total", response="will_engage") == 1
+    statuses = {
+        dict(labels)["status"]: v
+        for (name, labels), v in samples.items()
+        if name == "rrmm_incidents"
+    }
+    assert sum(statuses.values()) == 1
+    assert value(samples, "rrmm_workers_up") == 1
+    assert 5 <= value(samples, "rrmm_worker_last_heartbeat_age_seconds") < 60
+    assert 1 <= value(samples, "rrmm_sweeper_last_run_age_seconds") < 60
+    # Aggregates only: no contact detail, name, comment or briefing text.
+    for member in data["members"]:
+        assert member["email"] not in text
+        assert member["name"] not in text
+        assert member["id"] not in text
+    for leaked in ("Private comment", "Subject in", "Body in", "worker-1", "Tension"):
+        assert leaked not in text
+
+
+def test_stale_heartbeat_is_not_up(
+    client: TestClient, session_factory: sessionmaker[Session], settings: Any
+) -> None:
+    stale = utcnow() - timedelta(seconds=settings.heartbeat_interval_seconds * 3 + 30)
+    with session_scope(session_factory) as session:
+        record_heartbeat(session, "celery@old", at=stale)
+
+    _text, samples = scrape(client)
+
+    assert value(samples, "rrmm_workers_up") == 0
+    assert value(samples, "rrmm_worker_last_heartbeat_age_seconds") > 75
+
+
+def test_each_sweep_is_recorded(
+    client: TestClient, session_factory: sessionmaker[Session], settings: Any
+) -> None:
+    published: list[list[int]] = []
+    deliveries.sweep(session_factory, settings, published.append)
+
+    _text, samples = scrape(client)
+
+    assert 0 <= value(samples, "rrmm_sweeper_last_run_age_seconds") < 60
+    assert value(samples, "rrmm_workers_up") == 0  # the sweeper's row is not a worker
