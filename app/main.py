@@ -67,8 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=settings.max_body_bytes,
         import_limit=settings.max_import_bytes,
     )
-    install_metrics(app, settings)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, histogram=install_metrics(app, settings))
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -9,7 +9,6 @@ state is needed for workers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -22,7 +21,6 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
 from app.deliveries import ledger
@@ -51,35 +49,6 @@ def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.metrics_registry
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(registry), media_type=content_type)
-
-
-class HttpMetrics:
-    """Observe each request's duration by route template, method and status."""
-
-    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
-        self.app = app
-        self.histogram = histogram
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            # The router stores the matched route in the scope: its template, not the path.
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.histogram.labels(route, method, str(status)).observe(time.perf_counter() - started)
 
 
 class DatabaseCollector(Collector):
@@ -192,9 +161,10 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return float(max((now - then).total_seconds(), 0.0))
 
 
-def install_metrics(app: FastAPI, settings: Settings) -> None:
-    """A registry of this app's own (several apps in one process do not share series), the
-    HTTP middleware and the `/metrics` route."""
+def install_metrics(app: FastAPI, settings: Settings) -> Histogram:
+    """A registry of this app's own (several apps in one process do not share series) and
+    the `/metrics` route. Returns the HTTP histogram, which the access log middleware
+    (app/middleware.py) observes."""
     registry = CollectorRegistry(auto_describe=True)
     histogram = Histogram(
         "rrmm_http_request_duration_seconds",
@@ -207,5 +177,5 @@ def install_metrics(app: FastAPI, settings: Settings) -> None:
         DatabaseCollector(lambda: getattr(app.state, "session_factory", None), settings)
     )
     app.state.metrics_registry = registry
-    app.add_middleware(HttpMetrics, histogram=histogram)
     app.include_router(router)
+    return histogram

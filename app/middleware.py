@@ -6,9 +6,11 @@ import time
 
 import structlog
 from asgi_correlation_id import correlation_id
+from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_JSON, Problem
+from app.metrics import METHODS, UNMATCHED
 
 log = structlog.get_logger("rrmm.access")
 
@@ -80,11 +82,13 @@ async def _send_413(send: Send, limit: int) -> None:
 
 
 class AccessLog:
-    """One line per request: method, route template (neither the query string, which may
-    hold an email, nor path parameters, which may hold a token)."""
+    """Per request: one log line and one observation of the latency histogram, both by
+    route template (neither the query string, which may hold an email, nor path
+    parameters, which may hold a token)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, histogram: Histogram | None = None) -> None:
         self.app = app
+        self.histogram = histogram
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,12 +106,17 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
+            elapsed = time.perf_counter() - started
+            # The router stores the matched route in the scope: its template, not the path.
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            if self.histogram is not None:
+                method = scope["method"] if scope["method"] in METHODS else "OTHER"
+                self.histogram.labels(route, method, str(status)).observe(elapsed)
             log.info(
                 "request",
                 method=scope["method"],
-                # The route template, never the raw path: /ack/{token} carries a credential.
-                path=getattr(scope.get("route"), "path", None) or "<unmatched>",
+                path=route,
                 status=status,
-                ms=round((time.perf_counter() - started) * 1000, 1),
+                ms=round(elapsed * 1000, 1),
                 request_id=correlation_id.get(),
             )
