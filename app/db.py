@@ -85,3 +85,10 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def contains_pattern(text: str) -> str:
+    """A case-insensitive LIKE pattern for "contains `text`" (use with `escape="\\"` on
+    `lower(column)`): `%` and `_` typed by a user match themselves, not anything."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

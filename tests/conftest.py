@@ -32,6 +32,7 @@ from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Base, Role
+from tests.support.sinks import SmtpSink, WebhookReceiver, sinks
 
 TEST_SECRET_KEY = secrets.token_hex(32)
 
@@ -188,6 +189,22 @@ def operator(auth: Callable[[Role], dict[str, str]]) -> dict[str, str]:
 @pytest.fixture
 def admin(auth: Callable[[Role], dict[str, str]]) -> dict[str, str]:
     return auth(Role.ADMIN)
+
+
+@pytest.fixture
+def smtp_and_receiver() -> Iterator[tuple[SmtpSink, WebhookReceiver]]:
+    """A real SMTP server and a signature-checking webhook receiver on 127.0.0.1."""
+    yield from sinks()
+
+
+@pytest.fixture
+def smtp(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> SmtpSink:
+    return smtp_and_receiver[0]
+
+
+@pytest.fixture
+def receiver(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> WebhookReceiver:
+    return smtp_and_receiver[1]
 
 
 # A public address literal: no DNS is needed (these machines resolve nothing outside).

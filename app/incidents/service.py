@@ -17,7 +17,7 @@ from app.acks.followup import create_timers
 from app.acks.service import count_targets
 from app.audit.service import record
 from app.auth.service import Principal
-from app.db import on_commit
+from app.db import contains_pattern, on_commit
 from app.deliveries import ledger
 from app.deliveries.content import choose_language
 from app.deliveries.quiet_hours import first_attempt_at
@@ -498,8 +498,7 @@ def list_incidents(
     if filters.severity:
         query = query.where(Incident.severity == filters.severity)
     if filters.q:
-        escaped = filters.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{escaped}%"
+        pattern = contains_pattern(filters.q)
         query = query.where(
             or_(
                 func.lower(Incident.title).like(pattern, escape="\\"),

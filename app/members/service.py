@@ -14,6 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.audit.service import record
 from app.auth.service import Principal
+from app.db import contains_pattern
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from app.members.schemas import Consent, MemberCreate, MemberFilters, MemberUpdate, QuietHours
 from app.models import Member
@@ -221,11 +222,6 @@ def json_array_has_language(
     return exists().select_from(elements).where(or_(value == language, variants))
 
 
-def _like_pattern(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def filtered_members(session: Session, filters: MemberFilters) -> Select[Member]:
     query = select(Member)
     if filters.network:
@@ -241,7 +237,7 @@ def filtered_members(session: Session, filters: MemberFilters) -> Select[Member]
     if filters.tag:
         query = query.where(json_array_contains(session, Member.tags, filters.tag))
     if filters.q:
-        pattern = _like_pattern(filters.q)
+        pattern = contains_pattern(filters.q)
         query = query.where(
             or_(
                 *(

@@ -24,7 +24,7 @@ from app.main import create_app
 from app.models import Ack, Briefing, CurrentAck, Delivery, Role
 from tests.conftest import make_client, member_payload
 from tests.support.live_server import serve
-from tests.support.sinks import SmtpSink, WebhookReceiver, sinks
+from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess, worker_environment
 
 # Every test app but the rate-limit ones: far above what a test sends from one address.
@@ -246,21 +246,6 @@ def live(settings: Settings, engine: Any) -> Iterator[Live]:
 def live_api(live: Live, auth: Callable[[Role], dict[str, str]]) -> Iterator[Api]:
     with httpx.Client(base_url=live.url, timeout=30) as client:
         yield Api(client, auth(Role.OPERATOR))
-
-
-@pytest.fixture
-def smtp_and_receiver() -> Iterator[tuple[SmtpSink, WebhookReceiver]]:
-    yield from sinks()
-
-
-@pytest.fixture
-def smtp(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> SmtpSink:
-    return smtp_and_receiver[0]
-
-
-@pytest.fixture
-def receiver(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> WebhookReceiver:
-    return smtp_and_receiver[1]
 
 
 @pytest.fixture

@@ -33,11 +33,9 @@ from tests.support.worker import WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.slow
 
-# The fixtures of the delivery tests, shared as they are (a real API, sinks, members whose
-# webhooks point at the receiver); the worker below adds operator addresses to its env.
-smtp_and_receiver = delivery_fixtures.smtp_and_receiver
-smtp = delivery_fixtures.smtp
-receiver = delivery_fixtures.receiver
+# The fixtures of the delivery tests, shared as they are (a real API, members whose webhooks
+# point at the receiver; the sinks come from tests/conftest.py); the worker below adds
+# operator addresses to its env.
 purge_broker = delivery_fixtures.purge_broker
 fanout_client = delivery_fixtures.fanout_client
 add_member = delivery_fixtures.add_member

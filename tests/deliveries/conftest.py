@@ -11,23 +11,8 @@ from kombu import Connection, Queue
 from app.config import Settings
 from app.models import Role
 from tests.conftest import make_client, member_payload
-from tests.support.sinks import SmtpSink, WebhookReceiver, sinks, wait_until
+from tests.support.sinks import SmtpSink, WebhookReceiver, wait_until
 from tests.support.worker import WorkerProcess, worker_environment
-
-
-@pytest.fixture
-def smtp_and_receiver() -> Iterator[tuple[SmtpSink, WebhookReceiver]]:
-    yield from sinks()
-
-
-@pytest.fixture
-def smtp(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> SmtpSink:
-    return smtp_and_receiver[0]
-
-
-@pytest.fixture
-def receiver(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> WebhookReceiver:
-    return smtp_and_receiver[1]
 
 
 @pytest.fixture
