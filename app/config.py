@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     retry_after_cap_seconds: float = Field(default=3600.0, gt=0)
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
+    # The events stream: how often each API process reads an incident with listeners
+    # (so at most this many status events per second), and the keep-alive comment period.
+    events_poll_seconds: float = Field(default=1.0, ge=0.1, le=60)
+    events_ping_seconds: float = Field(default=15.0, ge=1, le=300)
     requeue_after_seconds: float = Field(default=30.0, gt=0)
     ack_token_ttl_days: int = Field(default=30, ge=1)
     ack_token_key_id: int = Field(default=1, ge=1, le=255)

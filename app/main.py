@@ -16,6 +16,7 @@ from app.api import mount_routers
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
+from app.incidents.events import EventHub
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
 from app.metrics import install_metrics
@@ -43,9 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
         app.state.celery = create_publisher(settings)
+        app.state.event_hub = EventHub(app.state.session_factory, settings.events_poll_seconds)
         try:
             yield
         finally:
+            await app.state.event_hub.close()
             app.state.celery.close()
             engine.dispose()
 

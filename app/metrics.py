@@ -17,7 +17,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,11 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.deliveries import ledger
 from app.health.service import last_sweep, worker_health
-from app.models import Ack, Delivery, DeliveryCounter, Incident
+from app.incidents import timeline
+from app.models import Ack, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
 
 log = structlog.get_logger(__name__)
 
+FANOUT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 INCIDENT_STATUSES = ("mobilizing", "active", "resolved", "cancelled")
@@ -120,6 +127,8 @@ class DatabaseCollector(Collector):
             answers.add_metric([response], float(count))
         yield answers
 
+        yield from _fanout_histograms(session)
+
         incidents = GaugeMetricFamily("rrmm_incidents", "Incidents by status.", labels=["status"])
         by_status = dict.fromkeys(INCIDENT_STATUSES, 0)
         for status, count in session.execute(
@@ -153,6 +162,53 @@ class DatabaseCollector(Collector):
             )
             sweep.add_metric([], swept)
             yield sweep
+
+
+def _fanout_histograms(session: Session) -> Iterable[Metric]:
+    """Delivery latency (from a briefing version's creation to each message leaving) and
+    fan-out duration (first row queued to last row settled), summed over the fan-outs that
+    have finished: each `fanout_finished` timeline event carries its own histogram, so a
+    scrape reads one small row per briefing version, never the deliveries."""
+    latency_buckets = [0] * len(timeline.LATENCY_BUCKETS)
+    latency_sum = 0.0
+    latency_count = 0
+    durations: list[float] = []
+    for (detail,) in session.execute(
+        select(IncidentEvent.detail).where(IncidentEvent.kind == timeline.FANOUT_FINISHED)
+    ):
+        for index, count in enumerate(detail.get("latency_buckets", [])[: len(latency_buckets)]):
+            latency_buckets[index] += int(count)
+        latency_sum += float(detail.get("latency_sum", 0.0))
+        latency_count += int(detail.get("latency_count", 0))
+        durations.append(float(detail.get("duration_seconds", 0.0)))
+    latency = HistogramMetricFamily(
+        "rrmm_delivery_latency_seconds",
+        "Seconds from a briefing version's creation to each of its messages being sent "
+        "(counted when its fan-out finishes).",
+    )
+    latency.add_metric(
+        [],
+        [(_bound(b), float(c)) for b, c in zip(timeline.LATENCY_BUCKETS, latency_buckets,
+                                               strict=True)]
+        + [("+Inf", float(latency_count))],
+        latency_sum,
+    )  # fmt: skip
+    yield latency
+    duration = HistogramMetricFamily(
+        "rrmm_fanout_duration_seconds",
+        "Seconds from a briefing version's first row queued to its last row settled.",
+    )
+    duration.add_metric(
+        [],
+        [(_bound(b), float(sum(d <= b for d in durations))) for b in FANOUT_BUCKETS]
+        + [("+Inf", float(len(durations)))],
+        sum(durations),
+    )
+    yield duration
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:

@@ -176,3 +176,45 @@ def test_each_sweep_is_recorded(
 
     assert 0 <= value(samples, "rrmm_sweeper_last_run_age_seconds") < 60
     assert value(samples, "rrmm_workers_up") == 0  # the sweeper's row is not a worker
+
+
+def test_fanout_latency_and_duration_histograms(
+    client: TestClient, operator: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    """A finished fan-out adds its sends to the latency histogram and itself to the
+    duration histogram; an unfinished one adds nothing yet."""
+    from app.config import Settings
+    from app.incidents import timeline
+
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    data = seed(client, operator)
+    incident_id = uuid.UUID(data["incident_id"])
+    deliveries.dispatch(session_factory, settings, lambda _: None)  # the fan-out starts
+    _, before = scrape(client)
+    assert value(before, "rrmm_fanout_duration_seconds_count") == 0
+    assert value(before, "rrmm_delivery_latency_seconds_count") == 0
+    with session_scope(session_factory) as session:
+        created = session.scalar(
+            select(Delivery.created_at).where(Delivery.incident_id == incident_id)
+        )
+        assert created is not None
+        rows = session.scalars(select(Delivery.id).where(Delivery.incident_id == incident_id)).all()
+        # Sent 3 s and 40 s after the briefing was created.
+        for delivery_id, delay in zip(rows, (3, 40), strict=True):
+            ledger.transition(
+                session, where=Delivery.id == delivery_id, from_status=ledger.PENDING,
+                to_status=ledger.SENT, values={"sent_at": created + timedelta(seconds=delay)},
+                now=utcnow(),
+            )  # fmt: skip
+    assert timeline.record_finished_fanouts(session_factory) == 1
+
+    _, after = scrape(client)
+
+    assert value(after, "rrmm_delivery_latency_seconds_count") == 2
+    assert value(after, "rrmm_delivery_latency_seconds_bucket", le="2.0") == 0
+    assert value(after, "rrmm_delivery_latency_seconds_bucket", le="5.0") == 1
+    assert value(after, "rrmm_delivery_latency_seconds_bucket", le="60.0") == 2
+    assert value(after, "rrmm_delivery_latency_seconds_bucket", le="+Inf") == 2
+    assert 42 <= value(after, "rrmm_delivery_latency_seconds_sum") <= 44
+    assert value(after, "rrmm_fanout_duration_seconds_count") == 1
+    assert value(after, "rrmm_fanout_duration_seconds_bucket", le="+Inf") == 1

@@ -214,16 +214,17 @@ def test_status_counters_are_backfilled(fresh_database_url):
             session.add(delivery)
             session.flush()
             answered_at = now + timedelta(seconds=30)
-            ack = Ack(
-                incident_id=incident_id, member_id=members[0].id, delivery_id=delivery.id,
-                response="will_engage", route="api", channel="email", briefing_version=1,
-                language="en", answered_at=answered_at,
-            )  # fmt: skip
-            session.add(ack)
-            session.flush()
+            # Core, with the columns of that revision (the model has `event_seq` now).
+            ack_id = session.execute(
+                sa.insert(Ack.__table__).values(
+                    incident_id=incident_id, member_id=members[0].id, delivery_id=delivery.id,
+                    response="will_engage", route="api", channel="email", briefing_version=1,
+                    language="en", answered_at=answered_at, late=False,
+                ).returning(Ack.__table__.c.id)
+            ).scalar_one()  # fmt: skip
             session.add(
                 CurrentAck(
-                    incident_id=incident_id, member_id=members[0].id, ack_id=ack.id,
+                    incident_id=incident_id, member_id=members[0].id, ack_id=ack_id,
                     response="will_engage", answered_at=answered_at,
                     first_answered_at=answered_at,
                 )

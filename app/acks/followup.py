@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.acks.service import met_segments, quota_progress
 from app.config import Settings
 from app.deliveries.email import safe_header_value
+from app.incidents import timeline
 from app.models import CurrentAck, Incident, IncidentTarget, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
 
@@ -96,7 +97,9 @@ def fire(
     """Do what the timer is for; returns a short outcome kept on the timer row."""
     from app.incidents import service as incidents
 
-    incident = session.get(Incident, timer.incident_id)
+    # The incident row first (see app.incidents.timeline for the lock order): a reminder
+    # and an update of one incident also get distinct briefing versions this way.
+    incident = session.get(Incident, timer.incident_id, with_for_update=True)
     if incident is None or incident.status in incidents.ENDED:
         return "incident ended"
     if timer.kind == "reminder":
@@ -183,6 +186,20 @@ def _deadline(session: Session, incident: Incident, settings: Settings) -> str:
     return f"operators notified: {len(unmet)} quota(s) unmet"
 
 
+def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
+    """What a fired timer did, for the timeline (nothing if the incident had ended)."""
+    outcome = timer.outcome or ""
+    if outcome == "incident ended":
+        return
+    kind = {"reminder": timeline.REMINDER, "escalation": timeline.ESCALATION}.get(timer.kind)
+    if kind is None:
+        notified = outcome.startswith("operators notified")
+        kind = timeline.OPERATORS_NOTIFIED if notified else timeline.DEADLINE
+    timeline.add(
+        session, timer.incident_id, kind, detail={"sequence": timer.sequence, "outcome": outcome}
+    )
+
+
 def fire_due(
     session_factory: Any, settings: Settings, dispatch: Dispatcher, limit: int = 50
 ) -> int:
@@ -200,6 +217,7 @@ def fire_due(
                     return fired
                 timer_id = timer.id
                 timer.outcome = fire(session, timer, settings=settings, dispatch=dispatch)[:200]
+                _add_to_timeline(session, timer)
                 log.info(
                     "timer_fired", kind=timer.kind, incident_id=str(timer.incident_id),
                     outcome=timer.outcome,

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app import counters
 from app.acks.tokens import AckTokenSigner, InvalidToken
 from app.errors import FieldProblem, InvalidInput, NotFound
+from app.incidents import timeline
 from app.models import (
     Ack,
     AnswerCounter,
@@ -103,6 +104,9 @@ def record(
     now = now or utcnow()
     delivery = seen.delivery
     assert delivery.member_id is not None
+    # The incident row first (lock order, see app.incidents.timeline): the answer's place
+    # in the events stream.
+    seq = timeline.take_seq(session, seen.incident.id)
     reference_time = delivery.sent_at or delivery.created_at
     ack = Ack(
         incident_id=seen.incident.id,
@@ -117,6 +121,7 @@ def record(
         answered_at=now,
         delay_seconds=max((now - reference_time).total_seconds(), 0.0),
         late=seen.incident.ended_at is not None and now >= seen.incident.ended_at,
+        event_seq=seq,
     )
     session.add(ack)
     session.flush()
@@ -208,7 +213,7 @@ def _count_answer(
     member = session.execute(
         select(Member.network, Member.country, Member.languages).where(Member.id == ack.member_id)
     ).one()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for index, quota in enumerate(quotas):
         if not in_segment(quota, member.network, member.country, member.languages):
             continue
@@ -221,6 +226,33 @@ def _count_answer(
     counters.add(
         session, QuotaCounter, rows, keys=("incident_id", "quota_index"), sums=("answered",)
     )
+    _note_quota_crossings(session, incident, {row["quota_index"]: row["answered"] for row in rows})
+
+
+def _note_quota_crossings(session: Session, incident: Incident, changes: dict[int, int]) -> None:
+    """A quota that this answer made met (or unmet again) goes on the timeline. The counter
+    rows are locked by the upsert above, so exactly one answer sees each crossing."""
+    if not changes:
+        return
+    quotas = incident.followup.get("quotas", [])
+    for index, answered in session.execute(
+        select(QuotaCounter.quota_index, QuotaCounter.answered).where(
+            QuotaCounter.incident_id == incident.id,
+            QuotaCounter.quota_index.in_(sorted(changes)),
+        )
+    ):
+        wanted = int(quotas[index]["min"])
+        before = answered - changes[index]
+        if before < wanted <= answered:
+            kind = timeline.QUOTA_MET
+        elif answered < wanted <= before:
+            kind = timeline.QUOTA_UNMET
+        else:
+            continue
+        timeline.add(
+            session, incident.id, kind,
+            detail={"quota_index": index, "answered": answered, "min": wanted},
+        )  # fmt: skip
 
 
 def count_targets(session: Session, incident: Incident, members: Sequence[Any]) -> None:

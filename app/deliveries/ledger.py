@@ -170,9 +170,10 @@ def take_due(
     requeue_after: timedelta,
     limit: int,
     briefing_id: int | None = None,
-) -> list[Row[tuple[int, str]]]:
-    """Mark as queued, and return, the rows a sender should look at now: new or forgotten
-    pending rows, retries that are due, and rows whose lease ran out.
+) -> list[Row[tuple[int, str, int]]]:
+    """Mark as queued, and return as (id, channel, briefing id), the rows a sender should
+    look at now: new or forgotten pending rows, retries that are due, and rows whose lease
+    ran out.
 
     One conditional UPDATE: if a sweep and a dispatch race for the same rows, the second
     re-checks the condition on the locked rows and takes none of them, so nothing is queued
@@ -194,7 +195,7 @@ def take_due(
         update(Delivery)
         .where(Delivery.id.in_(candidates.scalar_subquery()), condition)
         .values(enqueued_at=now)
-        .returning(Delivery.id, Delivery.channel)
+        .returning(Delivery.id, Delivery.channel, Delivery.briefing_id)
         .execution_options(synchronize_session=False)
     )
     return sorted(session.execute(statement), key=lambda row: row.id)

@@ -48,6 +48,7 @@ from app.deliveries.transport import (
     WebhookSender,
 )
 from app.health.service import record_sweep
+from app.incidents import timeline
 from app.incidents.service import activate_mobilized
 from app.models import Briefing, CurrentAck, Delivery, Incident, Member
 from app.models.base import utcnow
@@ -494,6 +495,11 @@ def dispatch(
             session, now=now, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
             limit=limit, briefing_id=briefing_id,
         )  # fmt: skip
+    if rows:
+        # Its own short transaction, after the rows are marked: the timeline's lock on the
+        # incident row is never held while delivery rows are (lock order).
+        with session_scope(session_factory) as session:
+            timeline.record_fanout_started(session, [row.briefing_id for row in rows], now)
     # Rows of one member's channels are adjacent, so a batch holds both channels and its
     # SMTP and HTTP exchanges overlap.
     ids = [row.id for row in rows]
@@ -514,4 +520,8 @@ def sweep(
         activated = activate_mobilized(session)
         record_sweep(session)
     queued = dispatch(session_factory, settings, publish)
-    return {"queued": queued, "failed_lost": failed, "activated": activated}
+    finished = timeline.record_finished_fanouts(session_factory)
+    return {
+        "queued": queued, "failed_lost": failed, "activated": activated,
+        "fanouts_finished": finished,
+    }  # fmt: skip

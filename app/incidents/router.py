@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from sse_starlette import EventSourceResponse
 
 from app.deps import Operator, SessionDep, Viewer
-from app.incidents import service
+from app.incidents import events, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
     BriefingVersion,
@@ -25,10 +24,12 @@ from app.incidents.schemas import (
     IncidentFilters,
     IncidentStatusView,
     IncidentUpdate,
+    TimelineEvent,
 )
 from app.incidents.service import Dispatcher
 from app.incidents.status import CoverageBy
 from app.models import Incident as IncidentRow
+from app.models import Role
 from app.pagination import (
     DEFAULT_LIMIT,
     Page,
@@ -176,11 +177,7 @@ def incident_status(
     Read from counters kept with the ledger and the answers: the cost does not grow with
     the roster. Poll with `If-None-Match`: an unchanged status is a 304 without a body.
     """
-    body = IncidentStatusView.model_validate(
-        status_reads.incident_status(session, incident_id)
-    ).model_dump(mode="json")
-    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    etag = f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
+    payload, etag = status_reads.status_document(session, incident_id)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -200,6 +197,81 @@ def incident_coverage(
     Runs GROUP BY queries over this incident's rows: its cost grows with the incident's
     audience (poll `/status` for a cheap, frequent read)."""
     return status_reads.coverage(session, incident_id, by)
+
+
+@router.get("/{incident_id}/timeline", response_model=Page[TimelineEvent])
+def incident_timeline(
+    incident_id: uuid.UUID,
+    session: SessionDep,
+    _actor: Operator,
+    limit: LimitQuery = 500,
+    cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """What happened, oldest first, and who did it: declared, fan-out started and finished
+    (with outcome counts and duration) per briefing version, updates, reminders,
+    escalations, quotas met (or unmet again), the deadline and the operators' notice,
+    resolve or cancel (operators only: it names the API keys that acted)."""
+    service.get_incident(session, incident_id)
+    rows = timeline.events(
+        session, incident_id, after_seq=decode_int_cursor(cursor) or 0, limit=limit + 1
+    )
+    items = rows[:limit]
+    return {
+        "items": [
+            {
+                "seq": e.seq, "kind": e.kind, "at": e.at, "actor": e.actor,
+                "briefing_version": e.briefing_version, "detail": e.detail,
+            }
+            for e in items
+        ],
+        "next_cursor": next_cursor(rows, limit, items[-1].seq if items else None),
+    }  # fmt: skip
+
+
+@router.get(
+    "/{incident_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "An endless `text/event-stream`: `status` events (the /status "
+            "body, when it changes, at most once per `RRMM_EVENTS_POLL_SECONDS`), "
+            "`timeline` events, and `answer` events for operators only.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+def incident_events(
+    incident_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    principal: Viewer,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            pattern=r"^[0-9]{1,9}$",
+            description="Resume after this event id: what was missed is sent first.",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """Live progress as server-sent events, resumable with `Last-Event-ID` on any API
+    process: a `status` snapshot first, then `timeline` events (without actors for
+    viewers), `answer` events (operators only: who answered what), and a new `status`
+    whenever the aggregates change. Viewers get aggregates only.
+
+    Each event's `id` is the incident's event number: reconnecting with the last one seen
+    replays what was missed, from the database."""
+    service.get_incident(session, incident_id)
+    settings = request.app.state.settings
+    return EventSourceResponse(
+        events.stream(
+            request.app.state.event_hub, incident_id,
+            operator=principal.role.includes(Role.OPERATOR),
+            last_event_id=int(last_event_id) if last_event_id is not None else None,
+        ),
+        ping=settings.events_ping_seconds,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )  # fmt: skip
 
 
 @router.get("/{incident_id}/briefings", response_model=list[BriefingVersion])

@@ -334,3 +334,21 @@ class IncidentFilters(BaseModel):
     mode: Mode | None = None
     severity: Severity | None = None
     q: Line | None = None
+
+
+TimelineKind = Literal[
+    "declared", "fanout_started", "fanout_finished", "updated", "reminder", "escalation",
+    "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved", "cancelled",
+]  # fmt: skip
+
+
+class TimelineEvent(BaseModel):
+    """One step of an incident, in order. `actor` is the API key's name for a person's
+    action and null for what the system did by itself (fan-out, reminders, deadline)."""
+
+    seq: int
+    kind: TimelineKind
+    at: datetime
+    actor: str | None
+    briefing_version: int | None
+    detail: dict[str, Any]

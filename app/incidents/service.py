@@ -22,6 +22,7 @@ from app.deliveries import ledger
 from app.deliveries.content import choose_language
 from app.deliveries.quiet_hours import first_attempt_at
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from app.incidents import timeline
 from app.incidents.schemas import (
     DEFAULT_RESPONSES,
     Audience,
@@ -302,6 +303,10 @@ def declare(
     add_targets(session, incident, members, now)
     count = add_deliveries(session, incident, briefing, members, now=now)
     create_timers(session, incident, now)
+    timeline.add(
+        session, incident.id, timeline.DECLARED, actor=actor.name, version=briefing.version,
+        detail={"targeted": len(members), "deliveries": count, "mode": incident.mode}, at=now,
+    )  # fmt: skip
     record(
         session, actor, "incident.declare", "incident", incident.id,
         {"reference": incident.reference, "targeted": len(members), "deliveries": count},
@@ -435,6 +440,10 @@ def post_update(
     )
     count = add_deliveries(session, incident, briefing, target_rows(session, incident), now=now)
     incident.updated_at = now
+    timeline.add(
+        session, incident.id, timeline.UPDATED, actor=actor.name, version=briefing.version,
+        detail={"new_members": len(newcomers), "deliveries": count}, at=now,
+    )  # fmt: skip
     record(
         session, actor, "incident.update", "incident", incident.id,
         {"version": briefing.version, "new_members": len(newcomers), "deliveries": count},
@@ -476,6 +485,10 @@ def end_incident(
     incident.status = kind
     incident.ended_at = now
     incident.updated_at = now
+    timeline.add(
+        session, incident.id, kind, actor=actor.name, version=briefing.version,
+        detail={"stopped": retired, "deliveries": count}, at=now,
+    )  # fmt: skip
     record(
         session, actor, f"incident.{'resolve' if kind == 'resolved' else 'cancel'}", "incident",
         incident.id, {"version": briefing.version, "stopped": retired, "deliveries": count},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.acks.service import bucket_seconds
 from app.deliveries import ledger
+from app.incidents.schemas import IncidentStatusView
 from app.incidents.service import get_incident
 from app.models import (
     Ack,
@@ -169,6 +172,16 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
         "updated_at": incident.updated_at,
         "last_change_at": max(c for c in changes if c is not None),
     }
+
+
+def status_document(session: Session, incident_id: uuid.UUID) -> tuple[bytes, str]:
+    """The status as the JSON a dashboard gets, and its strong ETag (the same bytes for
+    `/status` and the events stream's `status` events)."""
+    body = IncidentStatusView.model_validate(incident_status(session, incident_id)).model_dump(
+        mode="json"
+    )
+    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    return payload, f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
 
 
 def _member_groups(

@@ -16,6 +16,7 @@ from app.models.incident import (
     Delivery,
     DeliveryCounter,
     Incident,
+    IncidentEvent,
     IncidentTarget,
     ReferenceCounter,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Delivery",
     "DeliveryCounter",
     "Incident",
+    "IncidentEvent",
     "IncidentTarget",
     "IncidentTimer",
     "Member",

@@ -13,7 +13,10 @@ class Ack(Base):
     """One answer of a member to an incident, as given (the history; never updated)."""
 
     __tablename__ = "acks"
-    __table_args__ = (Index("ix_acks_incident_id_member_id", "incident_id", "member_id"),)
+    __table_args__ = (
+        Index("ix_acks_incident_id_member_id", "incident_id", "member_id"),
+        Index("ix_acks_incident_id_event_seq", "incident_id", "event_seq"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     incident_id: Mapped[uuid.UUID] = mapped_column(
@@ -32,6 +35,9 @@ class Ack(Base):
     answered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delay_seconds: Mapped[float | None] = mapped_column(Float)
     late: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The incident's event sequence number (see Incident.event_seq): orders answers with
+    # the timeline in the events stream.
+    event_seq: Mapped[int | None] = mapped_column(Integer)
 
 
 class CurrentAck(Base):

@@ -42,6 +42,10 @@ class Incident(Base):
     followup: Mapped[dict[str, Any]] = mapped_column(JSONList, default=dict)
     # Members targeted so far, kept with `incident_targets` so status reads need no COUNT.
     targeted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The last sequence number given to this incident's timeline events and answers. The
+    # row lock of the UPDATE that takes the next number is held until commit, so numbers
+    # become visible in order: a reader that has seen N has seen everything before N.
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ReferenceCounter(Base):
@@ -137,3 +141,31 @@ class DeliveryCounter(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IncidentEvent(Base):
+    """One step of an incident's timeline (declared, fan-out started and finished, update,
+    reminder, escalation, quota met, operators notified, resolved or cancelled), written in
+    the transaction of the step itself. `seq` orders it with the incident's answers, for
+    the events stream's `Last-Event-ID`."""
+
+    __tablename__ = "incident_events"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "seq", name="uq_incident_events_incident_id_seq"),
+        # At most one fan-out start and one finish per briefing version.
+        UniqueConstraint("incident_id", "dedupe_key", name="uq_incident_events_dedupe_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The API key's name for a person's action; None for the system (sweeper, timers).
+    actor: Mapped[str | None] = mapped_column(String(100))
+    briefing_version: Mapped[int | None] = mapped_column(Integer)
+    # Counts and short outcomes only: never a contact detail, a name or briefing text.
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONList, default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(64))
