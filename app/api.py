@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from app.acks.router import pages as ack_pages
 from app.acks.router import router as acks_router
 from app.audit.router import router as audit_router
+from app.board.router import pages as board_pages
 from app.cap.router import router as cap_router
 from app.health.router import router as health_router
 from app.incidents.router import router as incidents_router
@@ -19,6 +20,7 @@ API_ROUTERS = (members_router, rosters_router, incidents_router, acks_router, au
 def mount_routers(app: FastAPI) -> None:
     app.include_router(health_router)
     app.include_router(ack_pages)
+    app.include_router(board_pages)
     for router in API_ROUTERS:
         app.include_router(router)
     app.include_router(cap_router)

@@ -52,6 +52,8 @@ EXPECTED: dict[Route, Role] = {
     ("GET", "/v1/incidents/{incident_id}"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}/status"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}/coverage"): Role.VIEWER,
+    ("GET", "/v1/incidents/{incident_id}/events"): Role.VIEWER,
+    ("GET", "/v1/incidents/{incident_id}/timeline"): Role.OPERATOR,
     ("GET", "/v1/incidents/{incident_id}/briefings"): Role.OPERATOR,
     ("GET", "/v1/incidents/{incident_id}/cap"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/updates"): Role.OPERATOR,
@@ -71,6 +73,13 @@ TOKEN_AUTHENTICATED: set[Route] = {("POST", "/v1/acks")}
 # holds a signed token; tests/acks checks that everything else about it is refused).
 PUBLIC: set[Route] = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 ACK_PAGE: set[Route] = {("GET", "/ack/{token}"), ("HEAD", "/ack/{token}"), ("POST", "/ack/{token}")}
+# The status board: a shell and its own script and stylesheet, the same for every incident and
+# holding no data (its script reads the figures from /v1 with the viewer key; tests/board).
+BOARD_PAGE: set[Route] = {
+    ("GET", "/board/incidents/{incident_id}"),
+    ("GET", "/board/static/board.js"),
+    ("GET", "/board/static/board.css"),
+}
 
 ROUTES = sorted(EXPECTED)
 ROUTE_IDS = [f"{method} {path}" for method, path in ROUTES]
@@ -129,13 +138,13 @@ def test_every_route_has_an_entry(app):
         assert required_roles(dependant) == {EXPECTED[key]}, key
 
 
-def test_only_the_probes_and_the_ack_page_are_public(app):
+def test_only_the_probes_and_the_pages_are_public(app):
     outside = {
         key: dependant
         for key, dependant in app_routes(app, prefix="/").items()
         if not key[1].startswith("/v1/")
     }
-    assert set(outside) == PUBLIC | ACK_PAGE
+    assert set(outside) == PUBLIC | ACK_PAGE | BOARD_PAGE
     for key, dependant in outside.items():
         assert required_roles(dependant) == set(), key
 
@@ -184,6 +193,10 @@ def request_kwargs(method: str, path: str, ids: dict[str, str]) -> dict[str, Any
     """URL, body and content type of a valid call of this route."""
     # Ids of rows that no fixture creates are random: authorization is checked first anyway.
     parameters = collections.defaultdict(lambda: str(uuid.uuid4()), ids)
+    if path.endswith("/events"):
+        # The stream of a real incident never ends; an unknown one is a 404 once the key
+        # and its role have been checked, which is what this call is about.
+        parameters["incident_id"] = str(uuid.uuid4())
     kwargs: dict[str, Any] = {"url": path.format_map(parameters), "headers": {}}
     if (method, path) == ("POST", "/v1/members/import"):
         kwargs["content"] = IMPORT_CSV
