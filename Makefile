@@ -9,10 +9,11 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run test lint format bench-fanout clean
+.PHONY: help install browser run demo test lint format bench-fanout clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
+	@echo "make demo   see it work: a synthetic network, an exercise, the live view"
 	@echo "make test   run the test suite (PostgreSQL/Redis if RRMM_TEST_*_URL are set)"
 	@echo "make lint   ruff + mypy"
 
@@ -27,6 +28,9 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/rrmm run --port $(PORT)
+
+demo: install
+	$(BIN)/rrmm demo --port $(PORT)
 
 # The browser test drives Debian's Chromium (Playwright cannot download browsers here).
 browser:

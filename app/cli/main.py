@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from app import migrate
 from app.auth import service as auth_service
 from app.auth.service import Principal
+from app.cli.demo import demo as demo_command
+from app.cli.watch import watch as watch_command
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.errors import AppError
@@ -87,6 +89,10 @@ def run(
     raise typer.Exit(
         run_all(settings, host=host, port=port, smtp_port=smtp_port, concurrency=concurrency)
     )
+
+
+cli.command("demo")(demo_command)
+cli.command("watch")(watch_command)
 
 
 @cli.command()
