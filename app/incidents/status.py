@@ -146,6 +146,11 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
     ):
         versions[kind].append(version)
     targeted = incident.targeted
+    first_seconds = _seconds(first_answer, incident.declared_at)
+    median = median_from_histogram(histogram)
+    if median is not None and first_seconds is not None:
+        # A bucket's middle can lie before the exact first answer: never show that.
+        median = max(median, first_seconds)
     return {
         "id": incident.id,
         "reference": incident.reference,
@@ -158,8 +163,8 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
             "answered": answered,
             "by_response": by_response,
             "ack_rate": round(answered / targeted, 4) if targeted else None,
-            "first_answer_seconds": _seconds(first_answer, incident.declared_at),
-            "median_answer_seconds": median_from_histogram(histogram),
+            "first_answer_seconds": first_seconds,
+            "median_answer_seconds": median,
         },
         "quotas": quotas,
         "followup": {
