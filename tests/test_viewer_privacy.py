@@ -23,10 +23,10 @@ from __future__ import annotations
 import html
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import markupsafe
@@ -44,8 +44,9 @@ from app.deliveries import ledger
 from app.models import Briefing, Delivery, Role
 from app.models.base import utcnow
 from tests import test_roles
-from tests.acks.conftest import encode_token, token_bytes
+from tests.acks.conftest import HttpResponse, encode_token, token_bytes
 from tests.conftest import assert_problem, member_payload
+from tests.incidents.test_status import move
 from tests.test_roles import (
     ACK_PAGE,
     EXPECTED,
@@ -58,22 +59,6 @@ from tests.test_roles import (
 from tests.test_roles import request_kwargs as role_test_request
 
 Headers = dict[str, str]
-
-
-class Response(Protocol):
-    """What is read of a response (the TestClient's httpx or httpx itself)."""
-
-    @property
-    def status_code(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def content(self) -> bytes: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def request(self) -> Any: ...
-    def json(self, **kwargs: Any) -> Any: ...
 
 
 # An endless server-sent event stream: tests/incidents/test_events.py reads it on its own.
@@ -299,7 +284,7 @@ class Secrets:
     def add(self, *values: str | None) -> None:
         self.values += [v for v in values if v]
 
-    def found_in(self, response: Response) -> list[str]:
+    def found_in(self, response: HttpResponse) -> list[str]:
         """The secrets in the response's body or headers, but those the request's own URL
         carried (a problem's `instance` repeats the path the caller sent)."""
         headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
@@ -339,35 +324,9 @@ def viewer(auth: Callable[[Role], Headers]) -> Headers:
     return auth(Role.VIEWER)
 
 
-def _ok(response: Response, status: int = 200) -> Any:
+def _ok(response: HttpResponse, status: int = 200) -> Any:
     assert response.status_code == status, response.text
     return response.json()
-
-
-def _move(
-    session_factory: sessionmaker[Session],
-    incident: dict[str, Any],
-    member: dict[str, Any],
-    channel: str,
-    to_status: str,
-    **values: Any,
-) -> None:
-    """A send's outcome, written by the ledger's own transition (its counters follow)."""
-    now = utcnow()
-    if to_status == ledger.SENT:
-        values["sent_at"] = now
-    with session_scope(session_factory) as session:
-        changed = ledger.transition(
-            session,
-            where=(Delivery.incident_id == uuid.UUID(incident["id"]))
-            & (Delivery.member_id == uuid.UUID(member["id"]))
-            & (Delivery.channel == channel),
-            from_status=ledger.PENDING,
-            to_status=to_status,
-            values=values,
-            now=now,
-        )
-        assert changed, (member["name"], channel)
 
 
 def _token(
@@ -473,13 +432,13 @@ def seeded(
     assert active["targeted"] == 4  # the paused member is in the roster but not targeted
 
     arabic, french, english = (members[k] for k in ("arabic", "french", "english"))
-    _move(session_factory, active, french, "email", ledger.SENT)
-    _move(session_factory, active, english, "email", ledger.SENT)
-    _move(session_factory, active, english, "webhook", ledger.FAILED,
-          last_error="ConnectError: 93.184.216.34:8443 refused (thistlewood-desk)")  # fmt: skip
-    _move(session_factory, active, arabic, "email", ledger.FAILED,
-          last_error="550 a.zaytouni@alfajr-newsroom.example.org: mailbox unavailable")  # fmt: skip
-    _move(session_factory, active, arabic, "webhook", ledger.SENT)
+    move(session_factory, active, french, ledger.SENT, channel="email")
+    move(session_factory, active, english, ledger.SENT, channel="email")
+    move(session_factory, active, english, ledger.FAILED, channel="webhook",
+         error="ConnectError: 93.184.216.34:8443 refused (thistlewood-desk)")  # fmt: skip
+    move(session_factory, active, arabic, ledger.FAILED, channel="email",
+         error="550 a.zaytouni@alfajr-newsroom.example.org: mailbox unavailable")  # fmt: skip
+    move(session_factory, active, arabic, ledger.SENT, channel="webhook")
 
     signer: AckTokenSigner = app.state.ack_signer
     _answer_on_page(
@@ -532,7 +491,7 @@ def seeded(
         ),
         202,
     )
-    _move(session_factory, resolved, arabic, "email", ledger.SENT)
+    move(session_factory, resolved, arabic, ledger.SENT, channel="email")
     resolved_token = _token(session_factory, signer, resolved, arabic, "email")
     _answer_on_page(client, resolved_token, "acknowledged", COMMENTS["resolved"])
     resolved = _ok(
@@ -560,7 +519,7 @@ def seeded(
 
 def viewer_calls(
     client: TestClient, route: Route, seeded: Seeded, headers: Headers
-) -> Iterator[tuple[str, Response]]:
+) -> Iterator[tuple[str, HttpResponse]]:
     """Every call of the route a viewer can make with what was seeded: each incident, each
     query string that changes the answer, the next page, the conditional status poll."""
     method, path = route

@@ -8,13 +8,11 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,7 @@ from app.cli.demo import DemoError, Options
 from app.cli.demo_network import DemoMember, briefing, build_network
 from app.cli.demo_peers import MailReader, NewsroomReceiver
 from app.cli.supervisor import (
-    Child,
     Supervisor,
-    _die_with_parent,
     embedded_environment,
     redis_socket_path,
     start_redis,
@@ -104,30 +100,6 @@ def _without_rrmm_environment() -> Iterator[None]:
         os.environ.update(saved)
 
 
-@dataclass
-class LoggingSupervisor(Supervisor):
-    """`rrmm run`'s supervisor (same children, same stop), with each child's output in
-    `logs/NAME.log`: the terminal belongs to the live view."""
-
-    log_dir: Path = field(default_factory=Path)
-
-    def start(self, name: str, argv: list[str]) -> Child:
-        with (self.log_dir / f"{name}.log").open("ab") as output:
-            process = subprocess.Popen(  # noqa: S603 (our own executables, fixed arguments)
-                argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
-        child = Child(name, process)
-        self.children.append(child)
-        log.info("started", child=name, pid=process.pid)
-        return child
-
-
 def _quiet_logging(path: Path) -> None:
     """This process's own log lines (the supervisor's) go to a file, not the terminal."""
     configure_logging("INFO", "json")
@@ -153,7 +125,7 @@ def run_demo(options: Options, console: Console) -> int:
         env = embedded_environment(settings, smtp_port)
     env.update(DEMO_SETTINGS)
     env["RRMM_PUBLIC_URL"] = settings.public_url
-    supervisor = LoggingSupervisor(env=env, log_dir=directory / "logs")
+    supervisor = Supervisor(env=env, log_dir=directory / "logs")
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     python = [sys.executable, "-m", "app.cli"]
     story: Story | None = None
@@ -204,7 +176,7 @@ def say(console: Console, message: str) -> None:
     console.print(Text("· ", style="dim") + Text(message), soft_wrap=True)
 
 
-def wait_ready(base_url: str, supervisor: LoggingSupervisor, *, timeout: float) -> None:
+def wait_ready(base_url: str, supervisor: Supervisor, *, timeout: float) -> None:
     """Until `/readyz` reports the database, the broker and a worker; a child that dies
     meanwhile ends the demo with the name of its log."""
     deadline = time.monotonic() + timeout
@@ -220,11 +192,11 @@ def wait_ready(base_url: str, supervisor: LoggingSupervisor, *, timeout: float) 
     raise DemoError(f"the stack was not ready within {timeout:.0f}s (see the logs)")
 
 
-def check_children(supervisor: LoggingSupervisor) -> None:
+def check_children(supervisor: Supervisor) -> None:
     exited = supervisor.first_exited()
     if exited is not None:
-        log = supervisor.log_dir / f"{exited.name}.log"
-        raise DemoError(f"{exited.name} stopped (exit code {exited.process.returncode}); see {log}")
+        where = f"; see {supervisor.log_dir / f'{exited.name}.log'}" if supervisor.log_dir else ""
+        raise DemoError(f"{exited.name} stopped (exit code {exited.process.returncode}){where}")
 
 
 # ---------------------------------------------------------------------------- the story
@@ -237,7 +209,7 @@ class Story:
         self,
         options: Options,
         console: Console,
-        supervisor: LoggingSupervisor,
+        supervisor: Supervisor,
         base_url: str,
         mail_dir: Path,
         operator_key: str,

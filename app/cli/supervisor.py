@@ -8,6 +8,7 @@ the run. Shutdown is the reverse order, SIGTERM then SIGKILL after a grace perio
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -53,14 +54,25 @@ class Supervisor:
     env: dict[str, str]
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
+    # Where each child's output goes (`NAME.log` in it); None: this terminal.
+    log_dir: Path | None = None
 
     def start(self, name: str, argv: list[str]) -> Child:
-        process = subprocess.Popen(  # noqa: S603 (our own executables, fixed arguments)
-            argv,
-            env=self.env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        with contextlib.ExitStack() as files:
+            output = (
+                files.enter_context((self.log_dir / f"{name}.log").open("ab"))
+                if self.log_dir is not None
+                else None
+            )
+            process = subprocess.Popen(  # noqa: S603 (our own executables, fixed arguments)
+                argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL if output is not None else None,
+                stdout=output,
+                stderr=subprocess.STDOUT if output is not None else None,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
         child = Child(name, process)
         self.children.append(child)
         log.info("started", child=name, pid=process.pid)

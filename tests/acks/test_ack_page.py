@@ -41,19 +41,10 @@ from tests.acks.conftest import (
     token_bytes,
 )
 from tests.conftest import assert_problem, make_client
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PNG_SIGNATURE
 from tests.support.sinks import SmtpSink, wait_until
 from tests.support.worker import WorkerProcess
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE64URL = set(string.ascii_letters + string.digits + "-_")
 
 client_for = contextmanager(make_client)

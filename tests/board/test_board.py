@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,26 +17,16 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import session_scope
 from app.deliveries import ledger
-from app.models import Delivery, Role
-from app.models.base import utcnow
+from app.models import Role
 from tests.acks.conftest import Api, Live, delivery_of, sign
 from tests.conftest import PUBLIC_WEBHOOK, member_payload
+from tests.incidents.test_status import move
+from tests.support.browser import PNG_SIGNATURE, chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WAIT_MS = 30_000  # the board polls every 2 s; a loaded CI machine gets plenty of slack
 PAGE_HEADERS = {
     "cache-control": "no-store",
@@ -252,18 +240,6 @@ def test_the_script_and_stylesheet_are_served_with_their_types(client: TestClien
 # ---------------------------------------------------------------------------- a real browser
 
 
-@contextmanager
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @dataclass
 class Watched:
     """What a page did: every request, every response status per path, every console line."""
@@ -303,27 +279,6 @@ def assert_clean(watched: Watched, origin: str, secrets: list[str]) -> None:
             assert secret not in url, url
     assert watched.errors == []
     assert not [line for line in watched.console if "Content Security Policy" in line]
-
-
-def move(
-    session_factory: sessionmaker[Session],
-    incident: dict[str, Any],
-    member: dict[str, Any],
-    to_status: str,
-) -> None:
-    """A sender's outcome, written to the ledger as the worker would."""
-    with session_scope(session_factory) as session:
-        changed = ledger.transition(
-            session,
-            where=(Delivery.incident_id == uuid.UUID(incident["id"]))
-            & (Delivery.member_id == uuid.UUID(member["id"]))
-            & (Delivery.channel == "email"),
-            from_status=ledger.PENDING,
-            to_status=to_status,
-            values={"sent_at": utcnow()} if to_status == ledger.SENT else {},
-            now=utcnow(),
-        )
-        assert len(changed) == 1
 
 
 @pytest.mark.slow

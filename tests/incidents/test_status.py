@@ -93,7 +93,12 @@ def move(
     to_status: str,
     *,
     channel: str = "email",
+    error: str | None = None,
 ) -> None:
+    """A send's outcome, written by the ledger's own transition (its counters follow)."""
+    values: dict[str, Any] = {"sent_at": utcnow()} if to_status == ledger.SENT else {}
+    if error is not None:
+        values["last_error"] = error
     with session_scope(session_factory) as session:
         changed = ledger.transition(
             session,
@@ -102,7 +107,7 @@ def move(
             & (Delivery.channel == channel),
             from_status=ledger.PENDING,
             to_status=to_status,
-            values={"sent_at": utcnow()} if to_status == ledger.SENT else {},
+            values=values,
             now=utcnow(),
         )
         assert changed
