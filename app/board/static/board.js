@@ -3,7 +3,9 @@
  * The page itself holds no data. This script takes the viewer key from the link's fragment
  * (`#key=…`, which browsers never send to the server), keeps it in sessionStorage (this tab
  * only) and removes it from the address bar, then polls the status API with `If-None-Match`.
- * Only when the status changed does it read the coverage again.
+ * Only when the status changed does it read the coverage again, and then at most once every
+ * COVERAGE_MIN_MS: during a big fan-out the status changes at every poll, and the coverage
+ * queries grow with the incident's audience (the status read does not).
  *
  * Everything from the API is written with textContent or setAttribute: nothing is ever
  * parsed as HTML.
@@ -14,6 +16,7 @@
   var POLL_MS = 2000;
   var MAX_DELAY_MS = 30000;
   var TIMEOUT_MS = 10000;
+  var COVERAGE_MIN_MS = 10000;
   var STORAGE = "rrmm.board.key";
   var COVERAGE = ["network", "language", "channel"];
   var DELIVERY_STATES = ["pending", "sending", "retrying", "sent", "failed", "skipped", "cancelled"];
@@ -108,7 +111,12 @@
 
   // ------------------------------------------------------------------ polling
 
-  var state = { key: null, etag: null, timer: null, failures: 0, run: 0, busy: false };
+  var state = {
+    key: null, etag: null, timer: null, failures: 0, run: 0, busy: false,
+    // The incident and its coverage as last read, when, and whether a status shown since
+    // is newer than them.
+    details: null, detailsAt: 0, detailsBehind: false, status: null
+  };
 
   function Refused(status) {
     this.status = status;
@@ -165,19 +173,37 @@
     state.timer = null;
     state.busy = true;
     request("/status", state.etag).then(function (status) {
-      if (run !== state.run || status.status === 304 ||
-          (status.etag !== null && status.etag === state.etag)) {
+      if (run !== state.run) {
         return null;
       }
-      var reads = [request("")].concat(COVERAGE.map(function (by) {
+      var unchanged = status.status === 304 ||
+        (status.etag !== null && status.etag === state.etag);
+      var detailsDue = !state.details || Date.now() - state.detailsAt >= COVERAGE_MIN_MS;
+      if (unchanged && !(state.detailsBehind && detailsDue)) {
+        return null;
+      }
+      var reads = detailsDue ? [request("")].concat(COVERAGE.map(function (by) {
         return request("/coverage?by=" + by);
-      }));
+      })) : [];
       return Promise.all(reads).then(function (more) {
         if (run !== state.run) {
           return;
         }
-        render(status.body, more[0].body, more.slice(1).map(function (m) { return m.body; }));
-        state.etag = status.etag; // only once everything it describes is on screen
+        if (detailsDue) {
+          state.details = {
+            incident: more[0].body,
+            coverage: more.slice(1).map(function (m) { return m.body; })
+          };
+          state.detailsAt = Date.now();
+        }
+        state.detailsBehind = !detailsDue;
+        if (!unchanged) {
+          state.status = status.body;
+        }
+        render(state.status, state.details.incident, state.details.coverage);
+        if (!unchanged) {
+          state.etag = status.etag; // only once everything it describes is on screen
+        }
       });
     }).then(function () {
       if (run !== state.run) {
@@ -220,6 +246,8 @@
     stop();
     state.key = key;
     state.etag = null;
+    state.details = null;
+    state.detailsBehind = false;
     state.failures = 0;
     ui.keyPanel.hidden = true;
     ui.problem.hidden = true;
