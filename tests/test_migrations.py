@@ -146,8 +146,9 @@ def test_upgrade_keeps_rows_of_a_database_at_head(fresh_database_url):
     assert [tuple(row) for row in workers] == [("celery@test",)]
 
 
-def test_status_counters_are_backfilled(fresh_database_url):
-    """Incidents that predate the status counters are counted once by the migration."""
+def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
+    """Incidents that predate the status counters are counted once by the migrations, and
+    their history is numbered in time order for the timeline and the events stream."""
     from datetime import timedelta
 
     import sqlalchemy as sa
@@ -155,11 +156,13 @@ def test_status_counters_are_backfilled(fresh_database_url):
 
     from app.acks.service import delay_bucket
     from app.models import (
+        Ack,
         AnswerCounter,
         AnswerDelayCounter,
         Briefing,
         CurrentAck,
         Delivery,
+        IncidentEvent,
         IncidentTarget,
         Member,
         QuotaCounter,
@@ -249,6 +252,11 @@ def test_status_counters_are_backfilled(fresh_database_url):
             quotas = session.execute(
                 sa.select(QuotaCounter.quota_index, QuotaCounter.targeted, QuotaCounter.answered)
             ).all()
+            timeline = session.execute(
+                sa.select(IncidentEvent.seq, IncidentEvent.kind, IncidentEvent.briefing_version)
+            ).all()
+            answer_seqs = session.scalars(sa.select(Ack.event_seq)).all()
+            last_seq = session.scalar(sa.text("SELECT event_seq FROM incidents"))
     finally:
         engine.dispose()
 
@@ -256,3 +264,6 @@ def test_status_counters_are_backfilled(fresh_database_url):
     assert answers == [(incident_id, "will_engage", 1)]
     assert delays == [(delay_bucket(30), 1)]
     assert quotas == [(0, 1, 1)]
+    assert timeline == [(1, "declared", 1)]
+    assert answer_seqs == [2]  # answered 30 s after the declaration
+    assert last_seq == 2

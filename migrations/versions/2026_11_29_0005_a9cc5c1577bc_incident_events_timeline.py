@@ -1,6 +1,8 @@
 """The incident timeline (`incident_events`) and one event sequence per incident shared by
-the timeline and the answers, for the events stream. Incidents declared before this
-revision start their timeline here (no history is reconstructed).
+the timeline and the answers, for the events stream. The timeline of existing incidents is
+rebuilt from what they hold (briefing versions and who wrote them, fired deadline timers)
+and their answers are numbered in time order with it; fan-out starts and ends and quota
+crossings of the past are not reconstructed.
 
 Revision ID: a9cc5c1577bc
 Revises: 39c41c471842
@@ -65,6 +67,92 @@ def upgrade() -> None:
         )
 
     # ### end Alembic commands ###
+    _backfill()
+
+
+# Briefing kinds → timeline kinds (the briefing rows say who and when).
+_BRIEFING_EVENTS = {
+    "declared": "declared",
+    "updated": "updated",
+    "reminder": "reminder",
+    "escalated": "escalation",
+    "resolved": "resolved",
+    "cancelled": "cancelled",
+}
+
+
+def _backfill() -> None:
+    """Number each existing incident's history in time order (a one-off O(rows) pass)."""
+    bind = op.get_bind()
+    utc = app.models.base.UTCDateTime(timezone=True)
+    incidents = sa.table("incidents", sa.column("id", sa.Uuid()), sa.column("event_seq"))
+    briefings = sa.table(
+        "briefings", sa.column("incident_id", sa.Uuid()), sa.column("version"),
+        sa.column("kind"), sa.column("created_by_key_id", sa.Uuid()),
+        sa.column("created_at", utc),
+    )  # fmt: skip
+    keys = sa.table("api_keys", sa.column("id", sa.Uuid()), sa.column("name"))
+    timers = sa.table(
+        "incident_timers", sa.column("incident_id", sa.Uuid()), sa.column("kind"),
+        sa.column("sequence"), sa.column("done_at", utc), sa.column("outcome"),
+    )  # fmt: skip
+    acks = sa.table(
+        "acks", sa.column("id"), sa.column("incident_id", sa.Uuid()),
+        sa.column("answered_at", utc), sa.column("event_seq"),
+    )  # fmt: skip
+    events = sa.table(
+        "incident_events", sa.column("incident_id", sa.Uuid()), sa.column("seq"),
+        sa.column("kind"), sa.column("at", utc), sa.column("actor"),
+        sa.column("briefing_version"), sa.column("detail", sa.JSON()),
+    )  # fmt: skip
+    for (incident_id,) in bind.execute(sa.select(incidents.c.id)).all():
+        # (time, order among equals, event row or None, ack id or None)
+        history: list[tuple[object, int, dict[str, object] | None, int | None]] = []
+        for version, kind, at, actor in bind.execute(
+            sa.select(briefings.c.version, briefings.c.kind, briefings.c.created_at, keys.c.name)
+            .outerjoin(keys, keys.c.id == briefings.c.created_by_key_id)
+            .where(briefings.c.incident_id == incident_id)
+        ):
+            if kind in _BRIEFING_EVENTS:
+                history.append((at, 0, {
+                    "kind": _BRIEFING_EVENTS[kind], "at": at, "actor": actor,
+                    "briefing_version": version, "detail": {"reconstructed": True},
+                }, None))  # fmt: skip
+        for sequence, at, outcome in bind.execute(
+            sa.select(timers.c.sequence, timers.c.done_at, timers.c.outcome).where(
+                timers.c.incident_id == incident_id, timers.c.kind == "deadline",
+                timers.c.done_at.is_not(None),
+            )
+        ):  # fmt: skip
+            notified = (outcome or "").startswith("operators notified")
+            history.append((at, 1, {
+                "kind": "operators_notified" if notified else "deadline", "at": at,
+                "actor": None, "briefing_version": None,
+                "detail": {"sequence": sequence, "outcome": outcome or "", "reconstructed": True},
+            }, None))  # fmt: skip
+        for ack_id, at in bind.execute(
+            sa.select(acks.c.id, acks.c.answered_at).where(acks.c.incident_id == incident_id)
+        ):
+            history.append((at, 2, None, ack_id))
+        history.sort(key=lambda entry: (entry[0], entry[1], entry[3] or 0))
+        rows, numbered = [], []
+        for seq, (_, _, event, ack_id) in enumerate(history, start=1):
+            if event is not None:
+                rows.append({"incident_id": incident_id, "seq": seq, **event})
+            else:
+                numbered.append({"ack": ack_id, "seq": seq})
+        if rows:
+            bind.execute(sa.insert(events), rows)
+        if numbered:
+            bind.execute(
+                sa.update(acks).where(acks.c.id == sa.bindparam("ack"))
+                .values(event_seq=sa.bindparam("seq")),
+                numbered,
+            )  # fmt: skip
+        bind.execute(
+            sa.update(incidents).where(incidents.c.id == incident_id)
+            .values(event_seq=len(history))
+        )  # fmt: skip
 
 
 def downgrade() -> None:
