@@ -517,6 +517,9 @@ def sweep(
         failed = ledger.fail_exhausted_leases(
             session, now=utcnow(), max_attempts=settings.delivery_max_attempts
         )
+    # Its own transaction: incident rows are locked before delivery counters everywhere
+    # else (updates, answers), so they are never held together here in the other order.
+    with session_scope(session_factory) as session:
         activated = activate_mobilized(session)
         record_sweep(session)
     queued = dispatch(session_factory, settings, publish)
