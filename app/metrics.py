@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.deliveries import ledger
-from app.health.service import last_sweep, worker_health
+from app.health.service import last_sweep, sweep_runs, worker_health
 from app.incidents import timeline
 from app.models import Ack, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
@@ -155,6 +155,9 @@ class DatabaseCollector(Collector):
             heartbeat.add_metric([], health.age_seconds)
             yield heartbeat
 
+        runs = CounterMetricFamily("rrmm_sweeper_runs", "Sweeps run by beat's sweeper.")
+        runs.add_metric([], float(sweep_runs(session)))
+        yield runs
         swept = _age(now, last_sweep(session))
         if swept is not None:
             sweep = GaugeMetricFamily(

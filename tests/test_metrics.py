@@ -170,10 +170,14 @@ def test_each_sweep_is_recorded(
     client: TestClient, session_factory: sessionmaker[Session], settings: Any
 ) -> None:
     published: list[list[int]] = []
+    _text, before = scrape(client)
+    deliveries.sweep(session_factory, settings, published.append)
     deliveries.sweep(session_factory, settings, published.append)
 
     _text, samples = scrape(client)
 
+    assert value(before, "rrmm_sweeper_runs_total") == 0
+    assert value(samples, "rrmm_sweeper_runs_total") == 2
     assert 0 <= value(samples, "rrmm_sweeper_last_run_age_seconds") < 60
     assert value(samples, "rrmm_workers_up") == 0  # the sweeper's row is not a worker
 

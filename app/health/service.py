@@ -31,13 +31,14 @@ class WorkerHealth:
 
 
 def record_heartbeat(session: Session, worker: str, at: datetime | None = None) -> None:
-    """Upsert this worker's last-seen time."""
+    """Upsert this worker's last-seen time, and count the run."""
     at = at or utcnow()
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(WorkerHeartbeat).values(worker=worker, last_seen_at=at)
+    statement = insert(WorkerHeartbeat).values(worker=worker, last_seen_at=at, runs=1)
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=[WorkerHeartbeat.worker], set_={"last_seen_at": at}
+            index_elements=[WorkerHeartbeat.worker],
+            set_={"last_seen_at": at, "runs": WorkerHeartbeat.runs + 1},
         )
     )
 
@@ -59,6 +60,13 @@ def last_heartbeats(session: Session) -> dict[str, datetime]:
 def last_sweep(session: Session) -> datetime | None:
     return session.scalar(
         select(WorkerHeartbeat.last_seen_at).where(WorkerHeartbeat.worker == SWEEPER)
+    )
+
+
+def sweep_runs(session: Session) -> int:
+    """How many sweeps have run (since the sweeper's row was first written)."""
+    return (
+        session.scalar(select(WorkerHeartbeat.runs).where(WorkerHeartbeat.worker == SWEEPER)) or 0
     )
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -16,3 +16,5 @@ class WorkerHeartbeat(Base):
 
     worker: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # How many times it was recorded (for the sweeper's row: how many sweeps ran).
+    runs: Mapped[int] = mapped_column(Integer, default=1, server_default="0")
