@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     retry_after_cap_seconds: float = Field(default=3600.0, gt=0)
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
+    # Requests inside one API process at once (the rest wait, without a thread or a
+    # database connection): keep it at or below the database pool (5 + 10 overflow).
+    api_concurrency: int = Field(default=12, ge=1, le=1000)
+    api_queue_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     # The events stream: how often each API process reads an incident with listeners
     # (so at most this many status events per second), and the keep-alive comment period.
     events_poll_seconds: float = Field(default=1.0, ge=0.1, le=60)

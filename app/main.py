@@ -20,7 +20,7 @@ from app.incidents.events import EventHub
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
 from app.metrics import install_metrics
-from app.middleware import AccessLog, BodySizeLimit
+from app.middleware import AccessLog, BodySizeLimit, ConcurrencyLimit
 from app.security import SecretBox
 from workers.celery_app import create_publisher
 
@@ -69,6 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit,
         default_limit=settings.max_body_bytes,
         import_limit=settings.max_import_bytes,
+    )
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=settings.api_concurrency,
+        timeout=settings.api_queue_timeout_seconds,
+        exempt=frozenset({"/healthz"}),
     )
     app.add_middleware(AccessLog, histogram=install_metrics(app, settings))
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")

@@ -1,7 +1,9 @@
-"""ASGI middleware: body size limit and an access log that never prints query strings."""
+"""ASGI middleware: admission control, body size limit, and an access log that never prints
+query strings."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -63,6 +65,77 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class ConcurrencyLimit:
+    """At most `limit` requests inside the application at once; the others wait here, in
+    the event loop, holding neither a thread nor a database connection.
+
+    Why: a sync endpoint's request takes a database connection in one threadpool call (the
+    API-key check) and needs another thread for the next step. With more requests in
+    flight than connections, every thread can end up blocked waiting for a connection
+    while the requests holding the connections wait for a thread: nothing moves until the
+    pool's timeout (seen with 100 dashboards polling one process). Keeping the requests
+    inside at or below the pool size makes that impossible.
+
+    A slot is given back when the response starts: by then the request's session has been
+    committed and closed (streams such as the events read with their own short sessions).
+    A request that waits more than `timeout` seconds gets a 503 problem with Retry-After.
+    `exempt` paths (liveness) never wait.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, timeout: float, exempt: frozenset[str]) -> None:
+        self.app = app
+        self.limit = limit
+        self.timeout = timeout
+        self.exempt = exempt
+        self._slots: asyncio.Semaphore | None = None  # made in the serving event loop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        slots = self._slots
+        try:
+            await asyncio.wait_for(slots.acquire(), self.timeout)
+        except TimeoutError:
+            await _send_503(send, self.timeout)
+            return
+        held = True
+
+        def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+
+        async def send_and_give_back(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                give_back()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_give_back)
+        finally:
+            give_back()
+
+
+async def _send_503(send: Send, waited: float) -> None:
+    body = Problem(
+        title="Service unavailable",
+        status=503,
+        detail=f"the API is at capacity (waited {waited:g} s for a slot); retry shortly",
+    ).model_dump_json(exclude_none=True)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"retry-after", b"1")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
 
 
 async def _send_413(send: Send, limit: int) -> None:

@@ -15,8 +15,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is up. Does no I/O."""
+async def healthz() -> dict[str, str]:
+    """The process is up. Does no I/O, and runs in the event loop: it answers even when
+    every thread and database connection is busy (and skips the admission queue)."""
     return {"status": "ok"}
 
 
