@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # database connection): keep it at or below the database pool (5 + 10 overflow).
     api_concurrency: int = Field(default=12, ge=1, le=1000)
     api_queue_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # How long each API process serves an incident's status from memory (0: never).
+    status_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # The events stream: how often each API process reads an incident with listeners
     # (so at most this many status events per second), and the keep-alive comment period.
     events_poll_seconds: float = Field(default=1.0, ge=0.1, le=60)

@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
+from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
 from app.metrics import install_metrics
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.member_policy = member_policy(settings)
     app.state.ack_signer = signer_from_settings(settings)
+    app.state.status_cache = StatusCache(settings.status_cache_seconds)
     app.state.ack_limiter = RateLimiter(settings.ack_rate_limit, settings.rate_limit_storage)
     install_error_handlers(app)
     mount_routers(app)

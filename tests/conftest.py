@@ -104,6 +104,9 @@ def settings(
         secret_key=TEST_SECRET_KEY,
         webhook_allow_private=False,
         log_format="json",
+        # Tests read the status right after changing the database: no cached status here
+        # (tests/incidents/test_status.py checks the cache with its own settings).
+        status_cache_seconds=0,
     )
 
 

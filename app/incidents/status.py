@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -187,6 +189,38 @@ def status_document(session: Session, incident_id: uuid.UUID) -> tuple[bytes, st
     )
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     return payload, f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
+
+
+class StatusCache:
+    """The status document of each incident, kept `ttl` seconds in this process.
+
+    Dashboards poll all day, many at once: within `ttl` every poll of an incident (a 304
+    most of the time) costs the key check and a dictionary lookup instead of the status
+    reads. What a poll shows is at most `ttl` seconds old. `ttl` 0 turns it off.
+    """
+
+    MAX_INCIDENTS = 1000  # watched at once; the oldest entry goes first beyond that
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._documents: dict[uuid.UUID, tuple[float, bytes, str]] = {}
+        self._lock = threading.Lock()
+
+    def document(self, session: Session, incident_id: uuid.UUID) -> tuple[bytes, str]:
+        if self.ttl <= 0:
+            return status_document(session, incident_id)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._documents.get(incident_id)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        payload, etag = status_document(session, incident_id)
+        with self._lock:
+            if len(self._documents) >= self.MAX_INCIDENTS and incident_id not in self._documents:
+                oldest = min(self._documents, key=lambda key: self._documents[key][0])
+                del self._documents[oldest]
+            self._documents[incident_id] = (now + self.ttl, payload, etag)
+        return payload, etag
 
 
 def _member_groups(

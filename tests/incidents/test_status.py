@@ -8,6 +8,7 @@ with real signed tokens through the acknowledgement service.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
+from app.main import create_app
 from app.models import Delivery, Member, Role
 from app.models.base import utcnow
 from tests.conftest import PUBLIC_WEBHOOK, assert_problem
@@ -305,6 +307,31 @@ def test_etag_polling(
     assert changed.status_code == 200
     assert changed.headers["etag"] != etag
     assert changed.json()["deliveries"]["by_status"] == {"sent": 1, "pending": 1}
+
+
+def test_each_process_serves_a_status_for_its_cache_time(
+    client: TestClient,
+    settings: Settings,
+    viewer: Headers,
+    operator: Headers,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """With `RRMM_STATUS_CACHE_SECONDS`, a change shows once the cached document expires
+    (a crowd of pollers costs one read per incident per period)."""
+    members = add_members(session_factory, [Person("editors", "MA", ["fr"])] * 2)
+    incident = declare(client, operator, members)
+    url = f"/v1/incidents/{incident['id']}/status"
+    caching = settings.model_copy(update={"status_cache_seconds": 3})
+    with TestClient(create_app(caching)) as cached_client:
+        first = cached_client.get(url, headers=viewer)
+        move(session_factory, incident, members[0], ledger.SENT)
+        within = cached_client.get(url, headers=viewer)
+        assert within.headers["etag"] == first.headers["etag"]  # served from memory
+        assert client.get(url, headers=viewer).headers["etag"] != first.headers["etag"]
+        time.sleep(3.1)
+        after = cached_client.get(url, headers=viewer)
+    assert after.headers["etag"] != first.headers["etag"]
+    assert after.json()["deliveries"]["by_status"] == {"sent": 1, "pending": 1}
 
 
 def test_status_304_is_in_openapi(client: TestClient) -> None:
