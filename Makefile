@@ -9,13 +9,14 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run demo test lint format bench-fanout clean
+.PHONY: help install browser run demo test lint format bench-fanout bench-status clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
 	@echo "make demo   see it work: a synthetic network, an exercise, the live view"
 	@echo "make test   run the test suite (PostgreSQL/Redis if RRMM_TEST_*_URL are set)"
 	@echo "make lint   ruff + mypy"
+	@echo "make bench-status   status polled by 200 dashboards during a fan-out; 100 vs 100,000 members"
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
@@ -54,6 +55,11 @@ lint: install
 MEMBERS ?= 10000
 bench-fanout: install
 	$(BIN)/python -m bench.fanout --members $(MEMBERS)
+
+# 200 pollers on an incident's status during its fan-out vs /healthz; status at 100 and
+# 100,000 members. See bench/README.md.
+bench-status: install
+	$(BIN)/python -m bench.status
 
 format: install
 	$(BIN)/ruff format .

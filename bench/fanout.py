@@ -131,6 +131,12 @@ class Children:
                     f"{child.name} exited with {child.process.returncode}:\n{tail(child.log_path)}"
                 )
 
+    def stop(self, child: Child) -> None:
+        """Stop one child now (the rest keep running)."""
+        _stop(child)
+        self.started.remove(child)
+        log(f"stopped {child.name}")
+
     def stop_all(self) -> None:
         for child in reversed(self.started):
             _stop(child)
@@ -725,46 +731,54 @@ class Components:
         return {name: cpu_seconds(process_tree(pid)) for name, pid in self.pids.items()}
 
 
-def run(
-    args: argparse.Namespace, tmp: Path, children: Children, backend_box: list[Backend]
-) -> dict[str, Any]:
-    n: int = args.members
-    load_at_start = round(os.getloadavg()[0], 2)
-    knobs = {
+def service_knobs(args: argparse.Namespace) -> dict[str, int]:
+    return {
         "worker_concurrency": args.worker_concurrency,
         "webhook_concurrency": args.webhook_concurrency,
         "smtp_connections": args.smtp_connections,
         "delivery_batch_size": args.batch_size,
     }
-    http = httpx.Client(timeout=30)
-    if args.database_url:
-        backend = server_backend(args.database_url, args.broker_url)
-    else:
-        backend = embedded_backend(tmp, children)
-    backend_box.append(backend)
 
-    sinks = start_sinks(children, http)
-    api_port = free_port()
-    env = service_env(backend, tmp, sinks, api_port, knobs)
-    run_cli(["db", "upgrade"], env)
-    key = run_cli(["keys", "create", "--name", "bench", "--role", "operator"], env).strip()
-    api_child = children.start(
-        "api", [PYTHON, "-m", "app.cli", "api", "--port", str(api_port)], env
-    )
-    worker = children.start(
-        "worker",
-        [PYTHON, "-m", "app.cli", "worker", "--concurrency", str(args.worker_concurrency)],
-        env,
-    )
-    beat = children.start("beat", [PYTHON, "-m", "app.cli", "beat"], env)
-    sampler = RssSampler(worker.process.pid)
-    sampler.start()
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}",
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=httpx.Timeout(300, connect=5),
-    )
 
+@dataclass
+class Service:
+    """The real service started for a run, with the sinks it delivers to."""
+
+    backend: Backend
+    sinks: Sinks
+    env: dict[str, str]
+    api_port: int
+    api_workers: int
+    api_child: Child
+    worker: Child | None
+    beat: Child | None
+    api: httpx.Client  # authenticated with an operator key
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def create_key(self, role: str) -> str:
+        """A new API key of `role` (operator, viewer, admin), through the CLI."""
+        return run_cli(
+            ["keys", "create", "--name", f"bench-{role}", "--role", role], self.env
+        ).strip()
+
+    def restart_api(self, children: Children) -> None:
+        """A fresh API process on the same port, once it answers."""
+        children.stop(self.api_child)
+        self.api_child = start_api(children, self.env, self.api_port, self.api_workers)
+        wait_for_api(self.api, children)
+
+
+def start_api(children: Children, env: dict[str, str], port: int, workers: int) -> Child:
+    argv = [PYTHON, "-m", "app.cli", "api", "--port", str(port)]
+    if workers != 1:
+        argv += ["--workers", str(workers)]
+    return children.start("api", argv, env)
+
+
+def wait_for_api(api: httpx.Client, children: Children) -> None:
     def api_up() -> bool:
         children.check_alive()
         try:
@@ -773,8 +787,66 @@ def run(
             return False
 
     wait_until(api_up, 60, "API /readyz")
-    wait_for_worker(backend.broker_url, children)
+
+
+def start_service(
+    args: argparse.Namespace,
+    tmp: Path,
+    children: Children,
+    backend_box: list[Backend],
+    http: httpx.Client,
+    *,
+    api_workers: int = 1,
+    with_worker: bool = True,
+) -> Service:
+    """Backend, sinks, migrations, an operator key, the API (`rrmm api`, `api_workers`
+    server processes) and, `with_worker`, a worker and beat; returns once all answer."""
+    if args.database_url:
+        backend = server_backend(args.database_url, args.broker_url)
+    else:
+        backend = embedded_backend(tmp, children)
+    backend_box.append(backend)
+
+    sinks = start_sinks(children, http)
+    api_port = free_port()
+    env = service_env(backend, tmp, sinks, api_port, service_knobs(args))
+    run_cli(["db", "upgrade"], env)
+    key = run_cli(["keys", "create", "--name", "bench", "--role", "operator"], env).strip()
+    api_child = start_api(children, env, api_port, api_workers)
+    worker = beat = None
+    if with_worker:
+        worker = children.start(
+            "worker",
+            [PYTHON, "-m", "app.cli", "worker", "--concurrency", str(args.worker_concurrency)],
+            env,
+        )
+        beat = children.start("beat", [PYTHON, "-m", "app.cli", "beat"], env)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=httpx.Timeout(300, connect=5),
+    )
+    wait_for_api(api, children)
+    if with_worker:
+        wait_for_worker(backend.broker_url, children)
     log("service up")
+    return Service(backend, sinks, env, api_port, api_workers, api_child, worker, beat, api)
+
+
+def run(
+    args: argparse.Namespace, tmp: Path, children: Children, backend_box: list[Backend]
+) -> dict[str, Any]:
+    n: int = args.members
+    load_at_start = round(os.getloadavg()[0], 2)
+    knobs = service_knobs(args)
+    http = httpx.Client(timeout=30)
+    service = start_service(args, tmp, children, backend_box, http)
+    backend, sinks, api, api_child = service.backend, service.sinks, service.api, service.api_child
+    worker, beat = service.worker, service.beat
+    assert worker is not None  # started: with_worker is the default
+    assert beat is not None
+    sampler = RssSampler(worker.process.pid)
+    sampler.start()
 
     started = time.monotonic()
     created = import_members(api, n, sinks.webhook_base)
@@ -982,11 +1054,8 @@ def signals_as_exceptions(timeout: float) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fanout", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("--members", type=int, default=10_000)
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the service under test, shared by the benchmarks."""
     parser.add_argument("--database-url", help="a PostgreSQL server (a database is created)")
     parser.add_argument("--broker-url", help="a Redis URL with a db number other than 0")
     parser.add_argument("--worker-concurrency", type=int, default=2)
@@ -999,20 +1068,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["delivery_batch_size"].default)
     parser.add_argument("--timeout", type=float, default=600, help="overall limit, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+
+
+def check_service_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if bool(args.database_url) != bool(args.broker_url):
+        parser.error("give both --database-url and --broker-url, or neither")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fanout", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--members", type=int, default=10_000)
+    add_service_arguments(parser)
     parser.add_argument(
         "--profile", type=Path, help="py-spy the worker and the API during the fan-out into DIR"
     )
     parser.add_argument("--idle", action="store_true", help="with --profile: wall time, not CPU")
     args = parser.parse_args(argv)
-    if bool(args.database_url) != bool(args.broker_url):
-        parser.error("give both --database-url and --broker-url, or neither")
+    check_service_arguments(parser, args)
     if args.members < 1:
         parser.error("--members must be at least 1")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+Body = Callable[[argparse.Namespace, Path, Children, list[Backend]], dict[str, Any]]
+
+
+def print_json(result: dict[str, Any]) -> None:
+    print(json.dumps(result, indent=2))
+
+
+def run_bench(
+    args: argparse.Namespace, body: Body, emit: Callable[[dict[str, Any]], None] = print_json
+) -> int:
+    """Run `body` in a temp dir under --timeout, emit its result; whatever happens, stop
+    every child, close the backends and remove the temp dir (unless --keep)."""
     args.deadline = time.monotonic() + args.timeout - 15  # leave time to clean up
     tmp = Path(tempfile.mkdtemp(prefix="rrmm-bench-"))
     (tmp / "logs").mkdir()
@@ -1021,8 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         with signals_as_exceptions(args.timeout):
-            result = run(args, tmp, children, backend_box)
-        print(json.dumps(result, indent=2))
+            result = body(args, tmp, children, backend_box)
+        emit(result)
         code = 0
     except KeyboardInterrupt:
         log("interrupted")
@@ -1041,6 +1132,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(parse_args(argv), run)
 
 
 if __name__ == "__main__":
