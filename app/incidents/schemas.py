@@ -337,8 +337,9 @@ class IncidentFilters(BaseModel):
 
 
 TimelineKind = Literal[
-    "declared", "fanout_started", "fanout_finished", "updated", "reminder", "escalation",
-    "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved", "cancelled",
+    "declared", "activated", "fanout_started", "fanout_finished", "updated", "reminder",
+    "escalation", "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved",
+    "cancelled",
 ]  # fmt: skip
 
 

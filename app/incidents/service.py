@@ -588,10 +588,15 @@ def activate_mobilized(session: Session) -> int:
         )
         .exists()
     )
-    result = session.execute(
-        update(Incident)
-        .where(Incident.status == "mobilizing", ~waiting)
-        .values(status="active", updated_at=now)
-        .execution_options(synchronize_session=False)
+    activated = list(
+        session.scalars(
+            update(Incident)
+            .where(Incident.status == "mobilizing", ~waiting)
+            .values(status="active", updated_at=now)
+            .returning(Incident.id)
+            .execution_options(synchronize_session=False)
+        )
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    for incident_id in activated:  # their rows are locked by the UPDATE (lock order)
+        timeline.add(session, incident_id, timeline.ACTIVATED, at=now)
+    return len(activated)

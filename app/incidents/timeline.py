@@ -29,6 +29,7 @@ from app.models.base import utcnow
 
 # Kinds, in the order an incident usually goes through them.
 DECLARED = "declared"
+ACTIVATED = "activated"  # every first delivery due has had its first attempt
 FANOUT_STARTED = "fanout_started"
 FANOUT_FINISHED = "fanout_finished"
 UPDATED = "updated"

@@ -25,6 +25,7 @@ from app.db import session_scope
 from app.deliveries import ledger
 from app.deliveries import service as deliveries
 from app.incidents import timeline
+from app.incidents.service import activate_mobilized
 from app.models import Ack, Delivery, IncidentEvent, IncidentTimer, Role
 from app.models.base import utcnow
 from tests.incidents.test_status import Person, add_members, answer, declare, move
@@ -97,6 +98,8 @@ def test_the_timeline_tells_the_whole_incident_in_order(
     assert dispatch_all(session_factory, settings)
     deliveries.dispatch(session_factory, settings, lambda _: None)
     settle_everything(session_factory, incident)
+    with session_scope(session_factory) as session:
+        assert activate_mobilized(session) == 1  # every first delivery has been tried
     assert timeline.record_finished_fanouts(session_factory) == 1
     assert timeline.record_finished_fanouts(session_factory) == 0  # once
     update_body = {"briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}}
@@ -114,7 +117,7 @@ def test_the_timeline_tells_the_whole_incident_in_order(
     items = events_of(client, operator, incident["id"], limit=2)
     kinds = [item["kind"] for item in items]
     assert kinds == [
-        "declared", "fanout_started", "fanout_finished", "updated", "quota_met",
+        "declared", "fanout_started", "activated", "fanout_finished", "updated", "quota_met",
         "quota_unmet", "reminder", "deadline", "resolved",
     ], kinds  # fmt: skip
     by_kind = {item["kind"]: item for item in items}
