@@ -122,36 +122,29 @@ class ConcurrencyLimit:
             give_back()
 
 
-async def _send_503(send: Send, waited: float) -> None:
-    body = Problem(
-        title="Service unavailable",
-        status=503,
-        detail=f"the API is at capacity (waited {waited:g} s for a slot); retry shortly",
-    ).model_dump_json(exclude_none=True)
+async def _send_problem(
+    send: Send, status: int, title: str, detail: str, header: tuple[bytes, bytes]
+) -> None:
+    """A problem+json answer sent from middleware, before the application runs."""
+    body = Problem(title=title, status=status, detail=detail).model_dump_json(exclude_none=True)
     await send(
         {
             "type": "http.response.start",
-            "status": 503,
-            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"retry-after", b"1")],
+            "status": status,
+            "headers": [(b"content-type", PROBLEM_JSON.encode()), header],
         }
     )
     await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def _send_503(send: Send, waited: float) -> None:
+    detail = f"the API is at capacity (waited {waited:g} s for a slot); retry shortly"
+    await _send_problem(send, 503, "Service unavailable", detail, (b"retry-after", b"1"))
 
 
 async def _send_413(send: Send, limit: int) -> None:
-    body = Problem(
-        title="Payload too large",
-        status=413,
-        detail=f"the request body is larger than {limit} bytes",
-    ).model_dump_json(exclude_none=True)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body.encode()})
+    detail = f"the request body is larger than {limit} bytes"
+    await _send_problem(send, 413, "Payload too large", detail, (b"connection", b"close"))
 
 
 class AccessLog:
