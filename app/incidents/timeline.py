@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.deliveries import ledger
-from app.models import Briefing, Delivery, Incident, IncidentEvent
+from app.models import Briefing, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
 
 # Kinds, in the order an incident usually goes through them.
@@ -164,14 +164,32 @@ def record_finished_fanouts(session_factory: Any) -> int:
     """Called by the sweep: a fan-out whose briefing version has no row left to send is
     finished; its event carries the outcome counts and the delivery-latency histogram.
 
-    Each candidate is settled in its own transaction, incident row first (lock order).
+    While an incident has any row open, its delivery counters say so and its fan-outs are
+    not looked at (no scan of the ledger at every sweep). A row that is final stays final,
+    so an incident with none open has every started fan-out finished; the event's time is
+    its last row's, however late the sweep notices. Each is written in its own transaction.
     """
     from app.db import session_scope
 
     with session_scope(session_factory) as session:
         candidates = _unfinished_fanouts(session)
+        if not candidates:
+            return 0
+        busy = set(
+            session.scalars(
+                select(DeliveryCounter.incident_id)
+                .where(
+                    DeliveryCounter.incident_id.in_({c[0] for c in candidates}),
+                    DeliveryCounter.status.in_(sorted(ledger.OPEN_STATUSES)),
+                    DeliveryCounter.count > 0,
+                )
+                .distinct()
+            )
+        )
     finished = 0
     for incident_id, version, started_at in candidates:
+        if incident_id in busy:
+            continue
         with session_scope(session_factory) as session:
             briefing = session.scalar(
                 select(Briefing).where(
@@ -179,16 +197,6 @@ def record_finished_fanouts(session_factory: Any) -> int:
                 )
             )
             if briefing is None:
-                continue
-            open_row = session.scalar(
-                select(Delivery.id)
-                .where(
-                    Delivery.briefing_id == briefing.id,
-                    Delivery.status.in_(sorted(ledger.OPEN_STATUSES)),
-                )
-                .limit(1)
-            )
-            if open_row is not None:
                 continue
             outcomes: dict[str, int] = {}
             latencies: list[float] = []

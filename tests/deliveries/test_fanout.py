@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 
 from app.models import Delivery, Role
 from tests.deliveries.conftest import declare_body, wait_final
+from tests.support.sinks import wait_until
 
 
 def test_declare_briefs_every_member_once_per_channel(
@@ -44,3 +47,20 @@ def test_declare_briefs_every_member_once_per_channel(
         assert ('dir="rtl"' in html) == (expected == "ar")
         assert message["Auto-Submitted"] == "auto-generated"
         assert message["To"] == member["email"]
+
+    # The timeline tells the same story, from the real worker and sweep.
+    def timeline() -> list[dict[str, Any]]:
+        page = fanout_client.get(f"/v1/incidents/{incident['id']}/timeline", headers=operator)
+        assert page.status_code == 200, page.text
+        items: list[dict[str, Any]] = page.json()["items"]
+        return items
+
+    wait_until(
+        lambda: any(e["kind"] == "fanout_finished" for e in timeline()), 30, "fan-out finished"
+    )
+    events = {e["kind"]: e for e in timeline()}
+    assert list(events)[:2] == ["declared", "fanout_started"]
+    assert "activated" in events
+    finished = events["fanout_finished"]["detail"]
+    assert finished["outcomes"] == {"sent": 10}
+    assert finished["latency_count"] == 10

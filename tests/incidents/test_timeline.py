@@ -97,6 +97,7 @@ def test_the_timeline_tells_the_whole_incident_in_order(
     # The fan-out starts when the rows are queued, once however often they are queued.
     assert dispatch_all(session_factory, settings)
     deliveries.dispatch(session_factory, settings, lambda _: None)
+    assert timeline.record_finished_fanouts(session_factory) == 0  # rows still open
     settle_everything(session_factory, incident)
     with session_scope(session_factory) as session:
         assert activate_mobilized(session) == 1  # every first delivery has been tried
