@@ -7,7 +7,6 @@ status API with it like any other dashboard. Everything it loads comes from this
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -16,6 +15,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 from fastapi.responses import HTMLResponse, Response
+
+from app.etags import etag_matches, strong_etag
 
 pages = APIRouter(tags=["board"], include_in_schema=False)
 
@@ -46,7 +47,7 @@ class Asset:
 @cache
 def _asset(folder: str, name: str, media_type: str) -> Asset:
     body = files("app.board").joinpath(folder, name).read_bytes()
-    return Asset(body, media_type, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+    return Asset(body, media_type, strong_etag(body))
 
 
 def _page(name: str, status: int = 200) -> HTMLResponse:
@@ -64,9 +65,7 @@ def _static(name: str, media_type: str, if_none_match: str | None) -> Response:
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }
-    if if_none_match is not None and asset.etag in {
-        tag.strip().removeprefix("W/") for tag in if_none_match.split(",")
-    }:
+    if etag_matches(if_none_match, asset.etag):
         return Response(status_code=304, headers=headers)
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 

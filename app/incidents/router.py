@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
 from app.deps import Operator, SessionDep, Viewer
+from app.etags import etag_matches
 from app.incidents import events, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
@@ -152,13 +153,6 @@ def get_incident(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -
     return _out(session, service.get_incident(session, incident_id))
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    if if_none_match is None:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag in tags
-
-
 @router.get(
     "/{incident_id}/status",
     response_model=IncidentStatusView,
@@ -182,7 +176,7 @@ def incident_status(
     """
     payload, etag = request.app.state.status_cache.document(session, incident_id)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if _etag_matches(if_none_match, etag):
+    if etag_matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(payload, media_type="application/json", headers=headers)
 

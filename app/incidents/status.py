@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.acks.service import bucket_seconds
 from app.deliveries import ledger
+from app.etags import strong_etag
 from app.incidents.schemas import IncidentStatusView
 from app.incidents.service import get_incident
 from app.models import (
@@ -188,7 +188,7 @@ def status_document(session: Session, incident_id: uuid.UUID) -> tuple[bytes, st
         mode="json"
     )
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    return payload, f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
+    return payload, strong_etag(payload)
 
 
 class StatusCache:
