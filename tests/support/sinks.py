@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 from aiosmtpd.controller import Controller
@@ -144,13 +144,15 @@ class Route:
     retry_after: str | None = None
 
 
-class WebhookReceiver:
-    """An aiohttp server in a thread that verifies every request with `standardwebhooks`."""
+class ThreadedHttpServer:
+    """An aiohttp server on 127.0.0.1 with its own event loop in a thread; subclasses
+    answer in `_handle`, for the `METHOD` on every path."""
+
+    METHOD = "*"
+    CLIENT_MAX_SIZE = 1024**2
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.routes: dict[str, Route] = {}
-        self.hits: list[Hit] = []
         self.lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -158,6 +160,41 @@ class WebhookReceiver:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread.start()
+        app = web.Application(client_max_size=self.CLIENT_MAX_SIZE)
+        app.router.add_route(self.METHOD, "/{tail:.*}", self._handle)
+
+        async def boot() -> None:
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+        asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+class WebhookReceiver(ThreadedHttpServer):
+    """An aiohttp server in a thread that verifies every request with `standardwebhooks`."""
+
+    METHOD = "POST"
+    CLIENT_MAX_SIZE = 10 * 1024 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: dict[str, Route] = {}
+        self.hits: list[Hit] = []
 
     def route(self, path: str, **kwargs: Any) -> str:
         self.routes[path] = Route(**kwargs)
@@ -208,26 +245,6 @@ class WebhookReceiver:
             return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest"})
         extra = {"Retry-After": route.retry_after} if route.retry_after else {}
         return web.Response(status=int(behaviour), text="ok", headers=extra)
-
-    def start(self) -> WebhookReceiver:
-        self._thread.start()
-        app = web.Application(client_max_size=10 * 1024 * 1024)
-        app.router.add_route("POST", "/{tail:.*}", self._handle)
-
-        async def boot() -> None:
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
 
 
 def wait_until(check: Any, timeout: float, what: str, interval: float = 0.2) -> None:
