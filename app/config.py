@@ -87,7 +87,14 @@ class Settings(BaseSettings):
     webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     delivery_batch_size: int = Field(default=250, ge=1, le=5000)
-    delivery_lease_seconds: float = Field(default=120.0, gt=0)
+    # A claim's lease; a live batch renews it every third of it, so the rows of a worker
+    # that died are taken over within one lease (plus a sweep).
+    delivery_lease_seconds: float = Field(default=15.0, ge=1)
+    # How long one batch may take before what did not finish is handed back for a retry.
+    delivery_batch_deadline_seconds: float = Field(default=100.0, gt=0)
+    # Outcomes are written as sends finish: every so many seconds, or rows, whichever first.
+    outcome_flush_seconds: float = Field(default=0.1, gt=0, le=10)
+    outcome_flush_rows: int = Field(default=50, ge=1, le=5000)
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_max_age_seconds: float = Field(default=86400.0, gt=0)
     retry_base_seconds: float = Field(default=10.0, gt=0)

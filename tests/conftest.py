@@ -21,6 +21,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, delete
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import migrate
@@ -97,9 +98,18 @@ def _clean_tables(request: pytest.FixtureRequest) -> None:
     if "engine" not in request.fixturenames:
         return
     engine: Engine = request.getfixturevalue("engine")
-    with engine.begin() as connection:
-        for table in reversed(Base.metadata.sorted_tables):
-            connection.execute(delete(table))
+    for attempt in range(5):
+        try:
+            with engine.begin() as connection:
+                for table in reversed(Base.metadata.sorted_tables):
+                    connection.execute(delete(table))
+            return
+        except OperationalError as exc:
+            # A worker that a module keeps running between its tests may be sweeping the
+            # rows being deleted (PostgreSQL then breaks the deadlock by aborting one).
+            if "deadlock" not in str(exc).lower() or attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture

@@ -148,9 +148,7 @@ def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
         Ack,
         AnswerCounter,
         AnswerDelayCounter,
-        Briefing,
         CurrentAck,
-        Delivery,
         IncidentEvent,
         IncidentTarget,
         Member,
@@ -190,20 +188,37 @@ def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
                 )
                 for n, network in enumerate(("editors", "personalities"))
             ]  # fmt: skip
-            briefing = Briefing(
-                incident_id=incident_id, version=1, kind="declared", languages=["en"], content={}
-            )
-            session.add_all([*members, briefing])
+            session.add_all(members)
             session.flush()
+            # Core, with the columns of that revision (the models have more now).
+            old_briefings = sa.table(
+                "briefings", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
+                sa.column("version", sa.Integer()), sa.column("kind"),
+                sa.column("languages", JSONList), sa.column("content", JSONList),
+                sa.column("created_at", UTCDateTime()),
+            )  # fmt: skip
+            briefing_id = session.execute(
+                sa.insert(old_briefings).values(
+                    incident_id=incident_id, version=1, kind="declared", languages=["en"],
+                    content={}, created_at=now,
+                ).returning(old_briefings.c.id)
+            ).scalar_one()  # fmt: skip
             session.add_all(
                 IncidentTarget(incident_id=incident_id, member_id=m.id) for m in members
             )
-            delivery = Delivery(
-                incident_id=incident_id, briefing_id=briefing.id, member_id=members[0].id,
-                channel="email", language="en",
+            old_deliveries = sa.table(
+                "deliveries", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
+                sa.column("briefing_id", sa.Integer()), sa.column("member_id", sa.Uuid()),
+                *(sa.column(c) for c in ("channel", "language", "status", "attempts")),
+                sa.column("created_at", UTCDateTime()), sa.column("updated_at", UTCDateTime()),
             )  # fmt: skip
-            session.add(delivery)
-            session.flush()
+            delivery_id = session.execute(
+                sa.insert(old_deliveries).values(
+                    incident_id=incident_id, briefing_id=briefing_id, member_id=members[0].id,
+                    channel="email", language="en", status="pending", attempts=0,
+                    created_at=now, updated_at=now,
+                ).returning(old_deliveries.c.id)
+            ).scalar_one()  # fmt: skip
             answered_at = now + timedelta(seconds=30)
             # Core, with the columns of that revision (the model has `event_seq` now).
             acks = sa.table(
@@ -215,7 +230,7 @@ def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
             )  # fmt: skip
             ack_id = session.execute(
                 sa.insert(acks).values(
-                    incident_id=incident_id, member_id=members[0].id, delivery_id=delivery.id,
+                    incident_id=incident_id, member_id=members[0].id, delivery_id=delivery_id,
                     response="will_engage", route="api", channel="email", briefing_version=1,
                     language="en", answered_at=answered_at, late=False,
                 ).returning(acks.c.id)
@@ -256,3 +271,68 @@ def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
     assert timeline == [(1, "declared", 1)]
     assert answer_seqs == [2]  # answered 30 s after the declaration
     assert last_seq == 2
+
+
+def test_versions_followed_by_an_update_are_marked_superseded(fresh_database_url):
+    """Fencing (0007): existing versions that an update replaced are superseded at that
+    update's time; the latest version and the end notices are not."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from app.models.base import JSONList, UTCDateTime, utcnow, uuid7
+
+    migrate.upgrade(fresh_database_url, "a9cc5c1577bc")
+    engine = create_db_engine(fresh_database_url)
+    now = utcnow()
+    incidents = sa.table(
+        "incidents", *(sa.column(c) for c in (
+            "reference", "title", "severity", "urgency", "mode", "status")),
+        sa.column("id", sa.Uuid()), sa.column("declared_at", UTCDateTime()),
+        sa.column("updated_at", UTCDateTime()),
+        *(sa.column(c, JSONList) for c in (
+            "countries", "themes", "audience", "channels", "responses", "followup")),
+    )  # fmt: skip
+    briefings = sa.table(
+        "briefings", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
+        sa.column("version", sa.Integer()), sa.column("kind"),
+        sa.column("languages", JSONList), sa.column("content", JSONList),
+        sa.column("created_at", UTCDateTime()),
+    )  # fmt: skip
+    incident_id = uuid7()
+    kinds = ["declared", "reminder", "updated", "updated", "resolved"]
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.insert(incidents).values(
+                    id=incident_id, reference="RRMM-2026-0001", title="t", severity="severe",
+                    urgency="immediate", mode="actual", status="resolved", declared_at=now,
+                    updated_at=now, countries=[], themes=[], audience={}, channels=["email"],
+                    responses=["acknowledged"], followup={},
+                )
+            )  # fmt: skip
+            for version, kind in enumerate(kinds, start=1):
+                connection.execute(
+                    sa.insert(briefings).values(
+                        incident_id=incident_id, version=version, kind=kind, languages=["en"],
+                        content={}, created_at=now + timedelta(minutes=version),
+                    )
+                )  # fmt: skip
+        migrate.upgrade(fresh_database_url)
+        with engine.connect() as connection:
+            after = sa.table(
+                "briefings", sa.column("version", sa.Integer()),
+                sa.column("superseded_at", UTCDateTime()),
+            )  # fmt: skip
+            rows = connection.execute(
+                sa.select(after.c.version, after.c.superseded_at).order_by(after.c.version)
+            ).all()
+    finally:
+        engine.dispose()
+
+    superseded = dict(rows)
+    assert superseded[1] == now + timedelta(minutes=3)  # at the first update after it
+    assert superseded[2] == now + timedelta(minutes=3)  # the reminder too
+    assert superseded[3] == now + timedelta(minutes=4)  # the first update, by the second
+    assert superseded[4] is None  # the latest version
+    assert superseded[5] is None  # the stand-down

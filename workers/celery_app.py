@@ -7,12 +7,15 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from kombu import Queue
 
 from app.config import Settings, get_settings
 
 # Above any task's run time: a task held longer than this is handed to another worker.
 VISIBILITY_TIMEOUT_SECONDS = 3600
 SEND_TASK = "rrmm.send_deliveries"
+SEND_QUEUE = "rrmm"
+BEAT_QUEUE = "rrmm.beat"
 DISPATCH_TASK = "rrmm.dispatch_briefing"
 
 
@@ -30,9 +33,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": settings.delivery_lease_seconds + 30,
-        "task_time_limit": settings.delivery_lease_seconds + 60,
-        "task_default_queue": "rrmm",
+        # Above a batch's own deadline: a batch stops itself and records what it did first.
+        "task_soft_time_limit": settings.delivery_batch_deadline_seconds + 30,
+        "task_time_limit": settings.delivery_batch_deadline_seconds + 60,
+        "task_default_queue": SEND_QUEUE,
+        # Beat's tasks have their own queue: behind a fan-out's hundreds of batches in one
+        # queue they would expire before a worker reached them, and lease recovery with
+        # them. Every worker consumes both queues.
+        "task_queues": (Queue(SEND_QUEUE), Queue(BEAT_QUEUE)),
+        "task_routes": {
+            "rrmm.sweep": {"queue": BEAT_QUEUE},
+            "rrmm.heartbeat": {"queue": BEAT_QUEUE},
+        },
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "timezone": "UTC",

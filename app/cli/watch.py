@@ -27,10 +27,10 @@ from rich.text import Text
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 IN_FLIGHT = ("pending", "sending", "retrying")
-FINAL = ("sent", "failed", "skipped", "cancelled")
+FINAL = ("sent", "failed", "skipped", "cancelled", "superseded")
 ENDED = ("resolved", "cancelled")
 # The order in which delivery states are shown: the funnel, then the dead ends.
-STATES = ("sent", "sending", "pending", "retrying", "failed", "skipped", "cancelled")
+STATES = ("sent", "sending", "pending", "retrying", "failed", "skipped", "cancelled", "superseded")
 _STATE_STYLE = {
     "sent": "green",
     "sending": "cyan",
@@ -38,6 +38,7 @@ _STATE_STYLE = {
     "retrying": "yellow",
     "failed": "red",
     "skipped": "dim",
+    "superseded": "dim",
     "cancelled": "dim",
 }
 _REFERENCE = re.compile(r"^RRMM-\d{4}-\d+$", re.IGNORECASE)

@@ -3,6 +3,10 @@
 Every change of status goes through `transition`, a compare-and-set `UPDATE … WHERE status
 = :from RETURNING …`, so the counters move by exactly the rows that changed, on
 PostgreSQL and SQLite alike, however many workers race for the same rows.
+
+Times that workers compare with each other's (leases, due times, when a row was queued)
+come from the database's clock on PostgreSQL (`db_time`): a worker whose clock is a minute
+off neither steals live leases nor sits on expired ones.
 """
 
 from __future__ import annotations
@@ -15,19 +19,45 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    Row,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app import counters
-from app.models import Delivery, DeliveryCounter
-from app.models.base import utcnow
+from app.models import Briefing, Delivery, DeliveryCounter, Incident
+from app.models.base import UTCDateTime, utcnow
 
-PENDING, SENDING, SENT, RETRYING, FAILED, SKIPPED, CANCELLED = (
-    "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled",
+PENDING, SENDING, SENT, RETRYING, FAILED, SKIPPED, CANCELLED, SUPERSEDED = (
+    "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled", "superseded",
 )  # fmt: skip
-FINAL_STATUSES = frozenset({SENT, FAILED, SKIPPED, CANCELLED})
+FINAL_STATUSES = frozenset({SENT, FAILED, SKIPPED, CANCELLED, SUPERSEDED})
 OPEN_STATUSES = frozenset({PENDING, SENDING, RETRYING})
+ENDED_INCIDENT = ("resolved", "cancelled")
+# Versions that are sent after their incident ended: the stand-down and the cancellation.
+END_KINDS = ("resolved", "cancelled")
 _CHUNK = 500
+# The sweeper waits requeue_after, then 2×, 4×, 8× as long before it counts a queued row's
+# message as lost again (a long queue is not a lost queue).
+_REQUEUE_DOUBLINGS = 4
+
+
+def db_time(session: Session, offset: timedelta = timedelta(0)) -> ColumnElement[datetime]:
+    """Now (plus `offset`) by the database's clock on PostgreSQL; SQLite is a file on one
+    machine, whose clock is this process's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.statement_timestamp() + literal(offset, Interval())
+    return literal(utcnow() + offset, UTCDateTime())
 
 
 @dataclass(frozen=True)
@@ -90,31 +120,84 @@ def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
         yield ids[start : start + _CHUNK]
 
 
+def still_wanted() -> ColumnElement[bool]:
+    """The row's version is still the one to send: no newer version replaced it, and its
+    incident has not ended (unless the row is the end notice itself)."""
+    return exists().where(
+        Briefing.id == Delivery.briefing_id,
+        Briefing.superseded_at.is_(None),
+        Incident.id == Briefing.incident_id,
+        or_(Incident.status.not_in(ENDED_INCIDENT), Briefing.kind.in_(END_KINDS)),
+    )
+
+
 def claim(
-    session: Session, ids: Sequence[int], *, now: datetime, lease: timedelta, max_attempts: int
+    session: Session, ids: Sequence[int], *, lease: timedelta, max_attempts: int
 ) -> list[Changed]:
     """Claim the due rows among `ids` for sending: compare-and-set to `sending`, one more
-    attempt, a lease. Rows another worker holds (unexpired lease), rows not yet due and
-    final rows are left alone, so a task delivered twice sends nothing twice."""
+    attempt, a lease. Rows another worker holds (unexpired lease), rows not yet due, final
+    rows and rows no longer wanted (ended incident, superseded version: checked in this
+    very statement, so a cancel that committed first always wins) are left alone, so a
+    task delivered twice sends nothing twice."""
     claimed: list[Changed] = []
-    values = {"attempts": Delivery.attempts + 1, "lease_until": now + lease}
+    now = db_time(session)
+    values = {
+        "attempts": Delivery.attempts + 1,
+        "lease_until": db_time(session, lease),
+        # Claimed: no message of the broker is needed for the row any more.
+        "enqueued_at": None,
+        "enqueue_count": 0,
+    }
     due = or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
+    wanted = still_wanted()
     for chunk in _chunks(ids):
-        in_chunk = and_(Delivery.id.in_(chunk), Delivery.attempts < max_attempts)
+        in_chunk = and_(Delivery.id.in_(chunk), Delivery.attempts < max_attempts, wanted)
         claimed += transition(
             session, where=and_(in_chunk, due), from_status=PENDING, to_status=SENDING,
-            values=values, now=now,
+            values=values, now=utcnow(),
         )  # fmt: skip
         claimed += transition(
             session, where=and_(in_chunk, due), from_status=RETRYING, to_status=SENDING,
-            values=values, now=now,
+            values=values, now=utcnow(),
         )  # fmt: skip
         # A lease that ran out: the worker died or hung mid-send. Take the row over.
         claimed += transition(
             session, where=and_(in_chunk, Delivery.lease_until < now), from_status=SENDING,
-            to_status=SENDING, values=values, now=now,
+            to_status=SENDING, values=values, now=utcnow(),
         )  # fmt: skip
     return claimed
+
+
+def renew(session: Session, pairs: Sequence[tuple[int, int]], *, lease: timedelta) -> int:
+    """Extend the leases of rows we still hold (a live batch does this every third of a
+    lease, so a dead worker's rows are free again within one lease)."""
+    renewed = 0
+    for start in range(0, len(pairs), _CHUNK):
+        result = session.execute(
+            update(Delivery)
+            .where(fenced(pairs[start : start + _CHUNK]), Delivery.status == SENDING)
+            .values(lease_until=db_time(session, lease))
+            .execution_options(synchronize_session=False)
+        )
+        renewed += result.rowcount  # type: ignore[attr-defined]
+    return renewed
+
+
+def fates(session: Session, briefing_ids: Iterable[int]) -> dict[int, str]:
+    """Of these briefing versions, those no longer to be sent, with the status their open
+    rows end in: `cancelled` (the incident ended) or `superseded` (a newer version)."""
+    rows = session.execute(
+        select(Briefing.id, Briefing.kind, Briefing.superseded_at, Incident.status)
+        .join(Incident, Incident.id == Briefing.incident_id)
+        .where(Briefing.id.in_(set(briefing_ids)))
+    )
+    result: dict[int, str] = {}
+    for row in rows:
+        if row.status in ENDED_INCIDENT and row.kind not in END_KINDS:
+            result[row.id] = CANCELLED
+        elif row.superseded_at is not None:
+            result[row.id] = SUPERSEDED
+    return result
 
 
 def fenced(pairs: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
@@ -144,12 +227,13 @@ def finish_one(
     to_status: str,
     now: datetime,
     error: str | None,
-    next_attempt_at: datetime | None = None,
+    retry_in: timedelta | None = None,
 ) -> bool:
     """Write one non-success outcome under our lease. False if the lease was lost."""
     values: dict[str, Any] = {"lease_until": None, "last_error": error}
     if to_status == RETRYING:
-        values.update(next_attempt_at=next_attempt_at, enqueued_at=None)
+        assert retry_in is not None
+        values.update(next_attempt_at=db_time(session, retry_in), enqueued_at=None, enqueue_count=0)
     changed = transition(
         session, where=fenced([(delivery_id, attempt)]), from_status=SENDING,
         to_status=to_status, values=values, now=now,
@@ -166,26 +250,41 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
 def take_due(
     session: Session,
     *,
-    now: datetime,
     requeue_after: timedelta,
     limit: int,
     briefing_id: int | None = None,
 ) -> list[Row[tuple[int, str, int]]]:
     """Mark as queued, and return as (id, channel, briefing id), the rows a sender should
-    look at now: new or forgotten pending rows, retries that are due, and rows whose lease
-    ran out.
+    look at now: new pending rows, queued rows whose message the broker can have lost,
+    retries that are due, and rows whose lease ran out.
 
-    One conditional UPDATE: if a sweep and a dispatch race for the same rows, the second
-    re-checks the condition on the locked rows and takes none of them, so nothing is queued
-    twice while its message is plausibly still in the broker.
+    A queued row counts as lost `requeue_after` after it was queued, then twice, four
+    times, eight times as long after each re-queue: a queue that is merely long (100,000
+    members) is not refilled with copies every `requeue_after`. One conditional UPDATE: if
+    a sweep and a dispatch race for the same rows, the second re-checks the condition on
+    the locked rows and takes none of them.
     """
-    not_recently_queued = or_(
-        Delivery.enqueued_at.is_(None), Delivery.enqueued_at < now - requeue_after
-    )
+    now = db_time(session)
+    maybe_lost: list[ColumnElement[bool]] = [Delivery.enqueued_at.is_(None)]
+    for doubling in range(_REQUEUE_DOUBLINGS + 1):
+        times_queued = (
+            Delivery.enqueue_count <= 1
+            if doubling == 0
+            else Delivery.enqueue_count >= doubling + 1
+            if doubling == _REQUEUE_DOUBLINGS
+            else Delivery.enqueue_count == doubling + 1
+        )
+        waited = db_time(session, -requeue_after * 2**doubling)
+        maybe_lost.append(and_(times_queued, Delivery.enqueued_at < waited))
+    not_recently_queued = or_(*maybe_lost)
     due = or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
-    condition = or_(
-        and_(Delivery.status.in_((PENDING, RETRYING)), due, not_recently_queued),
-        and_(Delivery.status == SENDING, Delivery.lease_until < now, not_recently_queued),
+    condition = and_(
+        or_(
+            and_(Delivery.status.in_((PENDING, RETRYING)), due),
+            and_(Delivery.status == SENDING, Delivery.lease_until < now),
+        ),
+        not_recently_queued,
+        still_wanted(),
     )
     candidates = select(Delivery.id).where(condition)
     if briefing_id is not None:
@@ -194,19 +293,55 @@ def take_due(
     statement = (
         update(Delivery)
         .where(Delivery.id.in_(candidates.scalar_subquery()), condition)
-        .values(enqueued_at=now)
+        .values(enqueued_at=now, enqueue_count=Delivery.enqueue_count + 1)
         .returning(Delivery.id, Delivery.channel, Delivery.briefing_id)
         .execution_options(synchronize_session=False)
     )
     return sorted(session.execute(statement), key=lambda row: row.id)
 
 
-def fail_exhausted_leases(session: Session, *, now: datetime, max_attempts: int) -> int:
+def retire_unwanted(session: Session, *, since: datetime) -> int:
+    """Open rows of versions no longer wanted end `cancelled` or `superseded`: rows that a
+    send in flight at the cancel or the update left behind, or that a claim raced past.
+    Only incidents ended, and versions superseded, after `since` are looked at (index
+    lookups per incident and per version: cheap while a fan-out runs)."""
+    now = db_time(session)
+    ended = select(Incident.id).where(
+        Incident.status.in_(ENDED_INCIDENT), Incident.ended_at >= since
+    )
+    not_end_notice = ~exists().where(
+        Briefing.id == Delivery.briefing_id, Briefing.kind.in_(END_KINDS)
+    )
+    superseded = select(Briefing.id).where(Briefing.superseded_at >= since)
+    targets = (
+        (and_(Delivery.incident_id.in_(ended), not_end_notice), CANCELLED),
+        (Delivery.briefing_id.in_(superseded), SUPERSEDED),
+    )
+    changed = 0
+    for where, to_status in targets:
+        reason = "incident ended" if to_status == CANCELLED else "superseded by a newer version"
+        for from_status, extra in (
+            (PENDING, None),
+            (RETRYING, None),
+            (SENDING, Delivery.lease_until < now),
+        ):
+            condition = where if extra is None else and_(where, extra)
+            changed += len(
+                transition(
+                    session, where=condition, from_status=from_status, to_status=to_status,
+                    values={"lease_until": None, "last_error": reason}, now=utcnow(),
+                )
+            )  # fmt: skip
+    return changed
+
+
+def fail_exhausted_leases(session: Session, *, max_attempts: int) -> int:
     """Rows lost mid-send on their last allowed attempt: no attempt is left to take them
     over, so they end as failed rather than stay `sending` forever."""
+    now = utcnow()
     changed = transition(
         session,
-        where=and_(Delivery.lease_until < now, Delivery.attempts >= max_attempts),
+        where=and_(Delivery.lease_until < db_time(session), Delivery.attempts >= max_attempts),
         from_status=SENDING,
         to_status=FAILED,
         values={"lease_until": None, "last_error": "worker lost during the last attempt"},

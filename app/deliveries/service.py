@@ -1,8 +1,9 @@
 """Sending a batch of ledger rows, and finding the rows that should be sent.
 
 `send_batch` is what a worker task runs: claim (commit) → build the messages → send them
-all concurrently → write the outcomes under the lease (commit). `dispatch` and `sweep` find
-due rows in the database and hand their ids to `publish` (the broker is only a doorbell).
+all concurrently, writing outcomes under the lease as they finish (`recorder`). `dispatch`
+and `sweep` find due rows in the database and hand their ids to `publish` (the broker is
+only a doorbell).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -39,6 +40,7 @@ from app.deliveries.email import (
     message_id,
     thread_id,
 )
+from app.deliveries.recorder import OutcomeRecorder, SentJob, with_db_retries
 from app.deliveries.transport import (
     EmailRequest,
     SendResult,
@@ -66,6 +68,7 @@ class BatchReport:
     retrying: int = 0
     failed: int = 0
     skipped: int = 0
+    stopped: int = 0  # cancelled or superseded while the batch ran
     lost: int = 0
 
 
@@ -328,17 +331,34 @@ class Transports:
         )
 
     def send(
-        self, emails: list[EmailRequest], webhooks: list[WebhookRequest], *, deadline: float
-    ) -> list[SendResult]:
-        """Send both channels concurrently; raises TimeoutError past the deadline."""
+        self,
+        emails: list[EmailRequest],
+        webhooks: list[WebhookRequest],
+        recorder: OutcomeRecorder,
+        *,
+        deadline: float,
+    ) -> None:
+        """Send both channels concurrently while `recorder` writes outcomes as they come;
+        past the deadline, what has not finished is handed back for a retry."""
 
-        async def both() -> list[SendResult]:
-            results = await asyncio.gather(
-                self.smtp.send_all(emails), self.webhooks.send_all(webhooks)
+        async def both() -> None:
+            await asyncio.gather(
+                self.smtp.send_all(emails, recorder.done, recorder.wanted),
+                self.webhooks.send_all(webhooks, recorder.done, recorder.wanted),
             )
-            return [*results[0], *results[1]]
 
-        return self.runner.run(asyncio.wait_for(both(), timeout=deadline))
+        async def send_and_record() -> None:
+            recording = asyncio.create_task(recorder.run())
+            try:
+                await asyncio.wait_for(both(), timeout=deadline)
+            except TimeoutError:
+                log.warning("batch_deadline_exceeded", seconds=deadline)
+            finally:
+                recorder.stop()
+                await recording
+            await recorder.finish()
+
+        self.runner.run(send_and_record())
 
     def close(self) -> None:
         async def close_all() -> None:
@@ -365,41 +385,53 @@ def forget_transports() -> None:
     _transports = None
 
 
-def _deadline(settings: Settings) -> float:
-    """Stop waiting well before the lease runs out, so outcomes are still ours to write."""
-    return max(settings.delivery_lease_seconds * 0.8, 1.0)
-
-
 def send_batch(
     session_factory: sessionmaker[Session], settings: Settings, ids: Sequence[int]
 ) -> BatchReport:
-    """Claim, send and record one batch of deliveries. Safe to run twice for the same ids."""
+    """Claim, send and record one batch of deliveries. Safe to run twice for the same ids.
+
+    Outcomes are written as sends finish (see `recorder`), so a worker killed mid-batch
+    repeats only what was in flight, and a batch out of time keeps what it did.
+    """
     report = BatchReport()
-    now = utcnow()
-    with session_scope(session_factory) as session:
-        claimed = ledger.claim(
-            session, list(ids), now=now,
-            lease=timedelta(seconds=settings.delivery_lease_seconds),
-            max_attempts=settings.delivery_max_attempts,
-        )  # fmt: skip
-        if not claimed:
-            return report
-        jobs = _load_jobs(session, claimed)
-        context = _load_context(session, jobs)
-        jobs = _skip_answered_reminders(session, jobs, context)
-        for job in jobs:
-            if job.usable is not None:
-                ledger.finish_one(
-                    session, delivery_id=job.delivery_id, attempt=job.attempt,
-                    to_status=ledger.SKIPPED, now=now, error=job.usable,
-                )  # fmt: skip
-                report.skipped += 1
-    report.claimed = len(claimed)
+
+    def claim_and_load() -> tuple[list[Job], Context]:
+        now = utcnow()
+        with session_scope(session_factory) as session:
+            claimed = ledger.claim(
+                session, list(ids), lease=timedelta(seconds=settings.delivery_lease_seconds),
+                max_attempts=settings.delivery_max_attempts,
+            )  # fmt: skip
+            if not claimed:
+                return [], Context()
+            jobs = _load_jobs(session, claimed)
+            context = _load_context(session, jobs)
+            jobs = _skip_answered_reminders(session, jobs, context)
+            for job in jobs:
+                if job.usable is not None:
+                    ledger.finish_one(
+                        session, delivery_id=job.delivery_id, attempt=job.attempt,
+                        to_status=ledger.SKIPPED, now=now, error=job.usable,
+                    )  # fmt: skip
+            return jobs, context
+
+    jobs, context = with_db_retries(claim_and_load, what="claim")
+    if not jobs:
+        return report
+    report.claimed = len(jobs)
+    report.skipped = sum(job.usable is not None for job in jobs)
     sendable = [job for job in jobs if job.usable is None]
+    recorder = OutcomeRecorder(
+        session_factory,
+        settings,
+        [
+            SentJob(j.delivery_id, j.attempt, j.briefing_id, j.member_id, j.created_at)
+            for j in sendable
+        ],
+    )
     builder = MessageBuilder(settings, context)
     emails: list[EmailRequest] = []
     webhooks: list[WebhookRequest] = []
-    prepared: list[SendResult] = []
     send_time = utcnow()
     for job in sendable:
         try:
@@ -408,72 +440,16 @@ def send_batch(
             else:
                 webhooks.append(builder.webhook(job, send_time))
         except (UnsafeHeader, ValueError) as exc:
-            prepared.append(SendResult(job.delivery_id, ok=False, error=f"not sendable: {exc}"))
-    try:
-        results = transports(settings).send(emails, webhooks, deadline=_deadline(settings))
-    except TimeoutError:
-        unfinished = [e.delivery_id for e in emails] + [w.delivery_id for w in webhooks]
-        results = [
-            SendResult(i, ok=False, retryable=True, error="batch deadline exceeded")
-            for i in unfinished
-        ]
-    _record_outcomes(session_factory, settings, sendable, [*prepared, *results], report)
-    return report
-
-
-def _record_outcomes(
-    session_factory: sessionmaker[Session],
-    settings: Settings,
-    jobs: Sequence[Job],
-    results: Sequence[SendResult],
-    report: BatchReport,
-) -> None:
-    by_id = {job.delivery_id: job for job in jobs}
-    now = utcnow()
-    with session_scope(session_factory) as session:
-        sent = [(r.delivery_id, by_id[r.delivery_id].attempt) for r in results if r.ok]
-        written = ledger.mark_sent(session, sent, now=now)
-        report.sent += written
-        report.lost += len(sent) - written
-        disabled: set[uuid.UUID] = set()
-        for result in results:
-            if result.ok:
-                continue
-            job = by_id[result.delivery_id]
-            status, next_at = _after_failure(settings, job, result, now)
-            if ledger.finish_one(
-                session, delivery_id=job.delivery_id, attempt=job.attempt, to_status=status,
-                now=now, error=result.error, next_attempt_at=next_at,
-            ):  # fmt: skip
-                report.retrying += status == ledger.RETRYING
-                report.failed += status == ledger.FAILED
-            else:
-                report.lost += 1
-            if result.disable_webhook and job.member_id is not None:
-                disabled.add(job.member_id)
-        if disabled:
-            session.execute(
-                update(Member)
-                .where(Member.id.in_(disabled), Member.webhook_disabled_at.is_(None))
-                .values(webhook_disabled_at=now)
-                .execution_options(synchronize_session=False)
-            )
+            recorder.done(SendResult(job.delivery_id, ok=False, error=f"not sendable: {exc}"))
+    transports(settings).send(
+        emails, webhooks, recorder, deadline=settings.delivery_batch_deadline_seconds
+    )
+    tally = recorder.tally
+    report.sent, report.retrying, report.failed = tally.sent, tally.retrying, tally.failed
+    report.stopped, report.lost = tally.stopped, tally.lost
     if report.lost:
         log.warning("outcomes_not_written_lease_lost", count=report.lost)
-
-
-def _after_failure(
-    settings: Settings, job: Job, result: SendResult, now: datetime
-) -> tuple[str, datetime | None]:
-    too_old = now - job.created_at > timedelta(seconds=settings.delivery_max_age_seconds)
-    if not result.retryable or job.attempt >= settings.delivery_max_attempts or too_old:
-        return ledger.FAILED, None
-    delay = ledger.backoff(
-        job.attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
-    )
-    if result.retry_after is not None:
-        delay = max(delay, result.retry_after)
-    return ledger.RETRYING, now + timedelta(seconds=delay)
+    return report
 
 
 def dispatch(
@@ -492,7 +468,7 @@ def dispatch(
     now = utcnow()
     with session_scope(session_factory) as session:
         rows = ledger.take_due(
-            session, now=now, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
+            session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
             limit=limit, briefing_id=briefing_id,
         )  # fmt: skip
     if rows:
@@ -514,8 +490,10 @@ def sweep(
 ) -> dict[str, int]:
     """What beat runs every few seconds: finish what is stuck, start what is due."""
     with session_scope(session_factory) as session:
-        failed = ledger.fail_exhausted_leases(
-            session, now=utcnow(), max_attempts=settings.delivery_max_attempts
+        failed = ledger.fail_exhausted_leases(session, max_attempts=settings.delivery_max_attempts)
+        retired = ledger.retire_unwanted(
+            session,
+            since=utcnow() - timedelta(seconds=settings.delivery_max_age_seconds),
         )
     # Its own transaction: incident rows are locked before delivery counters everywhere
     # else (updates, answers), so they are never held together here in the other order.
@@ -525,6 +503,6 @@ def sweep(
     queued = dispatch(session_factory, settings, publish)
     finished = timeline.record_finished_fanouts(session_factory)
     return {
-        "queued": queued, "failed_lost": failed, "activated": activated,
+        "queued": queued, "failed_lost": failed, "retired": retired, "activated": activated,
         "fanouts_finished": finished,
     }  # fmt: skip

@@ -7,7 +7,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -33,6 +33,20 @@ class SendResult:
     error: str | None = None
     retry_after: float | None = None
     disable_webhook: bool = False
+
+
+OnResult = Callable[[SendResult], None]
+Wanted = Callable[[int], bool]
+
+
+def not_wanted(delivery_id: int) -> SendResult:
+    """A request not sent because its row is no longer wanted (see the recorder)."""
+    return SendResult(
+        delivery_id,
+        ok=False,
+        retryable=True,
+        error="not sent: the incident ended or a newer version replaced this one",
+    )
 
 
 @dataclass(frozen=True)
@@ -135,14 +149,27 @@ class WebhookSender:
         assert self._gate is not None
         return self._session, self._gate
 
-    async def send_all(self, requests: Sequence[WebhookRequest]) -> list[SendResult]:
+    async def send_all(
+        self,
+        requests: Sequence[WebhookRequest],
+        on_result: OnResult | None = None,
+        wanted: Wanted | None = None,
+    ) -> list[SendResult]:
+        """Send every request; each result goes to `on_result` as soon as it is known.
+        A request that `wanted` refuses when its turn comes is not sent."""
         if not requests:
             return []
         session, gate = self._client()
 
         async def one(request: WebhookRequest) -> SendResult:
             async with gate:
-                return await self._send(session, request)
+                if wanted is not None and not wanted(request.delivery_id):
+                    result = not_wanted(request.delivery_id)
+                else:
+                    result = await self._send(session, request)
+            if on_result is not None:
+                on_result(result)
+            return result
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
@@ -230,20 +257,35 @@ class SmtpSender:
         while self._idle:
             await _close_quietly(self._idle.pop())
 
-    async def send_all(self, requests: Sequence[EmailRequest]) -> list[SendResult]:
+    async def send_all(
+        self,
+        requests: Sequence[EmailRequest],
+        on_result: OnResult | None = None,
+        wanted: Wanted | None = None,
+    ) -> list[SendResult]:
+        """Send every message; each result goes to `on_result` as soon as it is known.
+        A message that `wanted` refuses when its turn comes is not sent."""
         if not requests:
             return []
         queue: asyncio.Queue[EmailRequest] = asyncio.Queue()
         for request in requests:
             queue.put_nowait(request)
         results: list[SendResult] = []
+
+        def report(result: SendResult) -> None:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
         workers = min(self.settings.connections, len(requests))
-        await asyncio.gather(*(self._connection_loop(queue, results) for _ in range(workers)))
+        await asyncio.gather(
+            *(self._connection_loop(queue, report, wanted) for _ in range(workers))
+        )
         # Every connection gave up (server down or hung): the rest wait for their retry
         # instead of each waiting out its own timeout.
         while not queue.empty():
             request = queue.get_nowait()
-            results.append(
+            report(
                 SendResult(
                     request.delivery_id,
                     ok=False,
@@ -264,21 +306,27 @@ class SmtpSender:
         return client
 
     async def _connection_loop(
-        self, queue: asyncio.Queue[EmailRequest], results: list[SendResult]
+        self,
+        queue: asyncio.Queue[EmailRequest],
+        report: OnResult,
+        wanted: Wanted | None,
     ) -> None:
         client: aiosmtplib.SMTP | None = self._idle.pop() if self._idle else None
         reused = client is not None
         try:
             while not queue.empty():
                 request = queue.get_nowait()
+                if wanted is not None and not wanted(request.delivery_id):
+                    report(not_wanted(request.delivery_id))
+                    continue
                 try:
                     if client is None or not client.is_connected:
                         client, reused = await self._connect(), False
-                    results.append(await self._send(client, request))
+                    report(await self._send(client, request))
                     reused = False
                 except aiosmtplib.SMTPResponseException as exc:
                     # A 4xx for this transaction: retry it later, start a fresh session.
-                    results.append(_smtp_failure(request.delivery_id, exc))
+                    report(_smtp_failure(request.delivery_id, exc))
                     await _close_quietly(client)
                     client = None
                 except asyncio.CancelledError:
@@ -295,7 +343,7 @@ class SmtpSender:
                         queue.put_nowait(request)
                         continue
                     # The connection itself failed: this loop stops (see send_all).
-                    results.append(_smtp_failure(request.delivery_id, exc))
+                    report(_smtp_failure(request.delivery_id, exc))
                     await _close_quietly(client)
                     client = None
                     return

@@ -33,7 +33,9 @@ Mode = Literal["actual", "exercise"]
 Channel = Literal["email", "webhook"]
 IncidentStatus = Literal["mobilizing", "active", "resolved", "cancelled"]
 BriefingKind = Literal["declared", "updated", "reminder", "escalated", "resolved", "cancelled"]
-DeliveryStatus = Literal["pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
+DeliveryStatus = Literal[
+    "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled", "superseded"
+]
 
 DEFAULT_RESPONSES = ["acknowledged", "will_engage", "unavailable", "need_briefing_call"]
 

@@ -401,17 +401,37 @@ def dispatch_after_commit(session: Session, briefing: Briefing, dispatch: Dispat
 
 
 def _retire_unsent(session: Session, incident: Incident, *, to_status: str, reason: str) -> int:
-    """Earlier versions not yet sent are not sent any more: a newer message replaces them."""
+    """Earlier versions not yet sent are not sent any more: a newer message replaces them.
+
+    Rows a dead worker left `sending` go too. Rows in flight right now are fenced by the
+    versions' state instead: a claim never takes them again, and a failed send among them
+    ends `cancelled` / `superseded` rather than `retrying` (see `ledger.fates`).
+    """
     now = utcnow()
     changed = 0
-    for from_status in (ledger.PENDING, ledger.RETRYING):
+    ours = Delivery.incident_id == incident.id
+    for from_status, where in (
+        (ledger.PENDING, ours),
+        (ledger.RETRYING, ours),
+        (ledger.SENDING, and_(ours, Delivery.lease_until < ledger.db_time(session))),
+    ):
         changed += len(
             ledger.transition(
-                session, where=Delivery.incident_id == incident.id, from_status=from_status,
+                session, where=where, from_status=from_status,
                 to_status=to_status, values={"last_error": reason, "lease_until": None}, now=now,
             )
         )  # fmt: skip
     return changed
+
+
+def _supersede_versions(session: Session, incident: Incident, now: datetime) -> None:
+    """Every version sent so far is replaced by the one being written."""
+    session.execute(
+        update(Briefing)
+        .where(Briefing.incident_id == incident.id, Briefing.superseded_at.is_(None))
+        .values(superseded_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def post_update(
@@ -433,8 +453,9 @@ def post_update(
     ]
     add_targets(session, incident, newcomers, now)
     _retire_unsent(
-        session, incident, to_status=ledger.SKIPPED, reason="superseded by a newer version"
+        session, incident, to_status=ledger.SUPERSEDED, reason="superseded by a newer version"
     )
+    _supersede_versions(session, incident, now)
     briefing = _add_briefing(
         session, incident, kind="updated", content=_content(data.briefing), actor=actor, now=now
     )

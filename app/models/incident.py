@@ -89,14 +89,18 @@ class Briefing(Base):
     content: Mapped[dict[str, Any]] = mapped_column(JSONList)
     created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when a newer version replaced this one: its rows are never claimed again.
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Delivery(Base):
     """The ledger: one row per (briefing version, member, channel).
 
-    `pending → sending → sent`, or `→ retrying → … → failed`, or `skipped` / `cancelled`.
-    A sender claims a row (status `sending`, `attempts + 1`, `lease_until`) before any I/O
-    and writes the outcome only if the row is still `sending` with its attempt number.
+    `pending → sending → sent`, or `→ retrying → … → failed`, or `skipped` / `cancelled`
+    / `superseded`. A sender claims a row (status `sending`, `attempts + 1`, `lease_until`)
+    before any I/O and writes the outcome only if the row is still `sending` with its
+    attempt number; a live sender renews its leases, so a dead one's rows are taken over as
+    soon as they run out.
     """
 
     __tablename__ = "deliveries"
@@ -122,6 +126,9 @@ class Delivery(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How often the row was queued without being claimed since: the sweeper waits twice as
+    # long each time before it counts the broker's message as lost again.
+    enqueue_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -26,6 +26,7 @@ from tests.conftest import make_client, member_payload
 from tests.support.live_server import serve
 from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess, worker_environment
+from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 # Every test app but the rate-limit ones: far above what a test sends from one address.
 NO_LIMIT = "1000000/minute"
@@ -254,7 +255,8 @@ def live_api(live: Live, auth: Callable[[Role], dict[str, str]]) -> Iterator[Api
 def live_worker(live: Live, smtp: SmtpSink, tmp_path: Path) -> Iterator[WorkerProcess]:
     """A real worker (with beat) whose links point at the live app."""
     with Connection(live.settings.broker_url) as connection:
-        Queue("rrmm").bind(connection.default_channel).purge()
+        for queue in (SEND_QUEUE, BEAT_QUEUE):
+            Queue(queue).bind(connection.default_channel).purge()
     env = worker_environment(live.settings, smtp_port=smtp.port, var_dir=tmp_path / "worker")
     process = WorkerProcess(env).start()
     try:

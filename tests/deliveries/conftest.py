@@ -13,13 +13,15 @@ from app.models import Role
 from tests.conftest import make_client, member_payload
 from tests.support.sinks import SmtpSink, WebhookReceiver, wait_until
 from tests.support.worker import WorkerProcess, worker_environment
+from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 
 @pytest.fixture
 def purge_broker(settings: Settings) -> None:
     """Drop messages a previous test left in the queue (their rows are gone anyway)."""
     with Connection(settings.broker_url) as connection:
-        Queue("rrmm").bind(connection.default_channel).purge()
+        for queue in (SEND_QUEUE, BEAT_QUEUE):
+            Queue(queue).bind(connection.default_channel).purge()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from tests.deliveries.conftest import briefing, declare_body, wait_final
 from tests.support.sinks import CaughtMail, HangingSmtpServer, SmtpSink, wait_until
 from tests.support.timed_receiver import RequestTrap, TimedReceiver
 from tests.support.worker import FAST_CLOCKS, WorkerProcess, worker_environment
+from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,8 @@ class Workers:
         # Tasks left by earlier tests point at rows that are gone; drop them anyway.
         with Connection(self.settings.broker_url) as connection:
             channel: Any = connection.default_channel
-            channel.queue_purge("rrmm")
+            for queue in (SEND_QUEUE, BEAT_QUEUE):
+                channel.queue_purge(queue)
         env = worker_environment(
             self.settings,
             smtp_port=key[0],

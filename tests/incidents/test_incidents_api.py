@@ -507,7 +507,7 @@ def test_update_adds_a_version_newcomers_and_supersedes_unsent_rows(client, oper
     assert v1[(sent_one["id"], "email")][2] == "sent"
     for key, row in v1.items():
         if key != (sent_one["id"], "email"):
-            assert row[2] == "skipped", row
+            assert row[2] == "superseded", row
             assert "superseded" in row[6]
     assert set(v2) == {
         (sent_one["id"], "email"), (sent_one["id"], "webhook"),

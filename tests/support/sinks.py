@@ -137,7 +137,8 @@ class Hit:
 @dataclass
 class Route:
     """What one path answers, request after request: a list of behaviours, the last one
-    repeating. A behaviour is an HTTP status, or one of "drip", "huge", "redirect"."""
+    repeating. A behaviour is an HTTP status, or one of "drip", "huge", "redirect", or
+    "hold" (answer 503 only once the receiver's `released` event is set)."""
 
     secret: str | None = None
     script: list[Any] = field(default_factory=lambda: [200])
@@ -195,6 +196,9 @@ class WebhookReceiver(ThreadedHttpServer):
         super().__init__()
         self.routes: dict[str, Route] = {}
         self.hits: list[Hit] = []
+        # Seconds every answer waits (a receiver at real-world latency).
+        self.delay = 0.0
+        self.released = threading.Event()
 
     def route(self, path: str, **kwargs: Any) -> str:
         self.routes[path] = Route(**kwargs)
@@ -226,6 +230,12 @@ class WebhookReceiver(ThreadedHttpServer):
                 Hit(request.path, headers.get("webhook-id", ""), verified, body, headers)
             )
             behaviour = route.script.pop(0) if len(route.script) > 1 else route.script[0]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if behaviour == "hold":
+            while not self.released.is_set():
+                await asyncio.sleep(0.05)
+            return web.Response(status=503, text="held")
         if behaviour == "drip":
             response = web.StreamResponse(status=200)
             await response.prepare(request)

@@ -19,7 +19,7 @@
   var COVERAGE_MIN_MS = 10000;
   var STORAGE = "rrmm.board.key";
   var COVERAGE = ["network", "language", "channel"];
-  var DELIVERY_STATES = ["pending", "sending", "retrying", "sent", "failed", "skipped", "cancelled"];
+  var DELIVERY_STATES = ["pending", "sending", "retrying", "sent", "failed", "skipped", "cancelled", "superseded"];
   var CONNECTION = {
     connecting: "connecting…",
     live: "live",
