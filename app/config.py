@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that people paste from examples; a deployment that uses one has no secret at all.
@@ -31,6 +31,12 @@ _PLACEHOLDER_SECRETS = {
     "password",
 }
 MIN_SECRET_KEY_LENGTH = 32
+SmtpStartTls = Literal["off", "opportunistic", "required"]
+# Spellings of RRMM_SMTP_STARTTLS kept from when it was a boolean.
+_STARTTLS_BOOLEANS = {
+    "true": "required", "1": "required", "yes": "required", "on": "required",
+    "false": "off", "0": "off", "no": "off", "": "off",
+}  # fmt: skip
 
 
 def default_var_dir() -> Path:
@@ -77,10 +83,28 @@ class Settings(BaseSettings):
     # `/readyz` answers 503 when no worker heartbeat is fresh (off: the API runs alone too).
     ready_requires_worker: bool = False
 
-    # Fan-out (see README, "Tuning the fan-out").
-    smtp_starttls: bool = False
+    # Outgoing mail security and the operators' notices (see README, "Mail relay security").
+    # STARTTLS: `off` never upgrades (even when offered), `opportunistic` upgrades with a
+    # verified certificate when offered, `required` refuses a relay that does not offer it
+    # or whose certificate does not verify. The old booleans still read: true → required,
+    # false → off.
+    smtp_starttls: SmtpStartTls = "off"
+    # A PEM file of the CA(s) that sign a private relay's certificate (the system's
+    # trust store when unset).
+    smtp_ca_file: Path | None = None
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    # AUTH over an unencrypted connection is refused unless the relay is on loopback or
+    # this says so (the password would cross the network in clear).
+    smtp_allow_plaintext_auth: bool = False
+    # The operators' notice outbox: attempts before it is given up, and the first retry
+    # delay (doubled each time, up to an hour).
+    operator_notice_max_attempts: int = Field(default=8, ge=1, le=100)
+    operator_notice_retry_seconds: float = Field(default=30.0, gt=0)
+    # Bearer token that `/metrics` requires when set (set it in production).
+    metrics_token: SecretStr | None = None
+
+    # Fan-out (see README, "Tuning the fan-out").
     smtp_connections: int = Field(default=10, ge=1, le=200)
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_concurrency: int = Field(default=200, ge=1, le=5000)
@@ -118,6 +142,16 @@ class Settings(BaseSettings):
     ack_rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
     operator_emails: list[str] = Field(default_factory=list)
+
+    @field_validator("smtp_starttls", mode="before")
+    @classmethod
+    def _starttls_from_boolean(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "required" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return _STARTTLS_BOOLEANS.get(lowered, lowered)
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults_and_check_secret(self) -> Settings:

@@ -9,6 +9,7 @@ state is needed for workers.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -24,14 +25,16 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.deliveries import ledger
+from app.errors import NotAuthenticated, Problem
 from app.health.service import last_sweep, sweep_runs, worker_health
 from app.incidents import timeline
-from app.models import Ack, Delivery, DeliveryCounter, Incident, IncidentEvent
+from app.models import AnswerCounter, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
 
 log = structlog.get_logger(__name__)
@@ -49,13 +52,31 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        401: {"model": Problem, "description": "RRMM_METRICS_TOKEN is set and not given."},
+    },
 )
 def metrics(request: Request) -> Response:
-    """Prometheus metrics (no API key: aggregates only, no contact detail or text)."""
+    """Prometheus metrics: aggregates only, no contact detail or text. No API key; when
+    `RRMM_METRICS_TOKEN` is set, `Authorization: Bearer <token>` is required."""
+    _check_token(request.app.state.metrics_token, request.headers.get("authorization"))
     registry: CollectorRegistry = request.app.state.metrics_registry
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(registry), media_type=content_type)
+
+
+def _check_token(expected: SecretStr | None, authorization: str | None) -> None:
+    if expected is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    # Compared in constant time, as bytes (compare_digest refuses non-ASCII text).
+    matches = hmac.compare_digest(given.strip().encode(), expected.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not matches:
+        raise NotAuthenticated(
+            "/metrics needs `Authorization: Bearer <RRMM_METRICS_TOKEN>`",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
 
 
 class DatabaseCollector(Collector):
@@ -118,13 +139,19 @@ class DatabaseCollector(Collector):
         oldest.add_metric([], _age(now, waiting_since) or 0.0)
         yield oldest
 
-        answers = CounterMetricFamily(
-            "rrmm_answers", "Answers (acknowledgements) recorded, by response.", labels=["response"]
+        # From the counter rows the answers keep up to date (one per incident and response),
+        # never from the answers themselves: a scrape costs the same at any volume.
+        answers = GaugeMetricFamily(
+            "rrmm_current_answers",
+            "Members' current answers, by response, over all incidents.",
+            labels=["response"],
         )
         for response, count in session.execute(
-            select(Ack.response, func.count()).group_by(Ack.response).order_by(Ack.response)
+            select(AnswerCounter.response, func.sum(AnswerCounter.count))
+            .group_by(AnswerCounter.response)
+            .order_by(AnswerCounter.response)
         ):
-            answers.add_metric([response], float(count))
+            answers.add_metric([response], float(count or 0))
         yield answers
 
         yield from _fanout_histograms(session)
@@ -236,5 +263,8 @@ def install_metrics(app: FastAPI, settings: Settings) -> Histogram:
         DatabaseCollector(lambda: getattr(app.state, "session_factory", None), settings)
     )
     app.state.metrics_registry = registry
+    app.state.metrics_token = settings.metrics_token
+    if settings.metrics_token is None and settings.mode == "production":
+        log.warning("metrics_unprotected", hint="set RRMM_METRICS_TOKEN")
     app.include_router(router)
     return histogram

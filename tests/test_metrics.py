@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select, update
+from pydantic import SecretStr
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.acks.service import record
+from app.acks.tokens import signer_from_settings
+from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
 from app.deliveries import service as deliveries
 from app.health.service import record_heartbeat, record_sweep
 from app.metrics import UNMATCHED
-from app.models import Ack, Delivery
+from app.models import Delivery
 from app.models.base import utcnow
-from tests.conftest import member_payload
+from tests.conftest import assert_problem, make_client, member_payload
 from tests.deliveries.conftest import declare_body
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -95,8 +101,25 @@ def test_http_latency_is_labelled_by_route_template(client, operator):
     assert not UUID.search(text), "no id in any label"
 
 
+def answer_by_link(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    delivery_id: int,
+    response: str,
+    comment: str | None = None,
+) -> None:
+    """A member's answer through their delivery's signed link (the real recording path)."""
+    signer = signer_from_settings(settings)
+    token = signer.sign(delivery_id, utcnow() + timedelta(days=1))
+    with session_scope(session_factory) as session:
+        record(session, signer, token, response=response, comment=comment, route="api")
+
+
 def test_business_gauges_follow_the_database(
-    client: TestClient, operator: dict[str, str], session_factory: sessionmaker[Session]
+    client: TestClient,
+    operator: dict[str, str],
+    session_factory: sessionmaker[Session],
+    settings: Settings,
 ) -> None:
     data = seed(client, operator)
     incident_id = uuid.UUID(data["incident_id"])
@@ -119,22 +142,17 @@ def test_business_gauges_follow_the_database(
             .where(Delivery.id == second.id)
             .values(created_at=now - timedelta(seconds=120), next_attempt_at=None)
         )
-        session.add(
-            Ack(
-                incident_id=incident_id, member_id=first.member_id, delivery_id=first.id,
-                response="will_engage", comment="Private comment", route="json",
-                channel="email", briefing_version=1, language="en", answered_at=now,
-            )
-        )  # fmt: skip
         record_heartbeat(session, "celery@worker-1", at=now - timedelta(seconds=5))
         record_sweep(session, at=now - timedelta(seconds=1))
+
+    answer_by_link(session_factory, settings, first.id, "will_engage", "Private comment")
 
     text, samples = scrape(client)
 
     assert value(samples, "rrmm_deliveries", channel="email", status="sent") == 1
     assert value(samples, "rrmm_deliveries", channel="email", status="pending") == 1
     assert 120 <= value(samples, "rrmm_delivery_oldest_due_age_seconds") < 180
-    assert value(samples, "rrmm_answers_total", response="will_engage") == 1
+    assert value(samples, "rrmm_current_answers", response="will_engage") == 1
     statuses = {
         dict(labels)["status"]: v
         for (name, labels), v in samples.items()
@@ -187,7 +205,6 @@ def test_fanout_latency_and_duration_histograms(
 ) -> None:
     """A finished fan-out adds its sends to the latency histogram and itself to the
     duration histogram; an unfinished one adds nothing yet."""
-    from app.config import Settings
     from app.incidents import timeline
 
     settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
@@ -222,3 +239,84 @@ def test_fanout_latency_and_duration_histograms(
     assert 42 <= value(after, "rrmm_delivery_latency_seconds_sum") <= 44
     assert value(after, "rrmm_fanout_duration_seconds_count") == 1
     assert value(after, "rrmm_fanout_duration_seconds_bucket", le="+Inf") == 1
+
+
+# ---------------------------------------------------------------------------- cost and access
+
+
+@pytest.fixture
+def statements(client: TestClient) -> Iterator[list[str]]:
+    """The SQL the app's engine runs while the fixture is active."""
+    seen: list[str] = []
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.lower().split()))
+
+    event.listen(engine, "before_cursor_execute", before)
+    yield seen
+    event.remove(engine, "before_cursor_execute", before)
+
+
+def test_a_scrape_reads_counter_rows_not_the_answers(
+    client: TestClient,
+    operator: dict[str, str],
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    statements: list[str],
+) -> None:
+    data = seed(client, operator)
+    with session_factory() as session:
+        first, second = session.scalars(
+            select(Delivery.id)
+            .where(Delivery.incident_id == uuid.UUID(data["incident_id"]))
+            .order_by(Delivery.id)
+        ).all()
+    answer_by_link(session_factory, settings, first, "will_engage")
+    answer_by_link(session_factory, settings, second, "will_engage")
+    answer_by_link(session_factory, settings, second, "unavailable")  # changed their mind
+    statements.clear()
+
+    _text, samples = scrape(client)
+
+    assert value(samples, "rrmm_current_answers", response="will_engage") == 1
+    assert value(samples, "rrmm_current_answers", response="unavailable") == 1
+    assert statements, "the scrape ran its queries on this engine"
+    for sql in statements:
+        # Neither the answers' history nor the current answers are read, only counters.
+        assert not re.search(r"\b(acks|current_acks)\b", sql), sql
+
+
+TOKEN = "metrics-" + "7f3c9a1e5b2d4c6f8a0e1b3d5c7f9a2e"
+
+
+@pytest.fixture
+def guarded(settings: Settings, engine: Any) -> Iterator[TestClient]:
+    yield from make_client(settings.model_copy(update={"metrics_token": SecretStr(TOKEN)}))
+
+
+def test_with_a_token_set_metrics_need_it(guarded: TestClient) -> None:
+    attempts: list[dict[bytes, bytes]] = [
+        {},
+        {b"Authorization": b"Bearer wrong-token"},
+        {b"Authorization": f"Bearer {TOKEN}x".encode()},
+        {b"Authorization": f"Basic {TOKEN}".encode()},
+        {b"Authorization": TOKEN.encode()},
+        {b"Authorization": "Bearer é".encode()},  # not ASCII: still a 401, not a 500
+    ]
+    for headers in attempts:
+        response = guarded.get("/metrics", headers=headers)
+        body = assert_problem(response, 401)
+        assert "RRMM_METRICS_TOKEN" in body["detail"]
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert TOKEN not in response.text
+
+    response = guarded.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text
+    assert "rrmm_metrics_database_up 1.0" in response.text
+
+
+def test_without_a_token_metrics_stay_open(client: TestClient) -> None:
+    # The embedded default: a local Prometheus needs nothing.
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics", headers={"Authorization": "Bearer anything"}).status_code == 200

@@ -9,7 +9,7 @@ import structlog
 from celery import Task
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
+from app.acks import followup, outbox
 from app.config import get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.deliveries import service as deliveries
@@ -74,5 +74,6 @@ def sweep() -> None:
     nothing) and fire due reminders, escalations and deadlines."""
     result = deliveries.sweep(session_factory(), get_settings(), publish_batch)
     result["timers"] = followup.fire_due(session_factory(), get_settings(), publish_dispatch)
+    result["notices"] = outbox.send_due(session_factory(), get_settings())
     if any(result.values()):
         log.info("swept", **result)

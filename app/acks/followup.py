@@ -7,19 +7,17 @@ the work), so a restart or a lost broker message loses no deadline.
 
 from __future__ import annotations
 
-import smtplib
 import uuid
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import structlog
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
+from app.acks import outbox
 from app.acks.service import met_segments, quota_progress
 from app.config import Settings
-from app.deliveries.email import safe_header_value
 from app.incidents import timeline
 from app.models import CurrentAck, Incident, IncidentTarget, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
@@ -112,7 +110,7 @@ def fire(
         return f"reminded {len(members)} members ({count} deliveries)"
     if timer.kind == "escalation":
         return _escalate(session, incident, dispatch)
-    return _deadline(session, incident, settings)
+    return _deadline(session, incident, settings, timer)
 
 
 def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str:
@@ -138,7 +136,9 @@ def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str
     return f"escalated to {len(members)} members ({count} deliveries)"
 
 
-def _deadline(session: Session, incident: Incident, settings: Settings) -> str:
+def _deadline(
+    session: Session, incident: Incident, settings: Settings, timer: IncidentTimer
+) -> str:
     unmet = [p for p in quota_progress(session, incident) if not p.met]
     if not unmet:
         return "deadline passed, every quota met"
@@ -166,24 +166,19 @@ def _deadline(session: Session, incident: Incident, settings: Settings) -> str:
             f"- {segment}: {progress.answered} of {quota['min']} "
             f"({'/'.join(quota['responses'])}), {progress.targeted} targeted"
         )
-    message = EmailMessage()
-    message["From"] = safe_header_value(settings.mail_from)
-    message["To"] = ", ".join(safe_header_value(r) for r in recipients)
-    message["Subject"] = safe_header_value(
-        f"[{incident.reference}] Acknowledgement deadline passed: quotas unmet"
+    # Queued, not sent: the worker sends it after this transaction commits (app/acks/outbox.py),
+    # so no SMTP conversation runs while this incident's row is locked.
+    outbox.add_notice(
+        session,
+        incident_id=incident.id,
+        kind="deadline",
+        sequence=timer.sequence,
+        summary=f"operators notified: {len(unmet)} quota(s) unmet",
+        recipients=recipients,
+        subject=f"[{incident.reference}] Acknowledgement deadline passed: quotas unmet",
+        body="\n".join(lines) + "\n",
     )
-    message["Auto-Submitted"] = "auto-generated"
-    message.set_content("\n".join(lines) + "\n")
-    # Raised errors roll the timer back: the next sweep tries again (at least once).
-    with smtplib.SMTP(
-        settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_seconds
-    ) as smtp:
-        if settings.smtp_starttls:
-            smtp.starttls()
-        if settings.smtp_username and settings.smtp_password:
-            smtp.login(settings.smtp_username, settings.smtp_password.get_secret_value())
-        smtp.send_message(message)
-    return f"operators notified: {len(unmet)} quota(s) unmet"
+    return f"deadline passed, {len(unmet)} quota(s) unmet: operators' notice queued"
 
 
 def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
@@ -203,8 +198,9 @@ def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
 def fire_due(
     session_factory: Any, settings: Settings, dispatch: Dispatcher, limit: int = 50
 ) -> int:
-    """Fire due timers, one transaction each. A timer whose work fails (the SMTP relay is
-    down for the operators' notice) is postponed a minute and fired again then."""
+    """Fire due timers, one transaction each. A timer whose work fails is postponed a
+    minute and fired again then. (The operators' notice is only queued here: see
+    app/acks/outbox.py for its sending and retries.)"""
     from app.db import session_scope
 
     fired = 0
@@ -223,8 +219,8 @@ def fire_due(
                     outcome=timer.outcome,
                 )  # fmt: skip
         except Exception as exc:
-            # Whatever failed (the relay for the operators' notice, or a bug), this timer
-            # waits a minute and the others still fire: one bad timer never blocks the rest.
+            # Whatever failed (a database error, or a bug), this timer waits a minute and
+            # the others still fire: one bad timer never blocks the rest.
             log.warning("timer_postponed", timer_id=timer_id, error=type(exc).__name__)
             if timer_id is not None:
                 with session_scope(session_factory) as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -233,15 +234,107 @@ class WebhookSender:
         )
 
 
+STARTTLS_MODES = ("off", "opportunistic", "required")
+
+
+class SmtpSecurityError(aiosmtplib.SMTPException):
+    """The connection to the relay is not as safe as the settings require; raised before
+    any credential or message is sent."""
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str
     port: int
     timeout: float
     connections: int
-    starttls: bool = False
+    # `off` | `opportunistic` | `required` (a boolean reads as required / off).
+    starttls: str | bool = "off"
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None
+    allow_plaintext_auth: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SmtpSettings:
+        """The SMTP part of the service's `Settings`."""
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            timeout=settings.smtp_timeout_seconds,
+            connections=settings.smtp_connections,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=password,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
+            allow_plaintext_auth=settings.smtp_allow_plaintext_auth,
+        )
+
+    @property
+    def starttls_mode(self) -> str:
+        if isinstance(self.starttls, bool):
+            return "required" if self.starttls else "off"
+        if self.starttls not in STARTTLS_MODES:
+            raise ValueError(f"unknown STARTTLS mode {self.starttls!r}")
+        return self.starttls
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback literals: AUTH in clear there never leaves the
+    machine."""
+    if host.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying context (certificate chain and host name), trusting `ca_file` instead of
+    the system's store when given (a private relay's own CA)."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+async def open_smtp(s: SmtpSettings) -> aiosmtplib.SMTP:
+    """Connect, apply the STARTTLS mode, then log in if credentials are set. aiosmtplib
+    would otherwise start TLS by itself whenever offered (`start_tls=None`); here the mode
+    decides, and the password is only ever sent over a verified TLS connection, or in
+    clear to a loopback relay, or when `allow_plaintext_auth` says so."""
+    mode = s.starttls_mode
+    context = tls_context(s.ca_file) if mode != "off" else None
+    client = aiosmtplib.SMTP(
+        hostname=s.host, port=s.port, timeout=s.timeout, start_tls=False, tls_context=context
+    )
+    await client.connect()
+    try:
+        await client.ehlo()
+        offered = client.supports_extension("starttls")
+        if mode == "required" and not offered:
+            raise SmtpSecurityError("STARTTLS required but the relay does not offer it")
+        if mode != "off" and offered:
+            try:
+                await client.starttls(tls_context=context)
+            except ssl.SSLCertVerificationError as exc:
+                raise SmtpSecurityError(
+                    f"STARTTLS failed, the relay's certificate was not verified: {_short(exc)}"
+                ) from exc
+            except (ssl.SSLError, aiosmtplib.SMTPConnectError) as exc:
+                raise SmtpSecurityError(f"STARTTLS failed: {_short(exc)}") from exc
+            await client.ehlo()
+        encrypted = client.get_transport_info("sslcontext") is not None
+        if s.username and s.password:
+            if not (encrypted or is_loopback_host(s.host) or s.allow_plaintext_auth):
+                raise SmtpSecurityError(
+                    "refusing SMTP AUTH over an unencrypted connection to a non-loopback "
+                    "relay (set RRMM_SMTP_STARTTLS, or RRMM_SMTP_ALLOW_PLAINTEXT_AUTH)"
+                )
+            await client.login(s.username, s.password)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 class SmtpSender:
@@ -296,14 +389,7 @@ class SmtpSender:
         return results
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        s = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=s.host, port=s.port, timeout=s.timeout, start_tls=s.starttls or None
-        )
-        await client.connect()
-        if s.username and s.password:
-            await client.login(s.username, s.password)
-        return client
+        return await open_smtp(self.settings)
 
     async def _connection_loop(
         self,
@@ -390,6 +476,8 @@ def _smtp_failure(delivery_id: int, exc: BaseException) -> SendResult:
             retryable=exc.code < 500,
             error=f"SMTP {exc.code}: {_short(exc.message)}",
         )
+    if isinstance(exc, SmtpSecurityError):
+        return SendResult(delivery_id, ok=False, retryable=True, error=_short(exc))
     name = "timeout" if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError) else "error"
     return SendResult(
         delivery_id, ok=False, retryable=True, error=f"SMTP connection {name}: {type(exc).__name__}"

@@ -21,6 +21,7 @@ from app.models.incident import (
     ReferenceCounter,
 )
 from app.models.member import Member, Roster, RosterMember
+from app.models.notice import OperatorNotice
 from app.models.worker import WorkerHeartbeat
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "IncidentTarget",
     "IncidentTimer",
     "Member",
+    "OperatorNotice",
     "QuotaCounter",
     "ReferenceCounter",
     "Role",

@@ -550,7 +550,8 @@ def test_operators_hear_of_unmet_quotas_at_the_deadline_and_only_then(
     time.sleep(SETTLE)
 
     assert met_deadline.outcome == "deadline passed, every quota met"
-    assert unmet_deadline.outcome == "operators notified: 1 quota(s) unmet"
+    # Decided at the deadline, sent by the worker after that commit (the outbox).
+    assert unmet_deadline.outcome == "deadline passed, 1 quota(s) unmet: operators' notice queued"
     assert answered_at(session_factory, covered[0]) < met_deadline.due_at
     for member in (editor, personality):
         assert answered_at(session_factory, member) < unmet_deadline.due_at
@@ -706,7 +707,7 @@ def test_a_worker_restarted_between_rounds_fires_the_overdue_round_once(
     assert round_2.outcome == "reminded 2 members (4 deliveries)"
     assert deadline.done_at is not None
     assert deadline.done_at > restarted_at
-    assert deadline.outcome == "operators notified: 1 quota(s) unmet"
+    assert deadline.outcome == "deadline passed, 1 quota(s) unmet: operators' notice queued"
     assert len(smtp.to(OPERATOR)) == 1
 
     assert briefing_kinds(session_factory, incident_id) == [
