@@ -17,6 +17,7 @@ SEND_TASK = "rrmm.send_deliveries"
 SEND_QUEUE = "rrmm"
 BEAT_QUEUE = "rrmm.beat"
 DISPATCH_TASK = "rrmm.dispatch_briefing"
+NOTICES_TASK = "rrmm.send_operator_notices"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "rrmm.sweep": {"queue": BEAT_QUEUE},
             "rrmm.heartbeat": {"queue": BEAT_QUEUE},
+            NOTICES_TASK: {"queue": BEAT_QUEUE},
         },
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
@@ -53,6 +55,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "rrmm.heartbeat",
                 "schedule": heartbeat_interval,
                 "options": {"expires": heartbeat_interval.total_seconds()},
+            },
+            "operator-notices": {
+                "task": NOTICES_TASK,
+                "schedule": sweep_interval,
+                "options": {"expires": sweep_interval.total_seconds()},
             },
             "sweep": {
                 "task": "rrmm.sweep",

@@ -14,7 +14,7 @@ from app.config import get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.deliveries import service as deliveries
 from app.health.service import record_heartbeat
-from workers.celery_app import DISPATCH_TASK, SEND_TASK, celery_app
+from workers.celery_app import DISPATCH_TASK, NOTICES_TASK, SEND_TASK, celery_app
 
 log = structlog.get_logger(__name__)
 _session_factory: sessionmaker[Session] | None = None
@@ -74,6 +74,14 @@ def sweep() -> None:
     nothing) and fire due reminders, escalations and deadlines."""
     result = deliveries.sweep(session_factory(), get_settings(), publish_batch)
     result["timers"] = followup.fire_due(session_factory(), get_settings(), publish_dispatch)
-    result["notices"] = outbox.send_due(session_factory(), get_settings())
     if any(result.values()):
         log.info("swept", **result)
+
+
+@celery_app.task(name=NOTICES_TASK)
+def send_operator_notices() -> None:
+    """Beat's periodic outbox run: send the operators' notices that are due. A task of its
+    own, so a hung relay delays the notices, never the sweep (lease recovery, retries)."""
+    sent = outbox.send_due(session_factory(), get_settings())
+    if sent:
+        log.info("operator_notices_sent", count=sent)

@@ -317,18 +317,7 @@ class Transports:
             concurrency=settings.webhook_concurrency,
             retry_after_cap=settings.retry_after_cap_seconds,
         )
-        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        self.smtp = SmtpSender(
-            SmtpSettings(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
-                timeout=settings.smtp_timeout_seconds,
-                connections=settings.smtp_connections,
-                starttls=settings.smtp_starttls,
-                username=settings.smtp_username,
-                password=password,
-            )
-        )
+        self.smtp = SmtpSender(SmtpSettings.from_settings(settings))
 
     def send(
         self,

@@ -5,7 +5,7 @@ see claimed). Versions of existing incidents that an update followed are marked 
 at that update's time.
 
 Revision ID: 5d1e0c2b7a94
-Revises: a9cc5c1577bc
+Revises: 91c7b0537724
 Create Date: 2026-12-02 02:50:00
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 import app.models.base
 
 revision: str = "5d1e0c2b7a94"
-down_revision: str | None = "a9cc5c1577bc"
+down_revision: str | None = "91c7b0537724"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
