@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from app.deps import Operator, SessionDep, Viewer
 from app.etags import etag_matches
@@ -260,14 +261,22 @@ def incident_events(
     replays what was missed, from the database."""
     service.get_incident(session, incident_id)
     settings = request.app.state.settings
+    hub: events.EventHub = request.app.state.event_hub
+    # Last, so nothing can fail between taking the place and the stream that gives it back
+    # (the background task covers a stream that never starts, e.g. HEAD).
+    lease = hub.lease(principal.key_id) if principal.key_id is not None else None
     return EventSourceResponse(
         events.stream(
-            request.app.state.event_hub, incident_id,
+            hub, incident_id,
             operator=principal.role.includes(Role.OPERATOR),
             last_event_id=int(last_event_id) if last_event_id is not None else None,
+            key_id=principal.key_id,
+            recheck_seconds=settings.events_key_recheck_seconds,
+            lease=lease,
         ),
         ping=settings.events_ping_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(lease.release) if lease is not None else None,
     )  # fmt: skip
 
 
