@@ -6,6 +6,7 @@ production mode refuses to start without a real secret key.
 
 from __future__ import annotations
 
+import json
 import secrets
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -133,7 +134,10 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            # `10.0.0.0/8, 192.168.0.0/16`, or a JSON list like the other list settings.
+            text = value.strip()
+            parts = json.loads(text) if text.startswith("[") else text.split(",")
+            value = [str(part).strip() for part in parts if str(part).strip()]
         if isinstance(value, list):
             # strict=False: 10.0.0.1/8 means the network it is in, as a proxy list would.
             return [ip_network(str(part).strip(), strict=False) for part in value]

@@ -9,7 +9,8 @@ from app.config import Settings
 # An idle keep-alive connection is closed after this long (uvicorn's own default, stated so
 # nobody raises it by accident: idle sockets are what a slow-client attack is made of).
 KEEP_ALIVE_SECONDS = 5
-# A request head larger than this is refused by uvicorn before the app sees it.
+# A request head larger than this is refused before the app sees it (uvicorn's h11 parser;
+# httptools, when installed, applies its own fixed cap).
 MAX_HEAD_BYTES = 64 * 1024
 # Open event streams would hold a shutdown forever without a bound.
 GRACEFUL_SHUTDOWN_SECONDS = 10

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clientaddr import resolve
@@ -162,3 +163,23 @@ def test_answers_go_through_when_the_limiter_storage_is_down(
     logs = "".join(capfd.readouterr())
     assert logs.count('"event": "rate_limit_storage_unavailable"') == 1  # not one per request
     assert '"level": "warning"' in logs
+
+
+def test_trusted_proxies_are_read_as_a_list_of_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RRMM_TRUSTED_PROXIES", "127.0.0.2/32, 10.0.0.0/8,2001:db8::/32")
+    assert [str(n) for n in Settings(mode="embedded").trusted_proxies] == [
+        "127.0.0.2/32", "10.0.0.0/8", "2001:db8::/32",
+    ]  # fmt: skip
+    monkeypatch.setenv("RRMM_TRUSTED_PROXIES", '["192.168.0.0/16"]')
+    assert [str(n) for n in Settings(mode="embedded").trusted_proxies] == ["192.168.0.0/16"]
+    monkeypatch.setenv("RRMM_TRUSTED_PROXIES", "")
+    assert Settings(mode="embedded").trusted_proxies == []
+    monkeypatch.setenv("RRMM_TRUSTED_PROXIES", "not-a-network")
+    with pytest.raises(ValidationError, match="trusted_proxies"):
+        Settings(mode="embedded")
+    monkeypatch.delenv("RRMM_TRUSTED_PROXIES")
+    # uvicorn is told the same list, and believes nobody when it is empty.
+    options = uvicorn_options(Settings(mode="embedded", trusted_proxies="127.0.0.2/32"))
+    assert options["forwarded_allow_ips"] == ["127.0.0.2/32"]
+    assert options["proxy_headers"] is True
+    assert uvicorn_options(Settings(mode="embedded"))["proxy_headers"] is False
