@@ -258,7 +258,9 @@ def incident_events(
     whenever the aggregates change. Viewers get aggregates only.
 
     Each event's `id` is the incident's event number: reconnecting with the last one seen
-    replays what was missed, from the database."""
+    replays what was missed, from the database. The stream ends within 15 s of its key's
+    revocation; one key holds at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API
+    process (429 beyond)."""
     service.get_incident(session, incident_id)
     settings = request.app.state.settings
     hub: events.EventHub = request.app.state.event_hub
