@@ -6,13 +6,15 @@ production mode refuses to start without a real secret key.
 
 from __future__ import annotations
 
+import json
 import secrets
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values that people paste from examples; a deployment that uses one has no secret at all.
 _PLACEHOLDER_SECRETS = {
@@ -142,6 +144,35 @@ class Settings(BaseSettings):
     ack_rate_limit: str = "60/minute"
     rate_limit_storage: str = "memory://"
     operator_emails: list[str] = Field(default_factory=list)
+
+    # The edges (issue 9): slow clients, reverse proxies, rate limits, event streams.
+    # A request's whole body must arrive within this many seconds (else 408), before the
+    # request may take an admission slot.
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Peers whose X-Forwarded-For / Forwarded headers are believed (CIDRs, comma-separated);
+    # none by default: the client address is the socket's peer.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
+    # Each valid ack token (one member's link) may be used this often; invalid tokens
+    # count against the client address instead (RRMM_ACK_RATE_LIMIT).
+    ack_link_rate_limit: str = "30/minute"
+    # A stream re-checks its API key this often, so a revoked key loses it within 15 s.
+    events_key_recheck_seconds: float = Field(default=10.0, gt=0, le=15)
+    events_max_streams_per_key: int = Field(default=10, ge=1, le=10_000)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            # `10.0.0.0/8, 192.168.0.0/16`, or a JSON list like the other list settings.
+            text = value.strip()
+            parts = json.loads(text) if text.startswith("[") else text.split(",")
+            value = [str(part).strip() for part in parts if str(part).strip()]
+        if isinstance(value, list):
+            # strict=False: 10.0.0.1/8 means the network it is in, as a proxy list would.
+            return [ip_network(str(part).strip(), strict=False) for part in value]
+        return value
 
     @field_validator("smtp_starttls", mode="before")
     @classmethod

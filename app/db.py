@@ -15,7 +15,11 @@ from app.config import Settings
 
 
 def create_db_engine(database_url: str, **kwargs: Any) -> Engine:
-    """Build an engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    """Build an engine; SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    SQL parameters (comments, ids, addresses) are kept out of error messages, which end up
+    in logs."""
+    kwargs.setdefault("hide_parameters", True)
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":

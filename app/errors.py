@@ -170,7 +170,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path)
+        # The route template, never the path: `/ack/{token}` holds a live credential.
+        route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
+        log.exception("unhandled_error", path=route, method=request.method)
         return problem_response(500, "Internal server error", "An unexpected error occurred.")
 
 

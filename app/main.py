@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from app.acks.ratelimit import RateLimiter
 from app.acks.tokens import signer_from_settings
 from app.api import mount_routers
+from app.clientaddr import ClientAddress
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
@@ -20,7 +21,7 @@ from app.incidents.events import EventHub
 from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
-from app.metrics import install_metrics
+from app.metrics import RATE_LIMIT_STORAGE_ERRORS, install_metrics
 from app.middleware import AccessLog, BodySizeLimit, ConcurrencyLimit
 from app.security import SecretBox
 from workers.celery_app import create_publisher
@@ -45,7 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
         app.state.celery = create_publisher(settings)
-        app.state.event_hub = EventHub(app.state.session_factory, settings.events_poll_seconds)
+        app.state.event_hub = EventHub(
+            app.state.session_factory,
+            settings.events_poll_seconds,
+            max_streams_per_key=settings.events_max_streams_per_key,
+        )
         try:
             yield
         finally:
@@ -63,23 +68,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.member_policy = member_policy(settings)
     app.state.ack_signer = signer_from_settings(settings)
     app.state.status_cache = StatusCache(settings.status_cache_seconds)
-    app.state.ack_limiter = RateLimiter(settings.ack_rate_limit, settings.rate_limit_storage)
+    app.state.ack_limiter = RateLimiter(
+        settings.ack_rate_limit,
+        settings.ack_link_rate_limit,
+        settings.rate_limit_storage,
+        signer=app.state.ack_signer,
+    )
     install_error_handlers(app)
     mount_routers(app)
-    # Outermost last: the request id exists before anything logs.
-    app.add_middleware(
-        BodySizeLimit,
-        default_limit=settings.max_body_bytes,
-        import_limit=settings.max_import_bytes,
-    )
+    # Outermost last: the client address is resolved before anything reads it, the request
+    # id exists before anything logs, and the body is read (within its deadline) before the
+    # request may take an admission slot, so slow clients cannot hold the slots.
     app.add_middleware(
         ConcurrencyLimit,
         limit=settings.api_concurrency,
         timeout=settings.api_queue_timeout_seconds,
         exempt=frozenset({"/healthz"}),
     )
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.max_body_bytes,
+        import_limit=settings.max_import_bytes,
+        read_timeout=settings.body_read_timeout_seconds,
+    )
     app.add_middleware(AccessLog, histogram=install_metrics(app, settings))
+    app.state.metrics_registry.register(RATE_LIMIT_STORAGE_ERRORS)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    app.add_middleware(ClientAddress, trusted=settings.trusted_proxies)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -16,7 +16,7 @@ from datetime import datetime
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -47,6 +47,13 @@ INCIDENT_STATUSES = ("mobilizing", "active", "resolved", "cancelled")
 UNMATCHED = "<unmatched>"
 
 router = APIRouter(tags=["health"])
+
+# Counted in the process, registered into each app's registry by create_app (app/main.py).
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "rrmm_rate_limit_storage_errors_total",
+    "Rate-limit checks let through because the limiter's storage could not be reached.",
+    registry=None,
+)
 
 
 @router.get(

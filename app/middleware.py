@@ -1,5 +1,5 @@
-"""ASGI middleware: admission control, body size limit, and an access log that never prints
-query strings."""
+"""ASGI middleware: admission control, body size and read-time limits, and an access log
+that never prints query strings."""
 
 from __future__ import annotations
 
@@ -18,18 +18,25 @@ log = structlog.get_logger("rrmm.access")
 
 
 class BodySizeLimit:
-    """Refuse bodies over the limit with 413, whether or not Content-Length is honest.
+    """Refuse bodies over the limit with 413, whether or not Content-Length is honest, and
+    bodies that take longer than `read_timeout` seconds to arrive with 408.
 
     The body is read (up to the limit) before the application runs, so an oversized body
     never reaches a handler and can never be half-processed. Imports get a larger limit.
+    This sits outside the admission limit (`ConcurrencyLimit`): a client that sends its
+    headers and then trickles (or stalls) its body holds no slot while it does, and the
+    deadline is for the whole body, not between bytes, so trickling does not extend it.
     """
 
     IMPORT_PATHS = frozenset({"/v1/members/import"})
 
-    def __init__(self, app: ASGIApp, *, default_limit: int, import_limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, default_limit: int, import_limit: int, read_timeout: float
+    ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.import_limit = import_limit
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,18 +49,23 @@ class BodySizeLimit:
                 return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send_413(send, limit)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away before sending its body
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        await _send_413(send, limit)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _send_408(send, self.read_timeout)
+            return
         body = b"".join(chunks)
         replayed = False
 
@@ -127,19 +139,29 @@ async def _send_problem(
 ) -> None:
     """A problem+json answer sent from middleware, before the application runs."""
     body = Problem(title=title, status=status, detail=detail).model_dump_json(exclude_none=True)
+    payload = body.encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", PROBLEM_JSON.encode()), header],
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                header,
+            ],
         }
     )
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def _send_503(send: Send, waited: float) -> None:
     detail = f"the API is at capacity (waited {waited:g} s for a slot); retry shortly"
     await _send_problem(send, 503, "Service unavailable", detail, (b"retry-after", b"1"))
+
+
+async def _send_408(send: Send, waited: float) -> None:
+    detail = f"the request body did not arrive within {waited:g} s"
+    await _send_problem(send, 408, "Request timeout", detail, (b"connection", b"close"))
 
 
 async def _send_413(send: Send, limit: int) -> None:

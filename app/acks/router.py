@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session
 from app.acks import service
 from app.acks.page import render_invalid, render_page, response_labels
 from app.acks.ratelimit import RateLimiter
-from app.acks.schemas import AckCreate, AckReceipt, AckView, CurrentAckView, QuotaView
+from app.acks.schemas import (
+    AckCreate,
+    AckReceipt,
+    AckView,
+    CurrentAckView,
+    QuotaView,
+    form_comment,
+)
 from app.acks.tokens import AckTokenSigner
 from app.db import session_scope
 from app.deps import Operator, SessionDep, Viewer
@@ -54,7 +61,13 @@ def _invalid() -> HTMLResponse:
     return _html(render_invalid(), 404)
 
 
-def _page(seen: service.AckView, *, status: int = 200, error: str | None = None) -> HTMLResponse:
+def _page(
+    seen: service.AckView,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    comment_error: str | None = None,
+) -> HTMLResponse:
     labels = response_labels(seen.language, seen.incident.responses)
     return _html(
         render_page(
@@ -68,6 +81,7 @@ def _page(seen: service.AckView, *, status: int = 200, error: str | None = None)
             labels=labels,
             current=seen.current,
             error=error,
+            comment_error=comment_error,
             max_comment=service.MAX_COMMENT,
         ),
         status,
@@ -80,7 +94,7 @@ def ack_page(token: str, request: Request) -> HTMLResponse:
 
     Reading it changes nothing: mail scanners fetch links (HEAD, GET) before people do.
     """
-    limiter(request).check(request, "ack-page")
+    limiter(request).check(request, "ack-page", token)
     session: Session
     with session_scope(request.app.state.session_factory) as session:
         try:
@@ -97,20 +111,28 @@ def ack_form(
     comment: Annotated[str, Form(max_length=4000)] = "",
 ) -> HTMLResponse:
     """The page's form: records the answer (again, if it changes) and confirms it."""
-    limiter(request).check(request, "ack-post")
+    limiter(request).check(request, "ack-post", token)
     try:
         with session_scope(request.app.state.session_factory) as session:
             ack, seen = service.record(
                 session, signer(request), token, response=response,
-                comment=comment.strip() or None, route="page",
+                comment=form_comment(comment), route="page",
             )  # fmt: skip
     except service.LinkNotValid:
         return _invalid()
     except InvalidInput as exc:
-        with session_scope(request.app.state.session_factory) as session:
-            return _page(
-                service.view(session, signer(request), token), status=422, error=exc.detail
-            )
+        # The page again, with the reason next to the field it is about.
+        on_comment = any(problem.field == "comment" for problem in exc.errors or [])
+        try:
+            with session_scope(request.app.state.session_factory) as session:
+                return _page(
+                    service.view(session, signer(request), token),
+                    status=422,
+                    error=None if on_comment else exc.detail,
+                    comment_error=exc.detail if on_comment else None,
+                )
+        except service.LinkNotValid:
+            return _invalid()
     labels = response_labels(seen.language, seen.incident.responses)
     return _html(
         render_page(
@@ -132,7 +154,7 @@ def post_ack(body: AckCreate, request: Request, session: SessionDep) -> dict[str
     block (no API key: the token is the credential). Repeating it is harmless; a later
     answer replaces the current one and the history keeps both. 404 for any invalid,
     tampered or expired token."""
-    limiter(request).check(request, "ack-api")
+    limiter(request).check(request, "ack-api", body.token)
     ack, seen = service.record(
         session, signer(request), body.token, response=body.response, comment=body.comment,
         route="api",

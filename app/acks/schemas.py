@@ -4,11 +4,27 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from app.errors import InvalidInput, validation_problems
 from app.fields import Text
 
 Comment = Annotated[Text, StringConstraints(max_length=2000)]
+_COMMENT = TypeAdapter(Comment)
+
+
+def form_comment(value: str) -> str | None:
+    """The ack page's comment, held to the same rules as the JSON route's (no control
+    characters or NUL, at most 2000 characters); `InvalidInput` naming `comment` if not."""
+    try:
+        comment = _COMMENT.validate_python(value.strip())
+    except ValidationError as exc:
+        problems = validation_problems(list(exc.errors()))
+        for problem in problems:
+            problem.field = "comment"
+            problem.reason = problem.reason.removeprefix("Value error, ")
+        raise InvalidInput(f"comment: {problems[0].reason}", errors=problems) from None
+    return comment or None
 
 
 class AckCreate(BaseModel):

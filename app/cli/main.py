@@ -104,15 +104,16 @@ def api(
     """Serve the HTTP API against the configured database and broker."""
     import uvicorn
 
-    _settings()
+    from app.serving import uvicorn_options
+
+    settings = _settings()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        access_log=False,  # our own access log leaves out query strings
-        proxy_headers=True,
+        **uvicorn_options(settings),
     )
 
 

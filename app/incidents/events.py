@@ -11,6 +11,10 @@ cannot keep up are disconnected (their queue is bounded) and resume from the dat
 
 What a listener gets depends on its role: operators get each answer (who, what, when);
 viewers get the timeline without actors and only aggregates (the `status` event).
+
+A stream outlives the request that authenticated it, so it re-checks its API key every
+`RRMM_EVENTS_KEY_RECHECK_SECONDS` (at most 15) and ends once the key is revoked; each key
+may hold at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,8 +36,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.event import ServerSentEvent
 
 from app.db import session_scope
+from app.errors import AppError
 from app.incidents.status import status_document
-from app.models import Ack, Incident, IncidentEvent, Member
+from app.models import Ack, ApiKey, Incident, IncidentEvent, Member
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -42,6 +48,37 @@ READ_LIMIT = 500
 # Messages queued for one listener before it is dropped (and resumes from the database).
 LISTENER_QUEUE = 256
 RETRY_MILLISECONDS = 2000
+
+
+class TooManyStreams(AppError):
+    status = 429
+    title = "Too many requests"
+
+
+class StreamLease:
+    """One of a key's stream places in this process; given back once, however it ends."""
+
+    def __init__(self, hub: EventHub, key_id: uuid.UUID) -> None:
+        self.hub = hub
+        self.key_id = key_id
+        self._released = False
+
+    def release(self) -> None:
+        with self.hub.lock:
+            if self._released:
+                return
+            self._released = True
+            left = self.hub.streams_by_key.get(self.key_id, 1) - 1
+            if left > 0:
+                self.hub.streams_by_key[self.key_id] = left
+            else:
+                self.hub.streams_by_key.pop(self.key_id, None)
+
+
+def key_is_active(session: Session, key_id: uuid.UUID) -> bool:
+    """The key still exists and is not revoked (what `authenticate` requires of it)."""
+    row = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id)).first()
+    return row is not None and row[0] is None
 
 
 @dataclass(frozen=True)
@@ -152,10 +189,33 @@ class EventHub:
     """The process' incident feeds, started with their first listener and stopped with
     their last."""
 
-    def __init__(self, session_factory: sessionmaker[Session], interval: float) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        interval: float,
+        *,
+        max_streams_per_key: int = 10,
+    ) -> None:
         self.session_factory = session_factory
         self.interval = interval
         self.feeds: dict[uuid.UUID, IncidentFeed] = {}
+        self.max_streams_per_key = max_streams_per_key
+        # Leases are taken in the (threadpool) endpoint and given back in the event loop.
+        self.lock = threading.Lock()
+        self.streams_by_key: dict[uuid.UUID, int] = {}
+
+    def lease(self, key_id: uuid.UUID) -> StreamLease:
+        """A stream place for `key_id`; 429 when the key already holds the maximum here."""
+        with self.lock:
+            held = self.streams_by_key.get(key_id, 0)
+            if held >= self.max_streams_per_key:
+                raise TooManyStreams(
+                    f"this API key already has {held} open event streams on this server "
+                    f"(at most {self.max_streams_per_key}); close one first",
+                    headers={"Retry-After": "5"},
+                )
+            self.streams_by_key[key_id] = held + 1
+        return StreamLease(self, key_id)
 
     async def in_thread(self, work: Callable[[Session], T]) -> T:
         """Run `work` with a session in a worker thread (the database driver blocks)."""
@@ -249,14 +309,26 @@ def _sse(event: str, seq: int, data: dict[str, Any] | bytes) -> ServerSentEvent:
 
 
 async def stream(
-    hub: EventHub, incident_id: uuid.UUID, *, operator: bool, last_event_id: int | None
+    hub: EventHub,
+    incident_id: uuid.UUID,
+    *,
+    operator: bool,
+    last_event_id: int | None,
+    key_id: uuid.UUID | None = None,
+    recheck_seconds: float = 10.0,
+    lease: StreamLease | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """One listener's events: what it missed since `last_event_id` (from the database), a
     `status` snapshot, then live items and status changes as the process' feed reads them.
 
     Without `Last-Event-ID` nothing is replayed: the snapshot says where things stand.
+    With `key_id`, the key is looked up again every `recheck_seconds`, on the stream's own
+    timer (not only when something happens), and the stream ends once it is revoked.
     """
     queue = hub.subscribe(incident_id)  # first, so nothing falls between replay and live
+    getter: asyncio.Task[StreamItem | StatusSnapshot | None] | None = None
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + recheck_seconds
     try:
         seq = last_event_id
         if seq is None:
@@ -275,7 +347,18 @@ async def stream(
         sent = snapshot
         yield _sse("status", seq, snapshot.payload)
         while True:
-            message = await queue.get()
+            if key_id is not None and loop.time() >= next_check:
+                if not await _key_still_active(hub, key_id):
+                    return
+                next_check = loop.time() + recheck_seconds
+            if getter is None:
+                getter = asyncio.ensure_future(queue.get())
+            # One pending get across timeouts: cancelling a get could lose its message.
+            done, _ = await asyncio.wait({getter}, timeout=max(next_check - loop.time(), 0))
+            if getter not in done:
+                continue
+            message = getter.result()
+            getter = None
             if message is None:
                 return
             if isinstance(message, StatusSnapshot):
@@ -291,4 +374,21 @@ async def stream(
             if data is not None:
                 yield _sse(message.event, message.seq, data)
     finally:
+        if getter is not None:
+            getter.cancel()
         hub.unsubscribe(incident_id, queue)
+        if lease is not None:
+            lease.release()
+
+
+async def _key_still_active(hub: EventHub, key_id: uuid.UUID) -> bool:
+    try:
+        active = await hub.in_thread(partial(key_is_active, key_id=key_id))
+    except Exception as exc:
+        # Cannot tell: end the stream. The client reconnects (resuming with Last-Event-ID)
+        # and is authenticated afresh, which is the check that could not be made here.
+        log.warning("event_stream_key_check_failed", error=type(exc).__name__)
+        return False
+    if not active:
+        log.info("event_stream_closed", reason="api key revoked")
+    return active

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from app.deps import Operator, SessionDep, Viewer
 from app.etags import etag_matches
@@ -257,17 +258,27 @@ def incident_events(
     whenever the aggregates change. Viewers get aggregates only.
 
     Each event's `id` is the incident's event number: reconnecting with the last one seen
-    replays what was missed, from the database."""
+    replays what was missed, from the database. The stream ends within 15 s of its key's
+    revocation; one key holds at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API
+    process (429 beyond)."""
     service.get_incident(session, incident_id)
     settings = request.app.state.settings
+    hub: events.EventHub = request.app.state.event_hub
+    # Last, so nothing can fail between taking the place and the stream that gives it back
+    # (the background task covers a stream that never starts, e.g. HEAD).
+    lease = hub.lease(principal.key_id) if principal.key_id is not None else None
     return EventSourceResponse(
         events.stream(
-            request.app.state.event_hub, incident_id,
+            hub, incident_id,
             operator=principal.role.includes(Role.OPERATOR),
             last_event_id=int(last_event_id) if last_event_id is not None else None,
+            key_id=principal.key_id,
+            recheck_seconds=settings.events_key_recheck_seconds,
+            lease=lease,
         ),
         ping=settings.events_ping_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(lease.release) if lease is not None else None,
     )  # fmt: skip
 
 

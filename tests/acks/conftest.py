@@ -57,7 +57,12 @@ class HttpResponse(Protocol):
 
 def ack_settings_from(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(
-        update={"webhook_allow_private": True, "ack_rate_limit": NO_LIMIT, **update}
+        update={
+            "webhook_allow_private": True,
+            "ack_rate_limit": NO_LIMIT,
+            "ack_link_rate_limit": NO_LIMIT,
+            **update,
+        }
     )
 
 

@@ -383,7 +383,7 @@ def test_concurrent_answers_converge_on_the_latest(
     assert listed["answer"]["id"] == latest.id
 
 
-def test_the_json_route_is_rate_limited_per_address(
+def test_the_json_route_is_rate_limited_per_link_and_guesses_per_address(
     settings: Settings,
     engine: Any,
     api: Api,
@@ -391,23 +391,27 @@ def test_the_json_route_is_rate_limited_per_address(
     session_factory: sessionmaker[Session],
 ) -> None:
     _incident, _member, token = briefed_token(api, ack_settings, session_factory)
-    with client_for(ack_settings_from(settings, ack_rate_limit="5/minute")) as client:
+    limits = {"ack_rate_limit": "5/minute", "ack_link_rate_limit": "5/minute"}
+    with client_for(ack_settings_from(settings, **limits)) as client:
         for n in range(5):
             answer = client.post("/v1/acks", json={"token": token, "response": "acknowledged"})
             assert answer.status_code == 200, (n, answer.text)
         limited = client.post("/v1/acks", json={"token": token, "response": "will_engage"})
         assert_problem(limited, 429)
         assert 1 <= int(limited.headers["retry-after"]) <= 61
-        # Guessing is limited too: invalid tokens count like valid ones.
+        # One link's budget is its own: guesses from the same address are not refused yet.
         guess = client.post("/v1/acks", json={"token": "A" * 42, "response": "acknowledged"})
-        assert_problem(guess, 429)
+        assert_problem(guess, 404)
     assert count_acks(session_factory) == (5, 1)
 
-    with client_for(ack_settings_from(settings, ack_rate_limit="5/minute")) as client:
+    with client_for(ack_settings_from(settings, **limits)) as client:
         for _ in range(5):
             guess = client.post("/v1/acks", json={"token": "A" * 42, "response": "acknowledged"})
             assert guess.status_code == 404
-        limited = client.post("/v1/acks", json={"token": token, "response": "will_engage"})
-        assert_problem(limited, 429)
+        limited = client.post("/v1/acks", json={"token": "B" * 42, "response": "acknowledged"})
+        assert_problem(limited, 429)  # guessing is limited per address
         assert int(limited.headers["retry-after"]) >= 1
-    assert count_acks(session_factory) == (5, 1)
+        # ...and a member's valid link from that same address still gets through.
+        answer = client.post("/v1/acks", json={"token": token, "response": "will_engage"})
+        assert answer.status_code == 200, answer.text
+    assert count_acks(session_factory) == (6, 1)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,23 +24,28 @@ def bound_socket() -> socket.socket:
 
 
 @contextmanager
-def serve(make_app: Callable[[str], FastAPI], *, timeout: float = 20) -> Iterator[str]:
+def serve(
+    make_app: Callable[[str], FastAPI], *, timeout: float = 20, **options: Any
+) -> Iterator[str]:
     """Serve `make_app(base_url)` until the block ends; yields the base URL.
 
     The app is built once the port is known, so its settings can point `public_url` at it.
+    `options` override uvicorn's settings (e.g. `app.serving.uvicorn_options(settings)`,
+    what `rrmm api` runs with).
     """
     sock = bound_socket()
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        config = uvicorn.Config(
-            make_app(base_url),
-            lifespan="on",
-            ws="none",
-            log_config=None,  # leave the app's logging configuration alone
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
+        settings: dict[str, Any] = {
+            "lifespan": "on",
+            "ws": "none",
+            "log_config": None,  # leave the app's logging configuration alone
+            "log_level": "warning",
+            "access_log": False,
+            "timeout_graceful_shutdown": 5,
+            **options,
+        }
+        config = uvicorn.Config(make_app(base_url), **settings)
         server = uvicorn.Server(config)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
