@@ -174,6 +174,15 @@ class Settings(BaseSettings):
             return [ip_network(str(part).strip(), strict=False) for part in value]
         return value
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # `RRMM_METRICS_TOKEN=` (as compose passes an unset variable) means no token, not
+        # a token that an empty `Bearer` would match.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("smtp_starttls", mode="before")
     @classmethod
     def _starttls_from_boolean(cls, value: object) -> object:

@@ -320,3 +320,10 @@ def test_without_a_token_metrics_stay_open(client: TestClient) -> None:
     # The embedded default: a local Prometheus needs nothing.
     assert client.get("/metrics").status_code == 200
     assert client.get("/metrics", headers={"Authorization": "Bearer anything"}).status_code == 200
+
+
+def test_an_empty_metrics_token_means_no_token() -> None:
+    # Compose passes an unset variable as an empty string: that must not become a token
+    # which an empty `Bearer` header matches.
+    settings = Settings(mode="embedded", metrics_token="  ", secret_key=TOKEN * 2)
+    assert settings.metrics_token is None
