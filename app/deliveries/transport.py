@@ -183,6 +183,10 @@ class WebhookSender:
                 return self._classify(request.delivery_id, response)
         except TimeoutError:
             return SendResult(request.delivery_id, ok=False, retryable=True, error="timeout")
+        except aiohttp.InvalidURL as exc:
+            # Final too: e.g. 2130706433 or 127.1, legacy spellings of an IPv4 address that
+            # aiohttp refuses to connect to at all.
+            return SendResult(request.delivery_id, ok=False, error=f"invalid webhook URL: {exc}")
         except (aiohttp.ClientError, OSError) as exc:
             refused = _refusal_in(exc)
             if refused is not None:

@@ -670,6 +670,7 @@ def _send_one(url: str, *, allow_private: bool) -> SendResult:
         ("http://[::ffff:127.0.0.1]:{port}/hook", "::ffff:7f00:1"),
         ("http://localhost:{port}/hook", ""),  # a name: refused by the connector's resolver
         ("http://ｌｏｃａｌｈｏｓｔ:{port}/hook", ""),
+        ("http://0x7f.0.0.1:{port}/hook", "127.0.0.1"),  # a "name" the system resolves
     ],
 )
 def test_the_sender_refuses_non_public_addresses_once_and_for_all(trap, template, address):
@@ -688,6 +689,17 @@ def test_the_sender_refuses_non_public_addresses_once_and_for_all(trap, template
     allowed = _send_one(url, allow_private=True)
     assert allowed.ok, allowed
     assert len(trap.requests) == 1
+
+
+@pytest.mark.parametrize("host", ["2130706433", "127.1"])
+def test_legacy_ipv4_spellings_are_final_failures_not_retried(trap, host):
+    for allow_private in (False, True):
+        result = _send_one(f"http://{host}:{trap.port}/hook", allow_private=allow_private)
+        assert not result.ok
+        assert not result.retryable, result
+        assert result.error is not None
+        assert result.error.startswith("invalid webhook URL"), result
+    assert trap.requests == []
 
 
 def test_full_width_loopback_written_past_the_api_fails_after_one_attempt(
