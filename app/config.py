@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     rate_limit_storage: str = "memory://"
     operator_emails: list[str] = Field(default_factory=list)
 
+    # Key rotation (see README, "Rotating RRMM_SECRET_KEY"): the key being replaced, still
+    # accepted to decrypt webhook secrets and to verify ack links, never used to write.
+    secret_key_previous: SecretStr | None = None
+
     # The edges (issue 9): slow clients, reverse proxies, rate limits, event streams.
     # A request's whole body must arrive within this many seconds (else 408), before the
     # request may take an admission slot.
@@ -213,12 +217,28 @@ class Settings(BaseSettings):
                 "RRMM_SECRET_KEY looks like a placeholder: use at least "
                 f"{MIN_SECRET_KEY_LENGTH} random characters (e.g. `openssl rand -hex 32`)"
             )
+        previous = self.secret_key_previous
+        if previous is not None and not previous.get_secret_value().strip():
+            # `RRMM_SECRET_KEY_PREVIOUS=` is how many deployment tools unset a variable.
+            self.secret_key_previous = previous = None
+        if previous is not None and is_placeholder_secret(previous.get_secret_value()):
+            raise ValueError(
+                "RRMM_SECRET_KEY_PREVIOUS looks like a placeholder: it must be the key that "
+                "RRMM_SECRET_KEY replaces (unset it once `rrmm secrets rotate` has run)"
+            )
         return self
 
     @property
     def secret(self) -> str:
         assert self.secret_key is not None  # filled by the validator
         return self.secret_key.get_secret_value()
+
+    @property
+    def previous_secret(self) -> str | None:
+        """RRMM_SECRET_KEY_PREVIOUS while a rotation is under way, else None."""
+        if self.secret_key_previous is None:
+            return None
+        return self.secret_key_previous.get_secret_value()
 
     @property
     def is_sqlite(self) -> bool:

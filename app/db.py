@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +30,7 @@ def create_db_engine(database_url: str, **kwargs: Any) -> Engine:
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
@@ -41,6 +42,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+# The execution option that makes a SQLite transaction begin with BEGIN IMMEDIATE.
+_BEGIN_IMMEDIATE = "rrmm_begin_immediate"
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """BEGIN IMMEDIATE for a transaction that asked for it (`begin_immediate`).
+
+    Every other transaction keeps pysqlite's own deferred BEGIN, emitted before the first
+    write: its reads run before it, each on the latest data. (SQLAlchemy's recipe of a
+    BEGIN of our own for every transaction would start a snapshot at the first read, and in
+    WAL mode a transaction whose snapshot another writer has overtaken fails at its first
+    write with "database is locked" at once, without waiting out the busy timeout.)"""
+    if connection.get_execution_options().get(_BEGIN_IMMEDIATE):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def begin_immediate(session: Session) -> None:
+    """Begin the session's transaction now, holding the write lock from the first read on
+    SQLite (BEGIN IMMEDIATE), so that a check-then-act cannot interleave with another:
+    a second writer waits (busy timeout) and then reads what the first committed. On
+    PostgreSQL this only begins; rows are locked where they are read (FOR UPDATE).
+
+    Must come before the session's first statement, which would have begun already."""
+    if session.in_transaction():
+        raise RuntimeError("begin_immediate: the session's transaction has already begun")
+    session.connection(execution_options={_BEGIN_IMMEDIATE: True})
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

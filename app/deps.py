@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import Principal, authenticate
 from app.config import Settings
-from app.db import session_scope
+from app.db import begin_immediate, session_scope
 from app.errors import Forbidden, NotAuthenticated
 from app.models import Role
 
@@ -33,6 +33,19 @@ def get_session(request: Request) -> Iterator[Session]:
 # scope="function": commit before the response is sent, so a failed commit is an error
 # response rather than a 2xx for a write that did not happen.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_write_session(session: SessionDep) -> Session:
+    """The request's session with its transaction begun at once, the write lock taken
+    (SQLite: BEGIN IMMEDIATE), for routes that read a row, check its state, then act:
+    two such requests run one after the other, and the second sees what the first wrote
+    (a 409, not a 500 or the same change twice). Declare it before any dependency that
+    uses the session (the caller's key is looked up with it)."""
+    begin_immediate(session)
+    return session
+
+
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `rrmm keys create`.")
 

@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def member_policy(settings: Settings) -> MemberPolicy:
     return MemberPolicy(
         allow_private_webhooks=settings.webhook_allow_private,
-        secret_box=SecretBox(settings.secret),
+        secret_box=SecretBox.from_settings(settings),
     )
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 API_KEY_PREFIX = "rrmm_"
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
@@ -35,11 +39,31 @@ def derive_key(secret_key: str, purpose: str) -> bytes:
     return hkdf.derive(secret_key.encode())
 
 
-class SecretBox:
-    """Authenticated encryption (Fernet) of small secrets under a key derived for that purpose."""
+WEBHOOK_SECRETS_PURPOSE = "webhook-signing-secrets/v1"
 
-    def __init__(self, secret_key: str, purpose: str = "webhook-signing-secrets/v1") -> None:
-        self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret_key, purpose)))
+
+class SecretBox:
+    """Authenticated encryption (Fernet) of small secrets under a key derived for that purpose.
+
+    While RRMM_SECRET_KEY is being rotated, `previous_key` (RRMM_SECRET_KEY_PREVIOUS) still
+    decrypts; everything is encrypted under `secret_key` alone."""
+
+    def __init__(
+        self,
+        secret_key: str,
+        purpose: str = WEBHOOK_SECRETS_PURPOSE,
+        *,
+        previous_key: str | None = None,
+    ) -> None:
+        self._current = _fernet(secret_key, purpose)
+        keys = [self._current] + ([_fernet(previous_key, purpose)] if previous_key else [])
+        self._fernet = MultiFernet(keys)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, purpose: str = WEBHOOK_SECRETS_PURPOSE) -> SecretBox:
+        """The box of the configured keys: every caller that reads stored secrets uses this,
+        so a rotation in progress never makes a secret unreadable."""
+        return cls(settings.secret, purpose, previous_key=settings.previous_secret)
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
@@ -49,3 +73,23 @@ class SecretBox:
             return self._fernet.decrypt(token).decode()
         except InvalidToken as exc:
             raise ValueError("secret cannot be decrypted with this RRMM_SECRET_KEY") from exc
+
+    def is_current(self, token: bytes) -> bool:
+        """Whether `token` is already encrypted under the current key (rotation skips it)."""
+        try:
+            self._current.decrypt(token)
+        except InvalidToken:
+            return False
+        return True
+
+    def rotate(self, token: bytes) -> bytes:
+        """The same secret, encrypted under the current key. Raises `ValueError` if no
+        configured key can decrypt it."""
+        try:
+            return self._fernet.rotate(token)
+        except InvalidToken as exc:
+            raise ValueError("secret cannot be decrypted with this RRMM_SECRET_KEY") from exc
+
+
+def _fernet(secret_key: str, purpose: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(derive_key(secret_key, purpose)))

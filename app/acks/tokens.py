@@ -3,7 +3,9 @@
 Layout (then base64url, no padding): version (1 byte) | key id (1) | delivery id (8) |
 expiry as Unix seconds (5) | HMAC-SHA256 over the previous bytes, truncated to 16 bytes.
 Only an opaque row id is inside: no member, no address. Keys are derived from
-RRMM_SECRET_KEY per key id, so a key can be retired by rotating the id.
+RRMM_SECRET_KEY per key id, so a key can be retired by rotating the id. While
+RRMM_SECRET_KEY itself is replaced, keys derived from RRMM_SECRET_KEY_PREVIOUS (same ids)
+still verify, so links already sent keep working until they expire.
 """
 
 from __future__ import annotations
@@ -38,19 +40,27 @@ class AckClaims:
 
 
 class AckTokenSigner:
-    """Signs with `current_key_id`; verifies with any id in `accepted_key_ids`."""
+    """Signs with `current_key_id` under `secret_key`; verifies with any id in
+    `accepted_key_ids`, under `secret_key` or (during a rotation) `previous_secret_key`."""
 
     def __init__(
-        self, secret_key: str, *, current_key_id: int = 1, accepted_key_ids: tuple[int, ...] = ()
+        self,
+        secret_key: str,
+        *,
+        current_key_id: int = 1,
+        accepted_key_ids: tuple[int, ...] = (),
+        previous_secret_key: str | None = None,
     ) -> None:
         ids = {current_key_id, *accepted_key_ids}
+        roots = [secret_key] + ([previous_secret_key] if previous_secret_key else [])
         self.current_key_id = current_key_id
-        self._keys = {kid: derive_key(secret_key, f"ack-tokens/{kid}") for kid in ids}
+        # Current root first: signing takes the first key of the current id.
+        self._keys = {kid: [derive_key(root, f"ack-tokens/{kid}") for root in roots] for kid in ids}
 
     def sign(self, delivery_id: int, expires_at: datetime) -> str:
         expiry = int(expires_at.timestamp()).to_bytes(5, "big")
         body = _BODY.pack(_VERSION, self.current_key_id, delivery_id, expiry)
-        mac = hmac.new(self._keys[self.current_key_id], body, hashlib.sha256).digest()
+        mac = hmac.new(self._keys[self.current_key_id][0], body, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(body + mac[:_MAC_BYTES]).decode().rstrip("=")
 
     def verify(self, token: str, *, now: datetime | None = None) -> AckClaims:
@@ -68,11 +78,16 @@ class AckTokenSigner:
             raise InvalidToken
         body, mac = raw[: _BODY.size], raw[_BODY.size :]
         version, key_id, delivery_id, expiry = _BODY.unpack(body)
-        key = self._keys.get(key_id)
-        if version != _VERSION or key is None:
+        keys = self._keys.get(key_id)
+        if version != _VERSION or keys is None:
             raise InvalidToken
-        expected = hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]
-        if not hmac.compare_digest(mac, expected):
+        # Every candidate is computed and compared, so the time taken does not tell which
+        # root (if any) signed the token.
+        matches = [
+            hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES])
+            for key in keys
+        ]
+        if not any(matches):
             raise InvalidToken
         expires_at = datetime.fromtimestamp(int.from_bytes(expiry, "big"), UTC)
         if expires_at <= (now or datetime.now(UTC)):
@@ -81,10 +96,12 @@ class AckTokenSigner:
 
 
 def signer_from_settings(settings: Settings) -> AckTokenSigner:
-    """Signs with RRMM_ACK_TOKEN_KEY_ID; also accepts RRMM_ACK_TOKEN_ACCEPTED_KEY_IDS, so a
-    key can be rotated without breaking links already sent."""
+    """Signs with RRMM_ACK_TOKEN_KEY_ID; also accepts RRMM_ACK_TOKEN_ACCEPTED_KEY_IDS and,
+    while RRMM_SECRET_KEY is rotated, tokens signed under RRMM_SECRET_KEY_PREVIOUS, so keys
+    can be rotated without breaking links already sent."""
     return AckTokenSigner(
         settings.secret,
         current_key_id=settings.ack_token_key_id,
         accepted_key_ids=tuple(settings.ack_token_accepted_key_ids),
+        previous_secret_key=settings.previous_secret,
     )

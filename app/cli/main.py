@@ -32,9 +32,11 @@ keys_cli = typer.Typer(
     help="API keys (stored hashed; a new key is shown once).", no_args_is_help=True
 )
 members_cli = typer.Typer(help="Members of the networks.", no_args_is_help=True)
+secrets_cli = typer.Typer(help="Stored secrets and RRMM_SECRET_KEY rotation.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(members_cli, name="members")
+cli.add_typer(secrets_cli, name="secrets")
 
 err = Console(stderr=True)
 
@@ -288,3 +290,61 @@ def members_import(
         f"created {result.created}, updated {result.updated}, skipped {result.skipped}"
         + (" (new webhook secrets printed on stdout)" if result.webhook_secrets else "")
     )
+
+
+@secrets_cli.command("rotate")
+def secrets_rotate(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Members per transaction.")
+    ] = 500,
+) -> None:
+    """Re-encrypt every stored webhook secret under RRMM_SECRET_KEY (reading old ones with
+    RRMM_SECRET_KEY_PREVIOUS), one batch per transaction. Safe to run again: secrets already
+    under the current key are left alone. Once it reports nothing unreadable, unset
+    RRMM_SECRET_KEY_PREVIOUS (after the old ack links have expired)."""
+    from app.members.secret_rotation import rotate_webhook_secrets
+    from app.security import SecretBox
+
+    settings = _settings()
+    box = SecretBox.from_settings(settings)
+    scanned = rotated = 0
+    unreadable: list[uuid.UUID] = []
+    after: uuid.UUID | None = None
+    progress = Progress(TextColumn("{task.description}"), MofNCompleteColumn(), console=err)
+    engine = engine_from_settings(settings)
+    factory = create_session_factory(engine)
+    try:
+        with progress:
+            task = progress.add_task("webhook secrets checked", total=None)
+            while True:
+                # One transaction per batch: no lock is held for long, and what is done
+                # stays done if the run is interrupted (the next run skips it).
+                with session_scope(factory) as session:
+                    batch = rotate_webhook_secrets(
+                        session, box=box, after=after, limit=batch_size, actor=Principal.cli()
+                    )
+                scanned += batch.scanned
+                rotated += batch.rotated
+                unreadable += batch.unreadable
+                progress.advance(task, batch.scanned)
+                if batch.last_id is None:
+                    break
+                after = batch.last_id
+    finally:
+        engine.dispose()
+    typer.echo(f"re-encrypted {rotated} of {scanned} webhook secrets")
+    if unreadable:
+        _fail(
+            f"{len(unreadable)} webhook secrets cannot be decrypted with RRMM_SECRET_KEY or "
+            "RRMM_SECRET_KEY_PREVIOUS; keep both set and check the keys. Members:"
+        )
+        for member_id in unreadable:
+            _note(f"  {member_id}")
+        raise typer.Exit(1)
+    if settings.previous_secret is None:
+        _note("every webhook secret is under RRMM_SECRET_KEY (RRMM_SECRET_KEY_PREVIOUS is not set)")
+    else:
+        _note(
+            "every webhook secret is under RRMM_SECRET_KEY; RRMM_SECRET_KEY_PREVIOUS can be "
+            "unset once the ack links signed with it have expired"
+        )

@@ -210,7 +210,7 @@ class MessageBuilder:
     def __init__(self, settings: Settings, context: Context) -> None:
         self.settings = settings
         self.context = context
-        self.box = SecretBox(settings.secret)
+        self.box = SecretBox.from_settings(settings)
         self.signer = signer_from_settings(settings)
         self.public_url = settings.public_url.rstrip("/")
         self.domain = _mail_domain(settings.mail_from)

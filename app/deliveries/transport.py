@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import aiosmtplib
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
-from app.netguard import is_public_address
+from app.netguard import NonPublicAddress, address_literal, client_host, refuse_non_public
 
 # How much of a receiver's answer we read: enough for an error message, never 50 MB.
 MAX_RESPONSE_BYTES = 16 * 1024
@@ -67,8 +67,10 @@ class EmailRequest:
 
 
 class PublicOnlyResolver(AbstractResolver):
-    """Resolves like the system, then refuses if any address is not public (DNS rebinding:
-    the address is checked when we connect, not only when the URL was registered)."""
+    """Resolves like the system, then refuses if any address is not public. It is the
+    connector's resolver, so the addresses checked are the ones connected to (DNS
+    rebinding: the address is checked when we connect, not only when the URL was
+    registered, and there is no second lookup in between)."""
 
     def __init__(self) -> None:
         self._inner = aiohttp.ThreadedResolver()
@@ -77,9 +79,7 @@ class PublicOnlyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        for result in results:
-            if not is_public_address(ipaddress.ip_address(result["host"])):
-                raise OSError(f"{host} resolves to a non-public address")
+        refuse_non_public([ipaddress.ip_address(result["host"]) for result in results])
         return results
 
     async def close(self) -> None:
@@ -179,36 +179,53 @@ class WebhookSender:
             await self._session.close()
             self._session = None
 
-    def _literal_address_refused(self, url: str) -> bool:
-        """aiohttp skips the resolver for IP literals, so those are checked here."""
+    def _literal_address_refused(self, url: URL) -> NonPublicAddress | None:
+        """aiohttp connects to an IP literal without asking the resolver, so literals are
+        checked here, on the host of the very URL object the request is made with."""
         if self.allow_private:
-            return False
-        host = urlsplit(url).hostname or ""
+            return None
+        literal = address_literal(client_host(url))
+        if literal is None:
+            return None
         try:
-            return not is_public_address(ipaddress.ip_address(host))
-        except ValueError:
-            return False
+            refuse_non_public([literal])
+        except NonPublicAddress as refusal:
+            return refusal
+        return None
 
     async def _send(self, session: aiohttp.ClientSession, request: WebhookRequest) -> SendResult:
-        if self._literal_address_refused(request.url):
-            return SendResult(request.delivery_id, ok=False, error="non-public address refused")
+        try:
+            # yarl normalises the host here (IDNA, full-width digits): what is checked below
+            # and by the resolver is what aiohttp connects to.
+            url = URL(request.url)
+        except ValueError as exc:
+            return SendResult(request.delivery_id, ok=False, error=f"invalid webhook URL: {exc}")
+        refusal = self._literal_address_refused(url)
+        if refusal is not None:
+            return SendResult(request.delivery_id, ok=False, error=str(refusal))
         try:
             async with session.post(
-                request.url, data=request.body, headers=request.headers, allow_redirects=False
+                url, data=request.body, headers=request.headers, allow_redirects=False
             ) as response:
                 await _read_capped(response)
                 return self._classify(request.delivery_id, response)
         except TimeoutError:
             return SendResult(request.delivery_id, ok=False, retryable=True, error="timeout")
-        except aiohttp.ClientError as exc:
+        except aiohttp.InvalidURL as exc:
+            # Final too: e.g. 2130706433 or 127.1, legacy spellings of an IPv4 address that
+            # aiohttp refuses to connect to at all.
+            return SendResult(request.delivery_id, ok=False, error=f"invalid webhook URL: {exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            refused = _refusal_in(exc)
+            if refused is not None:
+                # Final: the same name would resolve to the same refused address next time.
+                return SendResult(request.delivery_id, ok=False, error=str(refused))
             return SendResult(
                 request.delivery_id,
                 ok=False,
                 retryable=True,
                 error=f"connection error: {type(exc).__name__}",
             )
-        except OSError as exc:  # the resolver refused a non-public address
-            return SendResult(request.delivery_id, ok=False, error=str(exc)[:200])
 
     def _classify(self, delivery_id: int, response: aiohttp.ClientResponse) -> SendResult:
         status = response.status
@@ -232,6 +249,20 @@ class WebhookSender:
             error=f"HTTP {status}",
             retry_after=retry_after,
         )
+
+
+def _refusal_in(exc: BaseException) -> NonPublicAddress | None:
+    """The resolver's refusal inside aiohttp's connector error, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NonPublicAddress):
+            return seen
+        if isinstance(seen, aiohttp.ClientConnectorError) and isinstance(
+            seen.os_error, NonPublicAddress
+        ):
+            return seen.os_error
+        seen = seen.__cause__
+    return None
 
 
 STARTTLS_MODES = ("off", "opportunistic", "required")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.deps import Operator, SessionDep, Viewer
+from app.deps import Operator, SessionDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
 from app.incidents import events, service, timeline
 from app.incidents import status as status_reads
@@ -305,7 +305,7 @@ def list_briefings(
 def post_update(
     incident_id: uuid.UUID,
     body: IncidentUpdate,
-    session: SessionDep,
+    session: WriteSessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
 ) -> dict[str, Any]:
@@ -320,7 +320,7 @@ def post_update(
 )
 def resolve_incident(
     incident_id: uuid.UUID,
-    session: SessionDep,
+    session: WriteSessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
     body: IncidentEnd | None = None,
@@ -336,7 +336,7 @@ def resolve_incident(
 @router.post("/{incident_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Incident)
 def cancel_incident(
     incident_id: uuid.UUID,
-    session: SessionDep,
+    session: WriteSessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
     body: IncidentEnd | None = None,

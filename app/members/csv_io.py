@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import time
@@ -44,8 +45,10 @@ REQUIRED_COLUMNS = frozenset({"network", "name", "country", "consent_given_at", 
 LIST_COLUMNS = frozenset({"languages", "themes", "tags"})
 LIST_SEPARATOR = ";"
 MAX_ROWS = 100_000
-# Spreadsheet programs run cells that start with these as formulas (CSV injection).
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Spreadsheet programs run cells that start with these as formulas (CSV injection), also
+# after leading spaces and in their full-width forms (＝, ＋, －, ＠).
+_FORMULA_PREFIXES = ("=", "+", "-", "@")
+_CONTROL_PREFIXES = ("\t", "\r")
 _ESCAPE = "'"
 
 OnError = Literal["abort", "skip"]
@@ -78,9 +81,30 @@ def decode_csv(raw: bytes) -> str:
     return text
 
 
+def _looks_like_formula(value: str) -> bool:
+    """Whether a spreadsheet could read the cell as a formula: it starts with a tab or CR,
+    or its NFKC form (full-width ＝ is =), after leading whitespace and invisible format
+    characters (zero-width space, BOM), starts with = + - or @."""
+    text = unicodedata.normalize("NFKC", value)
+    if text.startswith(_CONTROL_PREFIXES):
+        return True
+    start = 0
+    while start < len(text) and (
+        text[start].isspace() or unicodedata.category(text[start]) == "Cf"
+    ):
+        start += 1
+    return text.startswith(_FORMULA_PREFIXES, start)
+
+
+def _needs_escape(value: str) -> bool:
+    # Past any escapes already there: a value that starts with the escape is escaped once
+    # more, so that import can always undo exactly one.
+    return _looks_like_formula(value.lstrip(_ESCAPE))
+
+
 def _import_cell(value: str) -> str:
     """Undo `_export_cell`, so that an exported file imports back to the same members."""
-    if value.startswith(_ESCAPE) and value.lstrip(_ESCAPE).startswith(_FORMULA_PREFIXES):
+    if value.startswith(_ESCAPE) and _needs_escape(value[1:]):
         return value[1:]
     return value
 
@@ -269,8 +293,7 @@ def import_members(
 
 
 def _export_cell(value: str) -> str:
-    # Values that already start with the escape are escaped again, so import can undo it.
-    return _ESCAPE + value if value.lstrip(_ESCAPE).startswith(_FORMULA_PREFIXES) else value
+    return _ESCAPE + value if _needs_escape(value) else value
 
 
 def _export_row(member: Member) -> list[str]:

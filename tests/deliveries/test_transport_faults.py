@@ -8,10 +8,12 @@ sweep every 0.5 s). The tests with these settings share one worker and one pair 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,11 @@ from kombu import Connection
 from sqlalchemy import select
 
 from app.config import Settings
+from app.db import session_scope
 from app.deliveries.email import UnsafeHeader, safe_header_value
+from app.deliveries.transport import SendResult, WebhookRequest, WebhookSender
 from app.models import Member, Role
+from app.security import SecretBox, new_webhook_secret
 from tests.conftest import assert_problem
 from tests.deliveries.conftest import briefing, declare_body, wait_final
 from tests.support.sinks import CaughtMail, HangingSmtpServer, SmtpSink, wait_until
@@ -633,3 +638,98 @@ def test_one_slow_receiver_never_delays_the_others_first_attempt(
         assert receiver.hits_for(member["hook_path"])[0].verified
     assert len(receiver.hits_for(slow["hook_path"])) == 1
     assert row_of(rows, slow, "webhook")["status"] in {"sent", "failed"}
+
+
+# ---------------------------------------------------------------------------- addresses
+
+
+def _send_one(url: str, *, allow_private: bool) -> SendResult:
+    """One POST through the real sender (its own event loop, its own connection pool)."""
+
+    async def run() -> SendResult:
+        sender = WebhookSender(
+            allow_private=allow_private,
+            connect_timeout=2,
+            total_timeout=5,
+            concurrency=4,
+            retry_after_cap=60,
+        )
+        try:
+            request = WebhookRequest(delivery_id=1, url=url, body=b"{}", headers={})
+            (result,) = await sender.send_all([request])
+            return result
+        finally:
+            await sender.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("template", "address"),
+    [
+        ("http://127.0.0.1:{port}/hook", "127.0.0.1"),  # a literal: no resolver involved
+        ("http://１２７.０.０.１:{port}/hook", "127.0.0.1"),  # full-width: yarl makes it a literal
+        ("http://[::ffff:127.0.0.1]:{port}/hook", "::ffff:7f00:1"),
+        ("http://localhost:{port}/hook", ""),  # a name: refused by the connector's resolver
+        ("http://ｌｏｃａｌｈｏｓｔ:{port}/hook", ""),
+        ("http://0x7f.0.0.1:{port}/hook", "127.0.0.1"),  # a "name" the system resolves
+    ],
+)
+def test_the_sender_refuses_non_public_addresses_once_and_for_all(trap, template, address):
+    url = template.format(port=trap.port)
+
+    result = _send_one(url, allow_private=False)
+
+    assert not result.ok
+    assert not result.retryable, result  # the same address next time: no point retrying
+    assert result.error is not None
+    assert result.error.startswith("webhook address resolves to a non-public address "), result
+    assert address in result.error
+    assert trap.requests == []
+    # The same URL does reach the server when private addresses are allowed: it was the
+    # check that stopped it, not a dead address.
+    allowed = _send_one(url, allow_private=True)
+    assert allowed.ok, allowed
+    assert len(trap.requests) == 1
+
+
+@pytest.mark.parametrize("host", ["2130706433", "127.1"])
+def test_legacy_ipv4_spellings_are_final_failures_not_retried(trap, host):
+    for allow_private in (False, True):
+        result = _send_one(f"http://{host}:{trap.port}/hook", allow_private=allow_private)
+        assert not result.ok
+        assert not result.retryable, result
+        assert result.error is not None
+        assert result.error.startswith("invalid webhook URL"), result
+    assert trap.requests == []
+
+
+def test_full_width_loopback_written_past_the_api_fails_after_one_attempt(
+    fanout_client, auth, workers, trap, session_factory, settings
+):
+    """The member row is written straight into the database (as an old row, an import from
+    elsewhere or a bug could have left it), so only the send-time check stands between
+    the worker and 127.0.0.1."""
+    worker = workers.get(RRMM_WEBHOOK_ALLOW_PRIVATE="false")
+    operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
+    url = f"http://１２７.０.０.１:{trap.port}/latest/meta-data"
+    with session_scope(session_factory) as session:
+        member = Member(
+            network="editors", name="Written past the API", country="MA", languages=["en"],
+            themes=["religious-hatred"], tags=[], email=None, webhook_url=url,
+            webhook_secret_encrypted=SecretBox(settings.secret).encrypt(new_webhook_secret()),
+            timezone="UTC", status="active", consent_given_at=datetime.now(UTC),
+            consent_method="written",
+        )  # fmt: skip
+        session.add(member)
+        session.flush()
+        member_id = str(member.id)
+    wait_ready(worker)
+
+    incident = declare(fanout_client, operator)
+    rows = settle(fanout_client, operator, viewer, incident["id"])
+
+    row = row_of(rows, {"id": member_id}, "webhook")
+    assert (row["status"], row["attempts"]) == ("failed", 1), row
+    assert row["last_error"] == "webhook address resolves to a non-public address 127.0.0.1"
+    assert trap.requests == []

@@ -700,6 +700,56 @@ def test_export_neutralises_formulas(client, operator):
         assert not any(value.startswith(("=", "+", "-", "@")) for value in cells.values())
 
 
+# Formulas in disguise: after leading whitespace (ASCII, no-break, ideographic), behind a
+# zero-width space, in full-width forms (NFKC turns ＝ into =), or after a tab or CR.
+DISGUISED_FORMULAS = [
+    " =1+1", "   @SUM(A1)", "\u00a0+1", "\u3000-1", "\u200b=HYPERLINK(\"x\")",
+    "＝HYPERLINK(\"http://evil.example\")", "＋1", "－1", "＠A1", "\u3000＝1", "'＝1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [*(("organization", v) for v in DISGUISED_FORMULAS),
+     # Only the note may hold control characters.
+     ("consent_note", "\t=1"), ("consent_note", "\r\n=1"), ("consent_note", "\tplain")],
+)  # fmt: skip
+def test_export_neutralises_disguised_formulas_and_import_restores_them(
+    client, operator, session_factory, column, value
+):
+    if column == "consent_note":
+        consent = {"given_at": "2026-01-15T10:00:00+00:00", "method": "written", "note": value}
+        created = create(client, operator, consent=consent, title="Chief - editor")
+        assert created["consent"]["note"] == value
+    else:
+        created = create(client, operator, organization=value, title="Chief - editor")
+        assert created["organization"] == value
+
+    exported = client.get(EXPORT, headers=operator)
+    [cells] = parse_export(exported)
+
+    assert cells[column] == "'" + value
+    assert cells["title"] == "Chief - editor"  # a dash inside is no formula
+    # And the escape is undone on the way back in.
+    with session_factory() as session:
+        session.execute(delete(Member))
+        session.commit()
+    response = post_csv(client, operator, exported.content)
+    assert response.status_code == 200, response.text
+    [member] = list_members(client, operator)
+    restored = member["consent"]["note"] if column == "consent_note" else member[column]
+    assert restored == value
+
+
+@pytest.mark.parametrize("value", ["Le ＝ Quotidien", "＇=1", "O'Brien", "a=b", "\u200bNews"])
+def test_export_leaves_text_that_is_no_formula(client, operator, value):
+    create(client, operator, organization=value)
+
+    [cells] = parse_export(client.get(EXPORT, headers=operator))
+
+    assert cells["organization"] == value
+
+
 def test_export_streams_more_than_one_chunk(client, operator, session_factory):
     body = csv_text(*(row(email=f"m{i}@example.org") for i in range(1203)))
     assert post_csv(client, operator, body).json()["created"] == 1203
