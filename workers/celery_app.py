@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from app.config import Settings, get_settings
 
@@ -41,7 +41,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat's tasks have their own queue: behind a fan-out's hundreds of batches in one
         # queue they would expire before a worker reached them, and lease recovery with
         # them. Every worker consumes both queues.
-        "task_queues": (Queue(SEND_QUEUE), Queue(BEAT_QUEUE)),
+        # Each queue with its own exchange and key: with the defaults both would be bound
+        # to the default key, and every message would land in both.
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (SEND_QUEUE, BEAT_QUEUE)
+        ),
         "task_routes": {
             "rrmm.sweep": {"queue": BEAT_QUEUE},
             "rrmm.heartbeat": {"queue": BEAT_QUEUE},
