@@ -122,58 +122,57 @@ class Context:
     first_emails: dict[tuple[uuid.UUID, uuid.UUID | None], int] = field(default_factory=dict)
 
 
-def _reason_unusable(row: Any) -> str | None:
-    if row.member_id is None:
+def _reason_unusable(channel: str, member: Any) -> str | None:
+    if member is None:
         return "member deleted"
-    if row.member_status != "active":
+    if member.member_status != "active":
         return "member paused"
-    if row.channel == "email" and not row.email:
+    if channel == "email" and not member.email:
         return "member has no email address any more"
-    if row.channel == "webhook":
-        if not row.webhook_url or row.webhook_secret is None:
+    if channel == "webhook":
+        if not member.webhook_url or member.webhook_secret is None:
             return "member has no webhook any more"
-        if row.webhook_disabled_at is not None:
+        if member.webhook_disabled_at is not None:
             return "member's webhook is disabled (410 Gone)"
     return None
 
 
-def _load_jobs(session: Session, claimed: Sequence[ledger.Changed]) -> list[Job]:
-    attempts = {c.id: c.attempts for c in claimed}
-    rows = session.execute(
-        select(
-            Delivery.id,
-            Delivery.channel,
-            Delivery.language,
-            Delivery.briefing_id,
-            Delivery.incident_id,
-            Delivery.created_at,
-            Delivery.member_id,
-            Member.status.label("member_status"),
-            Member.email,
-            Member.webhook_url,
-            Member.webhook_secret_encrypted.label("webhook_secret"),
-            Member.webhook_disabled_at,
+def _load_jobs(session: Session, claimed: Sequence[ledger.Claimed]) -> list[Job]:
+    """The claimed rows with their members' addresses (one query by member)."""
+    member_ids = {c.member_id for c in claimed if c.member_id is not None}
+    members = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Member.id,
+                Member.status.label("member_status"),
+                Member.email,
+                Member.webhook_url,
+                Member.webhook_secret_encrypted.label("webhook_secret"),
+                Member.webhook_disabled_at,
+            ).where(Member.id.in_(member_ids))
         )
-        .outerjoin(Member, Member.id == Delivery.member_id)
-        .where(Delivery.id.in_(list(attempts)))
-    )
-    return [
-        Job(
-            delivery_id=row.id,
-            attempt=attempts[row.id],
-            channel=row.channel,
-            language=row.language,
-            briefing_id=row.briefing_id,
-            incident_id=row.incident_id,
-            created_at=row.created_at,
-            member_id=row.member_id,
-            email=row.email,
-            webhook_url=row.webhook_url,
-            webhook_secret=row.webhook_secret,
-            usable=_reason_unusable(row),
+    }
+    jobs = []
+    for row in claimed:
+        member = members.get(row.member_id) if row.member_id is not None else None
+        jobs.append(
+            Job(
+                delivery_id=row.id,
+                attempt=row.attempts,
+                channel=row.channel,
+                language=row.language,
+                briefing_id=row.briefing_id,
+                incident_id=row.incident_id,
+                created_at=row.created_at,
+                member_id=row.member_id,
+                email=member.email if member else None,
+                webhook_url=member.webhook_url if member else None,
+                webhook_secret=member.webhook_secret if member else None,
+                usable=_reason_unusable(row.channel, member),
+            )
         )
-        for row in rows
-    ]
+    return jobs
 
 
 def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
@@ -441,37 +440,52 @@ def send_batch(
     return report
 
 
+# Rows taken from the ledger per statement: a sweep or a dispatch of 100,000 rows holds one
+# page in memory at a time, and its first batches are on the broker before the last page
+# is read.
+DISPATCH_PAGE_ROWS = 5_000
+
+
 def dispatch(
     session_factory: sessionmaker[Session],
     settings: Settings,
     publish: Publish,
     *,
     briefing_id: int | None = None,
-    limit: int = 100_000,
+    limit: int = 1_000_000,
+    page_rows: int = DISPATCH_PAGE_ROWS,
 ) -> int:
-    """Hand every due row (of one briefing, or of all) to `publish`, in per-channel batches.
+    """Hand every due row (of one briefing, or of all) to `publish`, in per-channel batches,
+    one page of the ledger at a time.
 
     Rows are marked as queued in the database first: if publishing fails, they are picked
     up again by the sweeper after `requeue_after_seconds`.
     """
     now = utcnow()
-    with session_scope(session_factory) as session:
-        rows = ledger.take_due(
-            session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
-            limit=limit, briefing_id=briefing_id,
-        )  # fmt: skip
-    if rows:
+    queued = 0
+    while queued < limit:
+        page = min(page_rows, limit - queued)
+        with session_scope(session_factory) as session:
+            rows = ledger.take_due(
+                session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
+                limit=page, briefing_id=briefing_id,
+            )  # fmt: skip
+        if not rows:
+            break
         # Its own short transaction, after the rows are marked: the timeline's lock on the
         # incident row is never held while delivery rows are (lock order).
         with session_scope(session_factory) as session:
             timeline.record_fanout_started(session, [row.briefing_id for row in rows], now)
-    # Rows of one member's channels are adjacent, so a batch holds both channels and its
-    # SMTP and HTTP exchanges overlap.
-    ids = [row.id for row in rows]
-    size = settings.delivery_batch_size
-    for start in range(0, len(ids), size):
-        publish(ids[start : start + size])
-    return len(rows)
+        # Rows of one member's channels are adjacent, so a batch holds both channels and
+        # its SMTP and HTTP exchanges overlap.
+        ids = [row.id for row in rows]
+        size = settings.delivery_batch_size
+        for start in range(0, len(ids), size):
+            publish(ids[start : start + size])
+        queued += len(rows)
+        if len(rows) < page:
+            break
+    return queued
 
 
 def sweep(
