@@ -56,8 +56,9 @@ lint: install
 # see bench/README.md for PostgreSQL, --workers and --receiver-latency.
 MEMBERS ?= 10000
 RUNS    ?= 3
+BENCH_ARGS ?=
 bench-fanout: install
-	$(BIN)/python -m bench.fanout --members $(MEMBERS) --runs $(RUNS)
+	$(BIN)/python -m bench.fanout --members $(MEMBERS) --runs $(RUNS) $(BENCH_ARGS)
 
 # 200 pollers on an incident's status during its fan-out vs /healthz; status at 100 and
 # 100,000 members. See bench/README.md.

@@ -342,7 +342,7 @@ class DatabaseCpu:
 
 
 class Sampler(threading.Thread):
-    """While a worker phase runs, every 0.25 s: the peak of PSS summed over the worker's
+    """While a worker phase runs, every 0.5 s: the peak of PSS summed over the worker's
     processes (each shared page divided among the processes mapping it, so a prefork pool
     is not counted N times as a sum of RSS would), the largest single RSS, the process
     count; and on PostgreSQL a sample of the database backends' CPU."""
@@ -369,7 +369,7 @@ class Sampler(threading.Thread):
             self.database.sample()
 
     def run(self) -> None:
-        while not self._stop_event.wait(0.25):
+        while not self._stop_event.wait(0.5):
             self.sample()
 
     def stop(self) -> None:
@@ -853,12 +853,23 @@ def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     }
 
 
+def baseline_concurrency(args: argparse.Namespace) -> dict[str, int]:
+    """As many in flight as the whole worker side: each of the `--workers` x
+    `--worker-concurrency` pool processes runs a batch with the per-batch settings."""
+    processes = args.workers * args.worker_concurrency
+    return {
+        "webhook_concurrency": args.webhook_concurrency * processes,
+        "smtp_connections": args.smtp_connections * processes,
+    }
+
+
 def run_client(kind: str, args: argparse.Namespace, sinks: Sinks) -> dict[str, Any]:
     """One baseline (bench/clients.py) in a process of its own; its JSON."""
+    concurrency = baseline_concurrency(args)
     argv = [PYTHON, "-m", "bench.clients", kind, "--webhook-base", sinks.webhook_base,
             "--smtp-port", str(sinks.smtp_port), "--members", str(args.members),
-            "--webhook-concurrency", str(args.webhook_concurrency),
-            "--smtp-connections", str(args.smtp_connections)]  # fmt: skip
+            "--webhook-concurrency", str(concurrency["webhook_concurrency"]),
+            "--smtp-connections", str(concurrency["smtp_connections"])]  # fmt: skip
     done = subprocess.run(
         argv,
         capture_output=True,
@@ -1183,6 +1194,7 @@ def run(
         "runs": runs,
         "settings": {
             **knobs,
+            "baselines": baseline_concurrency(args),
             "worker_pool": "prefork",
             "sweep_interval_seconds": DEFAULTS["sweep_interval_seconds"].default,
         },
