@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from kombu import Exchange, Queue
 
 from app.config import Settings, get_settings
@@ -103,6 +104,16 @@ celery_app = Celery("rrmm", include=["workers.tasks"])
 @celery_app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(get_settings()))
+
+
+@worker_init.connect
+def _freeze_heap(**_: Any) -> None:
+    # Before the pool forks: what the main process has built (modules, settings, the app)
+    # lives as long as the worker, so the garbage collector stops scanning it in every
+    # child (~0.14 ms per delivery measured, ECOSYSTEM.md) and the children no longer
+    # touch, and so copy, the pages it is on.
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_init.connect

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,15 +28,16 @@ from app.deliveries import ledger
 from app.deliveries.content import (
     WEBHOOK_TYPES,
     RenderedBriefing,
+    cached_render,
     incident_summary,
-    render,
     webhook_timestamp,
 )
 from app.deliveries.email import (
     EmailTemplate,
     UnsafeHeader,
     address_member,
-    build_template,
+    cached_template,
+    date_header,
     message_id,
     thread_id,
 )
@@ -204,7 +205,9 @@ def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
 
 
 class MessageBuilder:
-    """Renders each (briefing version, language) once, then addresses it per member."""
+    """Addresses each message per member; what all readers of a (briefing version,
+    language) share is rendered once per process (`cached_render`, `cached_template`), and
+    a webhook body's shared JSON once per batch, the member's link and token spliced in."""
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.settings = settings
@@ -213,16 +216,23 @@ class MessageBuilder:
         self.signer = signer_from_settings(settings)
         self.public_url = settings.public_url.rstrip("/")
         self.domain = _mail_domain(settings.mail_from)
-        self._rendered: dict[tuple[int, str], RenderedBriefing] = {}
+        self._rendered: dict[tuple[int, str], tuple[Hashable, RenderedBriefing]] = {}
         self._templates: dict[tuple[int, str], EmailTemplate] = {}
+        self._bodies: dict[tuple[int, str, datetime], _WebhookBody] = {}
+        # The message's Date: the batch's, as when each batch built its own templates.
+        self._date = date_header(utcnow())
 
-    def rendered(self, job: Job) -> RenderedBriefing:
+    def _render(self, job: Job) -> tuple[Hashable, RenderedBriefing]:
         key = (job.briefing_id, job.language)
-        if key not in self._rendered:
+        found = self._rendered.get(key)
+        if found is None:
             incident = self.context.incidents[job.incident_id]
             briefing = self.context.briefings[job.briefing_id]
-            self._rendered[key] = render(incident, briefing, job.language)
-        return self._rendered[key]
+            found = self._rendered[key] = cached_render(incident, briefing, job.language)
+        return found
+
+    def rendered(self, job: Job) -> RenderedBriefing:
+        return self._render(job)[1]
 
     def ack_token(self, job: Job) -> str:
         """Valid for RRMM_ACK_TOKEN_TTL_DAYS after the later of sending and the incident's
@@ -235,11 +245,12 @@ class MessageBuilder:
 
     def email(self, job: Job) -> EmailRequest:
         key = (job.briefing_id, job.language)
-        if key not in self._templates:
-            self._templates[key] = build_template(
-                self.rendered(job), mail_from=self.settings.mail_from
+        template = self._templates.get(key)
+        if template is None:
+            render_key, rendered = self._render(job)
+            template = self._templates[key] = cached_template(
+                rendered, key=render_key, mail_from=self.settings.mail_from
             )
-        template = self._templates[key]
         briefing = self.context.briefings[job.briefing_id]
         assert job.email is not None
         references = [thread_id(str(job.incident_id), self.domain)]
@@ -248,6 +259,7 @@ class MessageBuilder:
             references.append(message_id(first, self.domain))
         message = address_member(
             template,
+            date=self._date,
             to=job.email,
             message_id=message_id(job.delivery_id, self.domain),
             ack_url=f"{self.public_url}/ack/{self.ack_token(job)}",
@@ -255,30 +267,29 @@ class MessageBuilder:
         )
         return EmailRequest(job.delivery_id, template.sender_address, job.email, message)
 
+    def _webhook_body(self, job: Job, now: datetime) -> _WebhookBody:
+        key = (job.briefing_id, job.language, now)
+        body = self._bodies.get(key)
+        if body is None:
+            incident = self.context.incidents[job.incident_id]
+            briefing = self.context.briefings[job.briefing_id]
+            body = self._bodies[key] = _WebhookBody.of(
+                type_=WEBHOOK_TYPES[briefing.kind],
+                timestamp=webhook_timestamp(now),
+                incident=incident_summary(incident),
+                briefing={**self.rendered(job).webhook_briefing, "kind": briefing.kind},
+                ack_url=f"{self.public_url}/v1/acks",
+                deadline=webhook_timestamp(incident.ack_deadline)
+                if incident.ack_deadline
+                else None,
+                responses=incident.responses,
+            )
+        return body
+
     def webhook(self, job: Job, now: datetime) -> WebhookRequest:
-        incident = self.context.incidents[job.incident_id]
-        briefing = self.context.briefings[job.briefing_id]
         token = self.ack_token(job)
-        body = json.dumps(
-            {
-                "type": WEBHOOK_TYPES[briefing.kind],
-                "timestamp": webhook_timestamp(now),
-                "data": {
-                    "incident": incident_summary(incident),
-                    "briefing": {**self.rendered(job).webhook_briefing, "kind": briefing.kind},
-                    "ack": {
-                        "url": f"{self.public_url}/v1/acks",
-                        "page": f"{self.public_url}/ack/{token}",
-                        "token": token,
-                        "deadline": webhook_timestamp(incident.ack_deadline)
-                        if incident.ack_deadline
-                        else None,
-                        "responses": incident.responses,
-                    },
-                },
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
+        body = self._webhook_body(job, now).with_ack(
+            page=f"{self.public_url}/ack/{token}", token=token
         )
         assert job.webhook_url is not None
         assert job.webhook_secret is not None
@@ -296,6 +307,38 @@ class MessageBuilder:
                 "webhook-signature": signature,
             },
         )
+
+
+# Compact JSON, as `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`; one
+# encoder for every call (building one per call costs more than encoding a short string).
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class _WebhookBody:
+    """A webhook event's JSON with everything but the member's acknowledgement page and
+    token encoded once; the result is byte for byte what encoding the whole event gives:
+    `{"type", "timestamp", "data": {"incident", "briefing", "ack": {"url", "page", "token",
+    "deadline", "responses"}}}`."""
+
+    head: str
+    tail: str
+
+    @classmethod
+    def of(
+        cls, *, type_: str, timestamp: str, incident: dict[str, Any], briefing: dict[str, Any],
+        ack_url: str, deadline: str | None, responses: Any,
+    ) -> _WebhookBody:  # fmt: skip
+        head = (
+            f'{{"type":{_json(type_)},"timestamp":{_json(timestamp)},'
+            f'"data":{{"incident":{_json(incident)},"briefing":{_json(briefing)},'
+            f'"ack":{{"url":{_json(ack_url)},"page":'
+        )
+        tail = f',"deadline":{_json(deadline)},"responses":{_json(responses)}}}}}}}'
+        return cls(head, tail)
+
+    def with_ack(self, *, page: str, token: str) -> str:
+        return f'{self.head}{_json(page)},"token":{_json(token)}{self.tail}'
 
 
 def _mail_domain(mail_from: str) -> str:
