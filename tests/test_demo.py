@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from tests.test_run import alive, descendants, free_port
+from tests.test_run import alive, descendants, free_port, start_time
 
 FINAL = {"sent", "failed", "skipped", "cancelled"}
 
@@ -41,10 +41,13 @@ def test_demo_runs_the_whole_mechanism_and_stops_everything(tmp_path: Path):
             cwd=tmp_path, env=clean_env(), stdout=out_file, stderr=err_file,
         )  # fmt: skip
     seen: set[int] = set()
+    started: dict[int, int | None] = {}
     try:
         deadline = time.monotonic() + 420
         while process.poll() is None and time.monotonic() < deadline:
-            seen |= descendants(process.pid)  # every child, grandchild, at any moment
+            for pid in descendants(process.pid) - seen:  # every child, grandchild, any moment
+                seen.add(pid)
+                started[pid] = start_time(pid)
             time.sleep(0.3)
         process.wait(30)
     finally:
@@ -92,7 +95,8 @@ def test_demo_runs_the_whole_mechanism_and_stops_everything(tmp_path: Path):
     children = set(summary["children"].values())
     assert children <= seen
     assert len(seen) >= 5  # redis, smtp catcher, worker (+ its pool), api
-    assert not [pid for pid in seen if alive(pid)]
+    # (A pid the machine has since given to another process is not ours: same start time.)
+    assert not [pid for pid in seen if alive(pid) and start_time(pid) == started[pid]]
 
 
 def test_demo_never_wipes_a_directory_it_did_not_make(tmp_path: Path):

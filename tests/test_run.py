@@ -56,6 +56,15 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with its pid, it names one
+    process even after the pid is reused."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
