@@ -9,7 +9,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run demo test lint format bench-fanout bench-status clean
+.PHONY: help install browser deploy-tools run demo test lint format bench-fanout bench-status clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
@@ -43,7 +43,20 @@ browser:
 	    echo "the browser test needs Chromium: sudo apt-get install chromium" >&2; exit 1; \
 	  fi; }
 
-test: install browser
+# The deployment tests (tests/deploy/) run Debian's nginx (`nginx -t`, then on loopback with
+# their own configuration and prefix: never the system service, never port 80) and
+# prometheus's promtool (`promtool test rules`). Installed like Chromium when missing;
+# without them those tests skip, saying so.
+deploy-tools:
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's nginx and prometheus (promtool) for the deployment tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx prometheus) >/dev/null; \
+	  else \
+	    echo "the deployment tests need nginx and promtool: sudo apt-get install nginx prometheus (they skip without)" >&2; \
+	  fi; }
+
+test: install browser deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
