@@ -9,13 +9,14 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install browser deploy-tools run demo test lint format bench-fanout bench-status clean
+.PHONY: help install browser deploy-tools test-image run demo test lint format bench-fanout bench-status clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
 	@echo "make demo   see it work: a synthetic network, an exercise, the live view"
 	@echo "make test   run the test suite (PostgreSQL/Redis if RRMM_TEST_*_URL are set)"
 	@echo "make lint   ruff + mypy"
+	@echo "make test-image   build the Dockerfile with buildah on a debootstrap base, run it (~5 min, root)"
 	@echo "make bench-status   status polled by 200 dashboards during a fan-out; 100 vs 100,000 members"
 
 $(STAMP): pyproject.toml
@@ -58,6 +59,15 @@ deploy-tools:
 
 test: install browser deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The image built for real (tests/deploy/test_image.py, about 5 minutes, so not in `test`):
+# Debian's debootstrap makes the base, buildah builds the Dockerfile on it and runs it.
+# Needs root and a TCP Redis: RRMM_TEST_BROKER_URL=redis://127.0.0.1:6379/N make test-image
+test-image: install
+	@command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  echo "installing Debian's buildah and debootstrap for the image test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap) >/dev/null; }
+	RRMM_TEST_IMAGE=1 $(BIN)/pytest tests/deploy/test_image.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
