@@ -140,7 +140,8 @@ def backup(database_url: str, destination: Path) -> Snapshot:
 
 def holders(path: Path) -> list[int]:
     """Ids of the other processes that have the database (or its WAL) open, read from
-    /proc (Linux). Empty where /proc cannot say."""
+    /proc (Linux): all of them as root, otherwise only this user's. Empty where /proc
+    cannot say."""
     targets = {str(p.resolve()) for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))}
     found: list[int] = []
     proc = Path("/proc")
@@ -190,9 +191,18 @@ def restore(source: Path, database_url: str, *, force: bool = False) -> Restored
             f"{destination} is in use by process {listed}: stop the API, workers and beat "
             "first (or pass --force to restore under them)"
         )
+    # /proc shows only the processes this user may look at; SQLite removes the shared-memory
+    # file when the last connection closes, so one left there means a user we cannot see
+    # has it open (or one crashed).
+    shm = Path(f"{destination}-shm")
+    if not in_use and shm.exists() and not force:
+        raise BackupError(
+            f"{destination} may be in use ({shm.name} exists): stop the API, workers and "
+            "beat first (or pass --force)"
+        )
     previous: Path | None = None
     if destination.exists():
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")  # several restores a second
         previous = destination.with_name(f"{destination.name}.before-restore-{stamp}")
         backup(database_url, previous)
     destination.parent.mkdir(parents=True, exist_ok=True)

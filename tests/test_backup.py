@@ -391,6 +391,13 @@ def test_restore_refuses_a_database_in_use_and_keeps_the_one_it_replaces(
         holder.wait(10)
         if holder.stdout is not None:
             holder.stdout.close()
+    # Killed, the holder left SQLite's shared-memory file behind: a process this user
+    # could not see in /proc looks the same, so the restore still refuses without --force.
+    assert Path(f"{target}-shm").exists()
+    refused = invoke(target_env, "restore", str(backup_path))
+    assert refused.exit_code == 1
+    assert "may be in use (rrmm.db-shm exists)" in refused.stderr
+    assert invoke(target_env, "restore", "--force", str(backup_path)).exit_code == 0
     kept = list(target.parent.glob("rrmm.db.before-restore-*"))
     assert len(kept) >= 1
     with sqlite3.connect(kept[0]) as connection:
