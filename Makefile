@@ -16,6 +16,7 @@ help:
 	@echo "make demo   see it work: a synthetic network, an exercise, the live view"
 	@echo "make test   run the test suite (PostgreSQL/Redis if RRMM_TEST_*_URL are set)"
 	@echo "make lint   ruff + mypy"
+	@echo "make bench-fanout  worker CPU per delivery vs the client libraries and the protocol floor"
 	@echo "make test-image   build the Dockerfile with buildah on a debootstrap base, run it (~5 min, root)"
 	@echo "make bench-status   status polled by 200 dashboards during a fan-out; 100 vs 100,000 members"
 
@@ -74,10 +75,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy app workers migrations tests bench
 
-# N members (default 10000) on the embedded default; see bench/README.md for PostgreSQL.
+# N members (default 10000) on the embedded default, RUNS runs (median and spread);
+# see bench/README.md for PostgreSQL, --workers and --receiver-latency.
 MEMBERS ?= 10000
+RUNS    ?= 3
+BENCH_ARGS ?=
 bench-fanout: install
-	$(BIN)/python -m bench.fanout --members $(MEMBERS)
+	$(BIN)/python -m bench.fanout --members $(MEMBERS) --runs $(RUNS) $(BENCH_ARGS)
 
 # 200 pollers on an incident's status during its fan-out vs /healthz; status at 100 and
 # 100,000 members. See bench/README.md.

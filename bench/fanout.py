@@ -1,6 +1,7 @@
 """Fan-out benchmark: declare one incident to N members and time every email and webhook.
 
-    .venv/bin/python -m bench.fanout [--members N]
+    .venv/bin/python -m bench.fanout [--members N] [--runs 3] [--workers N]
+        [--receiver-latency 0.2]
     .venv/bin/python -m bench.fanout \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
         --broker-url redis://127.0.0.1:6379/3
@@ -8,9 +9,17 @@
 The real service runs as subprocesses (API, worker, beat) against a fresh database: a SQLite
 file and the bundled redis-server on a unix socket in a temp dir by default, or a database
 created for the run on the given PostgreSQL server (dropped after) and the given Redis. The
-webhook receiver and the SMTP sink run in processes of their own (bench/sinks.py). Before the
-service, a bare client (no database, no queue) sends as many webhooks and emails to the same
-sinks with the same concurrency, which gives the transport's own rate on this machine.
+sinks (bench/sinks.py: an SMTP and an HTTP/1.1 peer that count and do not parse) run in
+processes of their own, their CPU reported apart.
+
+Each run measures three systems on the same sinks, in an order that rotates from run to
+run: the worker (declare, then every delivery at the sinks and none open in the ledger),
+the library baseline (aiosmtplib and aiohttp driven by a fixed pool of coroutines) and the
+protocol floor (pipelined SMTP, raw HTTP/1.1), both from bench/clients.py, sending the same
+messages with the same concurrency. The headline is CPU per delivery, from /proc: the
+worker's process tree, the baselines' own process, the run database's PostgreSQL backends.
+Medians over the runs, their spread, and the phases during which other processes took more
+than 10 % of the machine.
 
 Prints one JSON object. Only 127.0.0.1 traffic; everything started is stopped on exit,
 on Ctrl-C and on error; the whole run is bounded by --timeout.
@@ -19,7 +28,6 @@ on Ctrl-C and on error; the whole run is bounded by --timeout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import json
 import os
@@ -29,22 +37,19 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import aiohttp
-import aiosmtplib
 import httpx
 
 from app.config import Settings
@@ -221,16 +226,41 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_cpu(pid: int) -> float | None:
+    """One process's CPU seconds: utime + stime, plus cutime + cstime (its children that
+    have exited and been waited for: a pool process replaced mid-run still counts)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
+    return sum(process_cpu(pid) or 0.0 for pid in pids)
+
+
+def pids_named(name: bytes) -> list[int]:
+    """Every process whose command name (comm) is `name`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                head = stat.read(128)
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+        if head[head.find(b"(") + 1 : head.rfind(b")")] == name:
+            found.append(int(entry.name))
+    return found
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -242,25 +272,110 @@ def machine_cpu() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
-class RssSampler(threading.Thread):
-    """Keeps the peak of the sum of VmRSS over a process tree, sampled every 100 ms."""
+def rollup_kb(pid: int, key: str) -> int:
+    """A field of /proc/<pid>/smaps_rollup (Pss: shared pages divided among their users)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
-    def __init__(self, root: int) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self.root = root
-        self.peak_kb = 0
+
+class DatabaseCpu:
+    """CPU of the PostgreSQL backends serving the run's database, read from /proc (the
+    server runs on this machine; other databases' backends, e.g. other test runs, are not
+    counted). Backends are listed from pg_stat_activity each sample: one seen at `start`
+    counts from its CPU then, one that appears later from zero. A backend that exits
+    between two samples loses what it used since the last one (pools keep theirs open)."""
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        self._engine = create_engine(database_url, poolclass=NullPool)
+        self._connection = self._engine.connect()
+        self._lock = threading.Lock()
+        self._base: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def _backends(self) -> list[int]:
+        from sqlalchemy import text
+
+        rows = self._connection.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        pids = [int(pid) for (pid,) in rows]
+        self._connection.rollback()  # no transaction left open between samples
+        return pids
+
+    def start(self) -> None:
+        with self._lock:
+            self._base, self._last = {}, {}
+            for pid in self._backends():
+                cpu = process_cpu(pid)
+                if cpu is not None:
+                    self._base[pid] = self._last[pid] = cpu
+
+    def sample(self) -> None:
+        with self._lock:
+            for pid in self._backends():
+                cpu = process_cpu(pid)
+                if cpu is not None:
+                    self._base.setdefault(pid, 0.0)
+                    self._last[pid] = cpu
+
+    def used(self) -> float:
+        """CPU seconds since `start`."""
+        self.sample()
+        with self._lock:
+            return sum(self._last[pid] - self._base[pid] for pid in self._last)
+
+    def close(self) -> None:
+        self._connection.close()
+        self._engine.dispose()
+
+
+class Sampler(threading.Thread):
+    """While a worker phase runs, every 0.5 s: the peak of PSS summed over the worker's
+    processes (each shared page divided among the processes mapping it, so a prefork pool
+    is not counted N times as a sum of RSS would), the largest single RSS, the process
+    count; and on PostgreSQL a sample of the database backends' CPU."""
+
+    def __init__(self, roots: list[int], database: DatabaseCpu | None) -> None:
+        super().__init__(name="sampler", daemon=True)
+        self.roots = roots
+        self.database = database
+        self.peak_pss_kb = 0
+        self.max_rss_kb = 0
         self.max_processes = 0
         self._stop_event = threading.Event()
 
+    def pids(self) -> list[int]:
+        return [pid for root in self.roots for pid in process_tree(root)]
+
+    def sample(self) -> None:
+        pids = self.pids()
+        self.max_processes = max(self.max_processes, len(pids))
+        self.peak_pss_kb = max(self.peak_pss_kb, sum(rollup_kb(pid, "Pss") for pid in pids))
+        for pid in pids:
+            self.max_rss_kb = max(self.max_rss_kb, status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM"))
+        if self.database is not None:
+            self.database.sample()
+
     def run(self) -> None:
-        while not self._stop_event.wait(0.1):
-            pids = process_tree(self.root)
-            self.max_processes = max(self.max_processes, len(pids))
-            self.peak_kb = max(self.peak_kb, sum(status_kb(pid, "VmRSS") for pid in pids))
+        while not self._stop_event.wait(0.5):
+            self.sample()
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(2)
+        self.join(5)
+        self.sample()
 
 
 # ----------------------------------------------------------------------------- backends
@@ -397,140 +512,6 @@ def declare_body() -> dict[str, Any]:
     }
 
 
-def raw_email_bytes() -> bytes:
-    """One multipart/alternative message like the service's (text + HTML, base64)."""
-    entry = BRIEFING["fr"]
-    text = f"{entry['body']}\n\n" + "\n".join(f"- {p}" for p in entry["talking_points"])
-    message = EmailMessage()
-    message["From"] = "RRMM <alerts@rrmm.invalid>"
-    message["To"] = "member@bench.example.org"
-    message["Subject"] = str(entry["subject"])
-    message["Message-ID"] = "<rrmm.delivery.1@rrmm.invalid>"
-    message["Auto-Submitted"] = "auto-generated"
-    message["Content-Language"] = "fr"
-    message.set_content(text + "\n\nhttp://127.0.0.1:8000/ack/" + "x" * 120, cte="base64")
-    html = "<html><body><p>" + text.replace("\n", "<br>") + "</p></body></html>"
-    message.add_alternative(html * 3, subtype="html", cte="base64")
-    return message.as_bytes()
-
-
-def raw_webhook() -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(
-        {
-            "type": "incident.declared",
-            "timestamp": "2026-01-15T10:00:00Z",
-            "data": {
-                "incident": {
-                    "id": str(uuid.uuid4()),
-                    "reference": "RRMM-2026-0001",
-                    "title": "Tension after the cartoon publication",
-                    "severity": "severe",
-                    "urgency": "immediate",
-                    "mode": "exercise",
-                    "countries": ["MA"],
-                    "themes": ["religious-hatred"],
-                    "declared_at": "2026-01-15T10:00:00+00:00",
-                },
-                "briefing": {"language": "fr", **BRIEFING["fr"]},
-                "ack": {
-                    "url": "http://127.0.0.1:8000/v1/acks",
-                    "page": "http://127.0.0.1:8000/ack/" + "x" * 120,
-                    "token": "x" * 120,
-                    "deadline": None,
-                    "responses": ["acknowledged", "will_engage", "unavailable"],
-                },
-            },
-        },
-        ensure_ascii=False,
-    ).encode()
-    headers = {
-        "content-type": "application/json",
-        "user-agent": "RRMM-Webhooks/1",
-        "webhook-id": "rrmm_dlv_1",
-        "webhook-timestamp": str(int(time.time())),
-        "webhook-signature": "v1," + "A" * 44,
-    }
-    return body, headers
-
-
-# ----------------------------------------------------------------------------- raw transport
-
-
-async def _raw_webhooks(base: str, n: int, concurrency: int) -> tuple[int, float]:
-    body, headers = raw_webhook()
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    gate = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=30)
-    ok = 0
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def one(i: int) -> None:
-            nonlocal ok
-            async with gate, session.post(f"{base}/raw/{i}", data=body, headers=headers) as r:
-                await r.content.read(16 * 1024)
-                ok += r.status == 200
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return ok, time.monotonic()
-
-
-async def _raw_emails(port: int, n: int, connections: int) -> tuple[int, float]:
-    message = raw_email_bytes()
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
-    ok = 0
-
-    async def connection() -> None:
-        nonlocal ok
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
-        await client.connect()
-        try:
-            while not queue.empty():
-                i = queue.get_nowait()
-                errors, _ = await client.sendmail(
-                    "alerts@rrmm.invalid", [f"member{i}@bench.example.org"], message
-                )
-                ok += not errors
-        finally:
-            await client.quit()
-
-    await asyncio.gather(*(connection() for _ in range(min(connections, n))))
-    return ok, time.monotonic()
-
-
-async def _raw_both(
-    webhook_base: str, smtp_port: int, n: int, concurrency: int, connections: int
-) -> dict[str, Any]:
-    start = time.monotonic()
-    (webhooks_ok, webhooks_end), (emails_ok, emails_end) = await asyncio.gather(
-        _raw_webhooks(webhook_base, n, concurrency), _raw_emails(smtp_port, n, connections)
-    )
-    seconds = max(webhooks_end, emails_end) - start
-    return {
-        "seconds": round(seconds, 3),
-        "sent": {"email": emails_ok, "webhook": webhooks_ok},
-        "email_per_second": round(emails_ok / (emails_end - start), 1),
-        "webhook_per_second": round(webhooks_ok / (webhooks_end - start), 1),
-        "deliveries_per_second": round((emails_ok + webhooks_ok) / seconds, 1),
-    }
-
-
-def measure_raw(
-    webhook_base: str, smtp_port: int, n: int, concurrency: int, connections: int
-) -> dict[str, Any]:
-    """Same sinks, same concurrency, no database and no queue: the transport's own rate."""
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    busy_before, _ = machine_cpu()
-    result = asyncio.run(_raw_both(webhook_base, smtp_port, n, concurrency, connections))
-    busy_after, _ = machine_cpu()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    result["client_cpu_seconds"] = round(used, 2)
-    result["machine_busy_cpu_seconds"] = round(busy_after - busy_before, 2)
-    return result
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -556,18 +537,21 @@ class Sinks:
         http.post(f"http://127.0.0.1:{self.smtp_stats_port}/_reset").raise_for_status()
 
 
-def start_sinks(children: Children, http: httpx.Client) -> Sinks:
+def start_sinks(
+    children: Children, http: httpx.Client, webhook_latency: float = 0.0, smtp_latency: float = 0.0
+) -> Sinks:
     env = dict(os.environ)
     webhook_port, smtp_port, stats_port = free_port(), free_port(), free_port()
     webhook = children.start(
         "webhook-sink",
-        [PYTHON, "-m", "bench.sinks", "webhook", "--port", str(webhook_port)],
+        [PYTHON, "-m", "bench.sinks", "webhook", "--port", str(webhook_port),
+         "--latency", str(webhook_latency)],
         env,
-    )
+    )  # fmt: skip
     smtp = children.start(
         "smtp-sink",
         [PYTHON, "-m", "bench.sinks", "smtp", "--port", str(smtp_port),
-         "--stats-port", str(stats_port)],
+         "--stats-port", str(stats_port), "--latency", str(smtp_latency)],
         env,
     )  # fmt: skip
     sinks = Sinks(webhook_port, smtp_port, stats_port, webhook.process.pid, smtp.process.pid)
@@ -609,8 +593,11 @@ def service_env(
     return env
 
 
-def wait_for_worker(broker_url: str, children: Children, timeout: float = 60) -> None:
-    """Ready = answers a remote-control ping through the broker (consuming, not just alive)."""
+def wait_for_worker(
+    broker_url: str, children: Children, timeout: float = 60, workers: int = 1
+) -> None:
+    """Ready = `workers` workers answer a remote-control ping through the broker (consuming,
+    not just alive)."""
     from celery import Celery
 
     app = Celery("bench", broker=broker_url, set_as_current=False)
@@ -618,7 +605,7 @@ def wait_for_worker(broker_url: str, children: Children, timeout: float = 60) ->
 
         def answers() -> bool:
             children.check_alive()
-            return bool(app.control.ping(timeout=1.0))
+            return len(app.control.ping(timeout=1.0) or []) >= workers
 
         wait_until(answers, timeout, "worker ping", every=0.5)
     finally:
@@ -695,10 +682,19 @@ def profiling(directory: Path | None, targets: dict[str, int], idle: bool) -> It
 
 @dataclass
 class Components:
-    pids: dict[str, int]
+    """Named process trees (a name may have several roots: `--workers N`)."""
+
+    pids: Mapping[str, int | Sequence[int]]
+
+    def roots(self, name: str) -> list[int]:
+        pids = self.pids[name]
+        return [pids] if isinstance(pids, int) else list(pids)
 
     def cpu(self) -> dict[str, float]:
-        return {name: cpu_seconds(process_tree(pid)) for name, pid in self.pids.items()}
+        return {
+            name: sum(cpu_seconds(process_tree(root)) for root in self.roots(name))
+            for name in self.pids
+        }
 
 
 def service_knobs(args: argparse.Namespace) -> dict[str, int]:
@@ -723,6 +719,7 @@ class Service:
     worker: Child | None
     beat: Child | None
     api: httpx.Client  # authenticated with an operator key
+    extra_workers: list[Child] = field(default_factory=list)  # --workers N: the other N-1
 
     @property
     def base_url(self) -> str:
@@ -777,19 +774,24 @@ def start_service(
         backend = embedded_backend(tmp, children)
     backend_box.append(backend)
 
-    sinks = start_sinks(children, http)
+    sinks = start_sinks(children, http, getattr(args, "receiver_latency", 0.0), _smtp_latency(args))
     api_port = free_port()
     env = service_env(backend, tmp, sinks, api_port, service_knobs(args))
     run_cli(["db", "upgrade"], env)
     key = run_cli(["keys", "create", "--name", "bench", "--role", "operator"], env).strip()
     api_child = start_api(children, env, api_port, api_workers)
     worker = beat = None
+    extra_workers: list[Child] = []
+    workers = getattr(args, "workers", 1)
     if with_worker:
-        worker = children.start(
-            "worker",
-            [PYTHON, "-m", "app.cli", "worker", "--concurrency", str(args.worker_concurrency)],
-            env,
-        )
+        worker_argv = [
+            PYTHON, "-m", "app.cli", "worker", "--concurrency", str(args.worker_concurrency)
+        ]  # fmt: skip
+        worker = children.start("worker", worker_argv, env)
+        # More workers as on other hosts: same database and broker, each its own pool.
+        extra_workers = [
+            children.start(f"worker-{i + 2}", worker_argv, env) for i in range(workers - 1)
+        ]
         beat = children.start("beat", [PYTHON, "-m", "app.cli", "beat"], env)
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{api_port}",
@@ -798,9 +800,255 @@ def start_service(
     )
     wait_for_api(api, children)
     if with_worker:
-        wait_for_worker(backend.broker_url, children)
+        wait_for_worker(backend.broker_url, children, workers=workers)
     log("service up")
-    return Service(backend, sinks, env, api_port, api_workers, api_child, worker, beat, api)
+    return Service(
+        backend, sinks, env, api_port, api_workers, api_child, worker, beat, api, extra_workers
+    )
+
+
+SYSTEMS = ("worker", "library_baseline", "protocol_floor")
+BUSY_SHARE = 0.10  # other processes above this share of the machine flag a phase
+
+
+@dataclass
+class Meter:
+    """CPU of everything a phase involves, read before and after it: the components'
+    process trees, this process and the baselines it ran (getrusage), the run database's
+    backends (PostgreSQL), and the whole machine (/proc/stat)."""
+
+    components: Components
+    database: DatabaseCpu | None
+
+    def read(self) -> dict[str, float]:
+        cpu = self.components.cpu()
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu["bench"] = own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+        if self.database is not None:
+            cpu["database"] = self.database.used()
+        cpu["machine_busy"] = machine_cpu()[0]
+        cpu["at"] = time.monotonic()
+        return cpu
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Each component's CPU seconds over a phase, what the rest of the machine used
+    (`others`: busy minus ours, e.g. other engineers' tests, PostgreSQL's other databases)
+    and its share of the machine's capacity over the phase's wall time."""
+    used = {
+        name: round(after[name] - before[name], 3)
+        for name in before
+        if name not in ("machine_busy", "at")
+    }
+    ours = sum(used.values())
+    wall = after["at"] - before["at"]
+    others = max(after["machine_busy"] - before["machine_busy"] - ours, 0.0)
+    share = others / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+    return {
+        "cpu_seconds": used,
+        "others_cpu_seconds": round(others, 2),
+        "others_share": round(share, 3),
+        "busy": share > BUSY_SHARE,
+    }
+
+
+def baseline_concurrency(args: argparse.Namespace) -> dict[str, int]:
+    """As many in flight as the whole worker side: each of the `--workers` x
+    `--worker-concurrency` pool processes runs a batch with the per-batch settings."""
+    processes = args.workers * args.worker_concurrency
+    return {
+        "webhook_concurrency": args.webhook_concurrency * processes,
+        "smtp_connections": args.smtp_connections * processes,
+    }
+
+
+def run_client(kind: str, args: argparse.Namespace, sinks: Sinks) -> dict[str, Any]:
+    """One baseline (bench/clients.py) in a process of its own; its JSON."""
+    concurrency = baseline_concurrency(args)
+    argv = [PYTHON, "-m", "bench.clients", kind, "--webhook-base", sinks.webhook_base,
+            "--smtp-port", str(sinks.smtp_port), "--members", str(args.members),
+            "--webhook-concurrency", str(concurrency["webhook_concurrency"]),
+            "--smtp-connections", str(concurrency["smtp_connections"])]  # fmt: skip
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=max(args.deadline - time.monotonic(), 1),
+        check=False,
+        preexec_fn=_die_with_parent,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"baseline {kind} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _sink_check(stats: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "received": stats["count"],
+        "distinct_ids": stats["distinct_ids"],
+        "duplicates": stats["duplicates"],
+        "errors": stats["errors"],
+        "connections": stats["connections"],
+        "avg_bytes": round(stats["bytes"] / max(stats["count"], 1)),
+    }
+
+
+def _sink_cpu_ms(cpu: dict[str, Any], webhooks: int, emails: int) -> dict[str, float | None]:
+    return {
+        "smtp_sink": _per_item_ms(cpu["cpu_seconds"]["smtp_sink"], emails),
+        "webhook_sink": _per_item_ms(cpu["cpu_seconds"]["webhook_sink"], webhooks),
+    }
+
+
+def baseline_phase(
+    kind: str, args: argparse.Namespace, sinks: Sinks, http: httpx.Client, meter: Meter
+) -> dict[str, Any]:
+    """The same messages to the same sinks without the service: `library` (aiosmtplib,
+    aiohttp) or `floor` (the protocol, on asyncio protocols)."""
+    sinks.reset(http)
+    before = meter.read()
+    result = run_client(kind, args, sinks)
+    after = meter.read()
+    webhook_stats, smtp_stats = sinks.stats(http)
+    email, webhook = result["email"], result["webhook"]
+    sent = email["ok"] + webhook["ok"]
+    seconds = email["seconds"] + webhook["seconds"]
+    cpu = cpu_between(before, after)
+    for channel, stats in (("email", smtp_stats), ("webhook", webhook_stats)):
+        if stats["count"] != result[channel]["ok"] or stats["duplicates"]:
+            raise BenchError(f"baseline {kind}: {channel} sent {result[channel]} but {stats}")
+    return {
+        # Emails, then webhooks, one after the other (per channel CPU); the worker sends
+        # both at once, but a client on one event loop is one core either way.
+        "seconds": round(seconds, 3),
+        "deliveries_per_second": round(sent / seconds, 1) if seconds else 0.0,
+        "cpu_ms_per_delivery": _per_item_ms(email["cpu_seconds"] + webhook["cpu_seconds"], sent),
+        "by_channel": {
+            channel: {
+                "sent": result[channel]["ok"],
+                "failed": result[channel]["failed"],
+                "seconds": result[channel]["seconds"],
+                "per_second": round(result[channel]["ok"] / result[channel]["seconds"], 1)
+                if result[channel]["seconds"]
+                else None,
+                "cpu_ms": _per_item_ms(result[channel]["cpu_seconds"], result[channel]["ok"]),
+            }
+            for channel in ("email", "webhook")
+        },
+        "sink_cpu_ms_per_delivery": _sink_cpu_ms(cpu, webhook_stats["count"], smtp_stats["count"]),
+        "sinks": {"email": _sink_check(smtp_stats), "webhook": _sink_check(webhook_stats)},
+        "machine": cpu,
+    }
+
+
+def worker_phase(
+    args: argparse.Namespace,
+    service: Service,
+    http: httpx.Client,
+    meter: Meter,
+    worker_roots: list[int],
+    children: Children,
+) -> dict[str, Any]:
+    """Declare one incident to the N members, wait until every delivery reached the sinks
+    and the ledger has none open; the worker's CPU, memory and timings over that."""
+    n: int = args.members
+    api, sinks = service.api, service.sinks
+    sinks.reset(http)
+    sampler = Sampler(worker_roots, meter.database)
+    sampler.sample()
+    sampler.start()
+    before = meter.read()
+    log("declaring")
+    declare_started = time.monotonic()
+    response = api.post("/v1/incidents", json=declare_body())
+    declared_at = time.monotonic()
+    api_after_declare = meter.components.cpu()["api"]
+    if response.status_code != 202:
+        sampler.stop()
+        raise BenchError(f"declare failed: {response.status_code} {response.text[:2000]}")
+    incident = response.json()
+    status_url = f"/v1/incidents/{incident['id']}/status"
+    log(f"declared in {declared_at - declare_started:.3f}s")
+
+    by_status: dict[str, int] = {}
+    status_final_at: float | None = None
+    last_status_check = 0.0
+    try:
+        while True:
+            children.check_alive()
+            now = time.monotonic()
+            if now > args.deadline:
+                raise BenchTimeout(
+                    f"fan-out not done before the deadline: status {by_status}, sinks "
+                    f"{[s['count'] for s in sinks.stats(http)]}"
+                )
+            webhook_stats, smtp_stats = sinks.stats(http)
+            delivered = webhook_stats["count"] >= n and smtp_stats["count"] >= n
+            # Often once the sinks have everything: the ledger's last writes follow the sends.
+            if now - last_status_check > (0.2 if delivered else 1.0):
+                by_status = counts(api.get(status_url).json())
+                last_status_check = now
+                if is_final(by_status):
+                    status_final_at = time.monotonic()
+                    break
+            time.sleep(0.1)
+    finally:
+        sampler.stop()
+    after = meter.read()  # the worker's CPU includes writing the last outcomes
+    webhook_stats, smtp_stats = sinks.stats(http)
+    last = max(webhook_stats["last_at"] or declared_at, smtp_stats["last_at"] or declared_at)
+    firsts = [s["first_at"] for s in (webhook_stats, smtp_stats) if s["first_at"] is not None]
+    fanout_seconds = last - declared_at
+    received = webhook_stats["count"] + smtp_stats["count"]
+    cpu = cpu_between(before, after)
+    used = cpu["cpu_seconds"]
+    return {
+        "deliveries": {
+            "expected": 2 * n,
+            "in_ledger": sum(by_status.values()),
+            "received": {"email": smtp_stats["count"], "webhook": webhook_stats["count"]},
+            "final_status": by_status,
+        },
+        "declare_latency_s": round(declared_at - declare_started, 3),
+        "declare_api_cpu_ms": round(1000 * (api_after_declare - before["api"]), 1),
+        "first_delivery_s": round(min(firsts) - declared_at, 3) if firsts else None,
+        "by_channel": {
+            name: _channel_timing(stats, declared_at)
+            for name, stats in (("email", smtp_stats), ("webhook", webhook_stats))
+        },
+        "fanout_seconds": round(fanout_seconds, 3),
+        "status_final_s": round(status_final_at - declared_at, 3) if status_final_at else None,
+        "deliveries_per_second": round(received / fanout_seconds, 1) if fanout_seconds else 0.0,
+        "cpu_ms_per_delivery": _per_item_ms(used["worker"], received),
+        "database_cpu_ms_per_delivery": _per_item_ms(used["database"], received)
+        if "database" in used
+        else None,
+        "api_cpu_ms_per_delivery": _per_item_ms(used["api"], received),
+        "sink_cpu_ms_per_delivery": _sink_cpu_ms(cpu, webhook_stats["count"], smtp_stats["count"]),
+        "sinks": {"email": _sink_check(smtp_stats), "webhook": _sink_check(webhook_stats)},
+        "worker_pss_mb": round(sampler.peak_pss_kb / 1024, 1),
+        "worker_max_rss_mb": round(sampler.max_rss_kb / 1024, 1),
+        "worker_processes": sampler.max_processes,
+        "machine": cpu,
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"min": None, "max": None, "relative": None}
+    middle = statistics.median(values)
+    return {
+        "min": min(values),
+        "max": max(values),
+        # (max - min) / median: 0.1 means the runs disagree by 10 % of the typical value.
+        "relative": round((max(values) - min(values)) / middle, 3) if middle else None,
+    }
 
 
 def run(
@@ -811,12 +1059,10 @@ def run(
     knobs = service_knobs(args)
     http = httpx.Client(timeout=30)
     service = start_service(args, tmp, children, backend_box, http)
-    backend, sinks, api, api_child = service.backend, service.sinks, service.api, service.api_child
-    worker, beat = service.worker, service.beat
-    assert worker is not None  # started: with_worker is the default
-    assert beat is not None
-    sampler = RssSampler(worker.process.pid)
-    sampler.start()
+    backend, sinks, api = service.backend, service.sinks, service.api
+    assert service.worker is not None  # with_worker is the default
+    assert service.beat is not None
+    worker_roots = [child.process.pid for child in (service.worker, *service.extra_workers)]
 
     started = time.monotonic()
     created = import_members(api, n, sinks.webhook_base)
@@ -825,37 +1071,92 @@ def run(
     if created != n:
         raise BenchError(f"expected {n} new members, the import created {created}")
 
-    log(f"raw transport: {n} webhooks + {n} emails")
-    raw = measure_raw(
-        sinks.webhook_base, sinks.smtp_port, n, args.webhook_concurrency, args.smtp_connections
-    )
-    raw_webhook_stats, raw_smtp_stats = sinks.stats(http)
-    raw["avg_bytes"] = {
-        "email": round(raw_smtp_stats["bytes"] / max(raw_smtp_stats["count"], 1)),
-        "webhook": round(raw_webhook_stats["bytes"] / max(raw_webhook_stats["count"], 1)),
-    }
-    log(f"raw: {raw['deliveries_per_second']}/s")
-    sinks.reset(http)
-    time.sleep(1)  # let the sinks and the beat settle
-
     components = Components(
         {
-            "worker": worker.process.pid,
-            "api": api_child.process.pid,
-            "beat": beat.process.pid,
+            "worker": worker_roots,
+            "api": service.api_child.process.pid,
+            "beat": service.beat.process.pid,
             "webhook_sink": sinks.webhook_pid,
             "smtp_sink": sinks.smtp_pid,
             **({"redis": backend.redis_pid} if backend.redis_pid else {}),
         }
     )
-    with profiling(
-        args.profile, {"worker": worker.process.pid, "api": api_child.process.pid}, args.idle
-    ):
-        result = fan_out(args, api, http, sinks, components, children)
-    sampler.stop()
-    received = sum(result["deliveries"]["received"].values())
-    worker_pids = process_tree(worker.process.pid)
-    hwm_kb = sum(status_kb(pid, "VmHWM") for pid in worker_pids)
+    database = None
+    if backend.name.startswith("postgresql"):
+        database = DatabaseCpu(backend.database_url)
+        backend.cleanups.append(database.close)
+        database.start()
+    meter = Meter(components, database)
+    cluster_before = cpu_seconds(pids_named(b"postgres")) if database else 0.0
+    runs: list[dict[str, Any]] = []
+    for index in range(args.runs):
+        # Each system in each position once over three runs: a machine that gets busier
+        # or quieter during the benchmark weighs on all three alike.
+        order = SYSTEMS[index % 3 :] + SYSTEMS[: index % 3]
+        result: dict[str, Any] = {"run": index + 1, "order": list(order)}
+        for system in order:
+            time.sleep(1)  # let the sinks, the beat and the ledger settle
+            log(f"run {index + 1}/{args.runs}: {system}")
+            if system == "worker":
+                with profiling(
+                    args.profile if index == 0 else None,
+                    {"worker": service.worker.process.pid, "api": service.api_child.process.pid},
+                    args.idle,
+                ):
+                    result[system] = worker_phase(
+                        args, service, http, meter, worker_roots, children
+                    )
+                log(f"worker: {result[system]['fanout_seconds']}s, "
+                    f"{result[system]['cpu_ms_per_delivery']} ms/delivery")  # fmt: skip
+            else:
+                kind = "library" if system == "library_baseline" else "floor"
+                result[system] = baseline_phase(kind, args, sinks, http, meter)
+                log(f"{system}: {result[system]['seconds']}s, "
+                    f"{result[system]['cpu_ms_per_delivery']} ms/delivery")  # fmt: skip
+        result["ratio"] = round(
+            result["worker"]["deliveries_per_second"]
+            / max(result["library_baseline"]["deliveries_per_second"], 1e-9),
+            3,
+        )
+        runs.append(result)
+    cluster_used = cpu_seconds(pids_named(b"postgres")) - cluster_before if database else None
+
+    def series(path: tuple[str, ...]) -> list[float]:
+        values = []
+        for one in runs:
+            value: Any = one
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, int | float):
+                values.append(float(value))
+        return values
+
+    headline = {
+        "fanout_seconds": ("worker", "fanout_seconds"),
+        "deliveries_per_second": ("worker", "deliveries_per_second"),
+        "declare_latency_s": ("worker", "declare_latency_s"),
+        "declare_api_cpu_ms": ("worker", "declare_api_cpu_ms"),
+        "ratio": ("ratio",),
+        "worker_cpu_ms_per_delivery": ("worker", "cpu_ms_per_delivery"),
+        "library_baseline_cpu_ms_per_delivery": ("library_baseline", "cpu_ms_per_delivery"),
+        "protocol_floor_cpu_ms_per_delivery": ("protocol_floor", "cpu_ms_per_delivery"),
+        "database_cpu_ms_per_delivery": ("worker", "database_cpu_ms_per_delivery"),
+        "worker_pss_mb": ("worker", "worker_pss_mb"),
+        "worker_max_rss_mb": ("worker", "worker_max_rss_mb"),
+    }
+    medians = {name: _median(series(path)) for name, path in headline.items()}
+    worker_cpu = medians["worker_cpu_ms_per_delivery"]
+    floor_cpu = medians["protocol_floor_cpu_ms_per_delivery"]
+    busy = [
+        {
+            "run": one["run"],
+            "system": system,
+            "others_share": one[system]["machine"]["others_share"],
+        }
+        for one in runs
+        for system in SYSTEMS
+        if one[system]["machine"]["busy"]
+    ]
     return {
         "machine": {
             "nproc": os.cpu_count(),
@@ -863,124 +1164,46 @@ def run(
             "platform": platform.platform(),
             "loadavg_1m_at_start": load_at_start,
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+            # Phases during which other processes used more than 10 % of the machine.
+            "busy_phases": busy,
         },
         "backend": backend.name,
         "members": n,
-        **result,
-        "import_seconds": round(import_seconds, 2),
-        "raw_deliveries_per_second": raw["deliveries_per_second"],
-        "ratio": round(
-            result["deliveries_per_second"] / max(raw["deliveries_per_second"], 1e-9), 3
-        ),
-        "raw": raw,
-        # Less sensitive to the rest of the machine than the rates: CPU per delivery.
+        "workers": len(worker_roots),
+        "receiver_latency_s": {"webhook": args.receiver_latency, "email": _smtp_latency(args)},
+        # Medians over the runs.
+        "fanout_seconds": medians["fanout_seconds"],
+        "deliveries_per_second": medians["deliveries_per_second"],
+        "declare_latency_s": medians["declare_latency_s"],
+        "declare_api_cpu_ms": medians["declare_api_cpu_ms"],
+        "ratio": medians["ratio"],
         "cpu_ms_per_delivery": {
-            "worker": _per_item_ms(result["cpu_seconds_during_fanout"]["worker"], received),
-            "raw_client": _per_item_ms(raw["client_cpu_seconds"], sum(raw["sent"].values())),
+            "worker": worker_cpu,
+            "library_baseline": medians["library_baseline_cpu_ms_per_delivery"],
+            "protocol_floor": floor_cpu,
+            "database": medians["database_cpu_ms_per_delivery"],
         },
-        "worker_peak_rss_mb": round(sampler.peak_kb / 1024, 1),
-        "worker_vmhwm_sum_mb": round(hwm_kb / 1024, 1),
-        "worker_processes": sampler.max_processes,
+        "worker_vs_floor": round(worker_cpu / floor_cpu, 2) if worker_cpu and floor_cpu else None,
+        "worker_pss_mb": medians["worker_pss_mb"],
+        "worker_max_rss_mb": max(series(("worker", "worker_max_rss_mb")), default=None),
+        "spread": {name: _spread(series(path)) for name, path in headline.items()},
+        "import_seconds": round(import_seconds, 2),
+        # Every postgres process of the machine (other databases too), over all the runs:
+        # an upper bound for the server's share; `cpu_ms_per_delivery.database` is ours.
+        "database_cluster_cpu_seconds": round(cluster_used, 2) if cluster_used else None,
+        "runs": runs,
         "settings": {
             **knobs,
+            "baselines": baseline_concurrency(args),
             "worker_pool": "prefork",
             "sweep_interval_seconds": DEFAULTS["sweep_interval_seconds"].default,
         },
     }
 
 
-def fan_out(
-    args: argparse.Namespace,
-    api: httpx.Client,
-    http: httpx.Client,
-    sinks: Sinks,
-    components: Components,
-    children: Children,
-) -> dict[str, Any]:
-    """Declare, then wait for every delivery at the sinks (and in the ledger)."""
-    n: int = args.members
-    idle_rss_kb = sum(status_kb(pid, "VmRSS") for pid in process_tree(components.pids["worker"]))
-    cpu_before = components.cpu()
-    busy_before, _ = machine_cpu()
-    log("declaring")
-    declare_started = time.monotonic()
-    response = api.post("/v1/incidents", json=declare_body())
-    declared_at = time.monotonic()
-    if response.status_code != 202:
-        raise BenchError(f"declare failed: {response.status_code} {response.text[:2000]}")
-    incident = response.json()
-    status_url = f"/v1/incidents/{incident['id']}/status"
-    expected_by_channel = counts(api.get(status_url).json())
-    expected = sum(expected_by_channel.values())
-    log(f"declared in {declared_at - declare_started:.3f}s, {expected} deliveries")
-
-    deadline = args.deadline
-    webhook_stats, smtp_stats = sinks.stats(http)
-    last_status_check = 0.0
-    by_status: dict[str, int] = {}
-    status_final_at: float | None = None
-    while True:
-        children.check_alive()
-        now = time.monotonic()
-        if now > deadline:
-            raise BenchTimeout(
-                f"fan-out not done before the deadline: webhooks {webhook_stats['count']}, "
-                f"emails {smtp_stats['count']}, status {by_status}"
-            )
-        webhook_stats, smtp_stats = sinks.stats(http)
-        if now - last_status_check > 1.0:
-            by_status = counts(api.get(status_url).json())
-            last_status_check = now
-            if status_final_at is None and is_final(by_status):
-                status_final_at = time.monotonic()
-        if webhook_stats["count"] >= n and smtp_stats["count"] >= n:
-            break
-        if status_final_at is not None:
-            break  # everything final, some deliveries failed: stop waiting for them
-        time.sleep(0.1)
-    cpu_after = components.cpu()
-    busy_after, _ = machine_cpu()
-    # The ledger is written after the sends: keep polling until nothing is open.
-    while status_final_at is None and time.monotonic() < deadline:
-        by_status = counts(api.get(status_url).json())
-        if is_final(by_status):
-            status_final_at = time.monotonic()
-        else:
-            time.sleep(0.2)
-    webhook_stats, smtp_stats = sinks.stats(http)
-    last = max(webhook_stats["last_at"] or declared_at, smtp_stats["last_at"] or declared_at)
-    firsts = [s["first_at"] for s in (webhook_stats, smtp_stats) if s["first_at"] is not None]
-    fanout_seconds = last - declared_at
-    received = webhook_stats["count"] + smtp_stats["count"]
-    cpu_used = {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before}
-    cpu_used["machine_busy"] = round(busy_after - busy_before, 2)
-    cpu_used["not_ours"] = round(
-        cpu_used["machine_busy"] - sum(v for k, v in cpu_used.items() if k != "machine_busy"), 2
-    )
-    return {
-        "deliveries": {
-            "expected": 2 * n,
-            "in_ledger": expected,
-            "received": {"email": smtp_stats["count"], "webhook": webhook_stats["count"]},
-            "final_status": by_status,
-            "avg_bytes": {
-                "email": round(smtp_stats["bytes"] / max(smtp_stats["count"], 1)),
-                "webhook": round(webhook_stats["bytes"] / max(webhook_stats["count"], 1)),
-            },
-        },
-        "worker_rss_before_declare_mb": round(idle_rss_kb / 1024, 1),
-        "declare_latency_s": round(declared_at - declare_started, 3),
-        "first_delivery_s": round(min(firsts) - declared_at, 3) if firsts else None,
-        "by_channel": {
-            name: _channel_timing(stats, declared_at)
-            for name, stats in (("email", smtp_stats), ("webhook", webhook_stats))
-        },
-        "fanout_seconds": round(fanout_seconds, 3),
-        "status_final_s": round(status_final_at - declared_at, 3) if status_final_at else None,
-        "deliveries_per_second": round(received / fanout_seconds, 1) if fanout_seconds else 0.0,
-        # "not_ours": the rest of the machine (PostgreSQL too) during the fan-out.
-        "cpu_seconds_during_fanout": cpu_used,
-    }
+def _smtp_latency(args: argparse.Namespace) -> float:
+    latency: float | None = getattr(args, "smtp_latency", None)
+    return getattr(args, "receiver_latency", 0.0) if latency is None else latency
 
 
 def _per_item_ms(seconds: float, items: int) -> float | None:
@@ -1052,6 +1275,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=10_000)
     add_service_arguments(parser)
     parser.add_argument(
+        "--runs", type=int, default=3, help="repeat worker and baselines, rotating the order"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (`rrmm worker`)")
+    parser.add_argument(
+        "--receiver-latency",
+        type=float,
+        default=0.0,
+        help="seconds the sinks wait before answering a webhook or the end of an email",
+    )
+    parser.add_argument(
+        "--smtp-latency", type=float, help="the SMTP sink's own latency (default: as above)"
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy the worker and the API during the fan-out into DIR"
     )
     parser.add_argument("--idle", action="store_true", help="with --profile: wall time, not CPU")
@@ -1059,6 +1295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_service_arguments(parser, args)
     if args.members < 1:
         parser.error("--members must be at least 1")
+    if args.runs < 1 or args.workers < 1:
+        parser.error("--runs and --workers must be at least 1")
+    if args.receiver_latency < 0 or (args.smtp_latency or 0) < 0:
+        parser.error("latencies must not be negative")
     return args
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
-from kombu import Queue
+from celery.signals import worker_init, worker_process_init
+from kombu import Exchange, Queue
 
 from app.config import Settings, get_settings
 
@@ -41,7 +42,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat's tasks have their own queue: behind a fan-out's hundreds of batches in one
         # queue they would expire before a worker reached them, and lease recovery with
         # them. Every worker consumes both queues.
-        "task_queues": (Queue(SEND_QUEUE), Queue(BEAT_QUEUE)),
+        # Each queue with its own exchange and key: with the defaults both would be bound
+        # to the default key, and every message would land in both.
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (SEND_QUEUE, BEAT_QUEUE)
+        ),
         "task_routes": {
             "rrmm.sweep": {"queue": BEAT_QUEUE},
             "rrmm.heartbeat": {"queue": BEAT_QUEUE},
@@ -98,6 +104,16 @@ celery_app = Celery("rrmm", include=["workers.tasks"])
 @celery_app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(get_settings()))
+
+
+@worker_init.connect
+def _freeze_heap(**_: Any) -> None:
+    # Before the pool forks: what the main process has built (modules, settings, the app)
+    # lives as long as the worker, so the garbage collector stops scanning it in every
+    # child (~0.14 ms per delivery measured, ECOSYSTEM.md) and the children no longer
+    # touch, and so copy, the pages it is on.
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_init.connect

@@ -131,40 +131,92 @@ def still_wanted() -> ColumnElement[bool]:
     )
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A row a claim took, with what a sender needs to know of it."""
+
+    id: int
+    incident_id: uuid.UUID
+    briefing_id: int
+    member_id: uuid.UUID | None
+    channel: str
+    language: str
+    attempts: int
+    created_at: datetime
+
+
 def claim(
     session: Session, ids: Sequence[int], *, lease: timedelta, max_attempts: int
-) -> list[Changed]:
+) -> list[Claimed]:
     """Claim the due rows among `ids` for sending: compare-and-set to `sending`, one more
     attempt, a lease. Rows another worker holds (unexpired lease), rows not yet due, final
     rows and rows no longer wanted (ended incident, superseded version: checked in this
     very statement, so a cancel that committed first always wins) are left alone, so a
-    task delivered twice sends nothing twice."""
-    claimed: list[Changed] = []
+    task delivered twice sends nothing twice.
+
+    Set-based, and the update returns what the sender needs of each row. On PostgreSQL one
+    statement per chunk: the claimable rows are picked and locked (skipping rows another
+    claim holds) with their status before the claim, which the counters need; SQLite's
+    RETURNING cannot see that, so there it is one statement per status before.
+    """
     now = db_time(session)
+    due = or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
+    claimable = and_(
+        Delivery.attempts < max_attempts,
+        or_(
+            and_(Delivery.status.in_((PENDING, RETRYING)), due),
+            # A lease that ran out: the worker died or hung mid-send. Take the row over.
+            and_(Delivery.status == SENDING, Delivery.lease_until < now),
+        ),
+        still_wanted(),
+    )
+    claimed: list[Claimed] = []
+    deltas: Counter[tuple[uuid.UUID, str, str]] = Counter()
     values = {
+        "status": SENDING,
         "attempts": Delivery.attempts + 1,
         "lease_until": db_time(session, lease),
         # Claimed: no message of the broker is needed for the row any more.
         "enqueued_at": None,
         "enqueue_count": 0,
+        "updated_at": utcnow(),
     }
-    due = or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
-    wanted = still_wanted()
+    returned = (
+        Delivery.id, Delivery.incident_id, Delivery.briefing_id, Delivery.member_id,
+        Delivery.channel, Delivery.language, Delivery.attempts, Delivery.created_at,
+    )  # fmt: skip
+    postgresql = session.get_bind().dialect.name == "postgresql"
     for chunk in _chunks(ids):
-        in_chunk = and_(Delivery.id.in_(chunk), Delivery.attempts < max_attempts, wanted)
-        claimed += transition(
-            session, where=and_(in_chunk, due), from_status=PENDING, to_status=SENDING,
-            values=values, now=utcnow(),
-        )  # fmt: skip
-        claimed += transition(
-            session, where=and_(in_chunk, due), from_status=RETRYING, to_status=SENDING,
-            values=values, now=utcnow(),
-        )  # fmt: skip
-        # A lease that ran out: the worker died or hung mid-send. Take the row over.
-        claimed += transition(
-            session, where=and_(in_chunk, Delivery.lease_until < now), from_status=SENDING,
-            to_status=SENDING, values=values, now=utcnow(),
-        )  # fmt: skip
+        if postgresql:
+            before = (
+                select(Delivery.id, Delivery.status)
+                .where(Delivery.id.in_(chunk), claimable)
+                .with_for_update(skip_locked=True)
+                .cte("claimable")
+            )
+            statements = [
+                update(Delivery)
+                .where(Delivery.id == before.c.id)
+                .values(**values)
+                .returning(*returned, before.c.status)
+            ]
+        else:
+            # SQLite's RETURNING sees only the updated row: one statement per status
+            # before (cheap in-process; SQLite has one writer, so nothing to skip).
+            statements = [
+                update(Delivery)
+                .where(Delivery.id.in_(chunk), claimable, Delivery.status == from_status)
+                .values(**values)
+                .returning(*returned, literal(from_status))
+                for from_status in (PENDING, RETRYING, SENDING)
+            ]
+        for statement in statements:
+            for row in session.execute(statement.execution_options(synchronize_session=False)):
+                *fields, from_status = row
+                claimed.append(Claimed(*fields))
+                deltas[(row.incident_id, row.channel, from_status)] -= 1
+                deltas[(row.incident_id, row.channel, SENDING)] += 1
+    bump_counters(session, deltas)
     return claimed
 
 

@@ -133,11 +133,13 @@ class OutcomeRecorder:
             self._wake.clear()
             now = time.monotonic()
             renew = now - renewed_at >= self._renew_every
-            if self._pending or renew or now - checked_at >= FENCE_CHECK_SECONDS:
-                await self._step(renew=renew)
-                checked_at = time.monotonic()
+            check = now - checked_at >= FENCE_CHECK_SECONDS
+            if self._pending or renew or check:
+                await self._step(renew=renew, check_fences=check)
+                if check:
+                    checked_at = time.monotonic()
                 if renew:
-                    renewed_at = checked_at
+                    renewed_at = time.monotonic()
 
     def stop(self) -> None:
         """Let `run` end after the step it is in (never cancel it mid-step: its thread
@@ -155,9 +157,9 @@ class OutcomeRecorder:
                     SendResult(delivery_id, ok=False, retryable=True, error=DEADLINE_EXCEEDED)
                 )
         while self._pending:
-            await self._step(renew=False)
+            await self._step(renew=False, check_fences=False)
 
-    async def _step(self, *, renew: bool) -> None:
+    async def _step(self, *, renew: bool, check_fences: bool) -> None:
         chunk, self._pending = self._pending, []
         in_chunk = {r.delivery_id for r in chunk}
         in_flight = [
@@ -167,7 +169,8 @@ class OutcomeRecorder:
         ]
         try:
             stopped = await asyncio.to_thread(
-                with_db_retries, lambda: self._write(chunk, in_flight if renew else []),
+                with_db_retries,
+                lambda: self._write(chunk, in_flight if renew else [], check_fences),
                 what="record outcomes",
             )  # fmt: skip
         except DBAPIError as exc:
@@ -178,18 +181,27 @@ class OutcomeRecorder:
             self.tally.lost += len(chunk)
             return
         self._written.update(r.delivery_id for r in chunk)
-        self._stopped_briefings |= stopped
+        if stopped is not None:
+            self._stopped_briefings |= stopped
 
-    def _write(self, chunk: Sequence[SendResult], in_flight: Sequence[tuple[int, int]]) -> set[int]:
-        """One transaction: the chunk's outcomes, lease renewals, and which of the batch's
-        versions are no longer wanted."""
+    def _write(
+        self,
+        chunk: Sequence[SendResult],
+        in_flight: Sequence[tuple[int, int]],
+        check_fences: bool,
+    ) -> set[int] | None:
+        """One transaction: the chunk's outcomes, lease renewals, and (when a check is due,
+        or a failure must know whether it is still wanted) which of the batch's versions
+        are no longer wanted. A chunk of successes alone costs no fence query."""
         with session_scope(self.session_factory) as session:
-            fates = ledger.fates(session, {job.briefing_id for job in self.jobs.values()})
+            fates: dict[int, str] | None = None
+            if check_fences or any(not r.ok for r in chunk):
+                fates = ledger.fates(session, {job.briefing_id for job in self.jobs.values()})
             if chunk:
-                self._record(session, chunk, fates)
+                self._record(session, chunk, fates or {})
             if in_flight:
                 ledger.renew(session, in_flight, lease=self._lease)
-        return set(fates)
+        return set(fates) if fates is not None else None
 
     def _record(self, session: Session, chunk: Sequence[SendResult], fates: dict[int, str]) -> None:
         now = utcnow()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,15 +28,16 @@ from app.deliveries import ledger
 from app.deliveries.content import (
     WEBHOOK_TYPES,
     RenderedBriefing,
+    cached_render,
     incident_summary,
-    render,
     webhook_timestamp,
 )
 from app.deliveries.email import (
     EmailTemplate,
     UnsafeHeader,
     address_member,
-    build_template,
+    cached_template,
+    date_header,
     message_id,
     thread_id,
 )
@@ -122,58 +123,57 @@ class Context:
     first_emails: dict[tuple[uuid.UUID, uuid.UUID | None], int] = field(default_factory=dict)
 
 
-def _reason_unusable(row: Any) -> str | None:
-    if row.member_id is None:
+def _reason_unusable(channel: str, member: Any) -> str | None:
+    if member is None:
         return "member deleted"
-    if row.member_status != "active":
+    if member.member_status != "active":
         return "member paused"
-    if row.channel == "email" and not row.email:
+    if channel == "email" and not member.email:
         return "member has no email address any more"
-    if row.channel == "webhook":
-        if not row.webhook_url or row.webhook_secret is None:
+    if channel == "webhook":
+        if not member.webhook_url or member.webhook_secret is None:
             return "member has no webhook any more"
-        if row.webhook_disabled_at is not None:
+        if member.webhook_disabled_at is not None:
             return "member's webhook is disabled (410 Gone)"
     return None
 
 
-def _load_jobs(session: Session, claimed: Sequence[ledger.Changed]) -> list[Job]:
-    attempts = {c.id: c.attempts for c in claimed}
-    rows = session.execute(
-        select(
-            Delivery.id,
-            Delivery.channel,
-            Delivery.language,
-            Delivery.briefing_id,
-            Delivery.incident_id,
-            Delivery.created_at,
-            Delivery.member_id,
-            Member.status.label("member_status"),
-            Member.email,
-            Member.webhook_url,
-            Member.webhook_secret_encrypted.label("webhook_secret"),
-            Member.webhook_disabled_at,
+def _load_jobs(session: Session, claimed: Sequence[ledger.Claimed]) -> list[Job]:
+    """The claimed rows with their members' addresses (one query by member)."""
+    member_ids = {c.member_id for c in claimed if c.member_id is not None}
+    members = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Member.id,
+                Member.status.label("member_status"),
+                Member.email,
+                Member.webhook_url,
+                Member.webhook_secret_encrypted.label("webhook_secret"),
+                Member.webhook_disabled_at,
+            ).where(Member.id.in_(member_ids))
         )
-        .outerjoin(Member, Member.id == Delivery.member_id)
-        .where(Delivery.id.in_(list(attempts)))
-    )
-    return [
-        Job(
-            delivery_id=row.id,
-            attempt=attempts[row.id],
-            channel=row.channel,
-            language=row.language,
-            briefing_id=row.briefing_id,
-            incident_id=row.incident_id,
-            created_at=row.created_at,
-            member_id=row.member_id,
-            email=row.email,
-            webhook_url=row.webhook_url,
-            webhook_secret=row.webhook_secret,
-            usable=_reason_unusable(row),
+    }
+    jobs = []
+    for row in claimed:
+        member = members.get(row.member_id) if row.member_id is not None else None
+        jobs.append(
+            Job(
+                delivery_id=row.id,
+                attempt=row.attempts,
+                channel=row.channel,
+                language=row.language,
+                briefing_id=row.briefing_id,
+                incident_id=row.incident_id,
+                created_at=row.created_at,
+                member_id=row.member_id,
+                email=member.email if member else None,
+                webhook_url=member.webhook_url if member else None,
+                webhook_secret=member.webhook_secret if member else None,
+                usable=_reason_unusable(row.channel, member),
+            )
         )
-        for row in rows
-    ]
+    return jobs
 
 
 def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
@@ -205,7 +205,9 @@ def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
 
 
 class MessageBuilder:
-    """Renders each (briefing version, language) once, then addresses it per member."""
+    """Addresses each message per member; what all readers of a (briefing version,
+    language) share is rendered once per process (`cached_render`, `cached_template`), and
+    a webhook body's shared JSON once per batch, the member's link and token spliced in."""
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.settings = settings
@@ -214,16 +216,23 @@ class MessageBuilder:
         self.signer = signer_from_settings(settings)
         self.public_url = settings.public_url.rstrip("/")
         self.domain = _mail_domain(settings.mail_from)
-        self._rendered: dict[tuple[int, str], RenderedBriefing] = {}
+        self._rendered: dict[tuple[int, str], tuple[Hashable, RenderedBriefing]] = {}
         self._templates: dict[tuple[int, str], EmailTemplate] = {}
+        self._bodies: dict[tuple[int, str, datetime], _WebhookBody] = {}
+        # The message's Date: the batch's, as when each batch built its own templates.
+        self._date = date_header(utcnow())
 
-    def rendered(self, job: Job) -> RenderedBriefing:
+    def _render(self, job: Job) -> tuple[Hashable, RenderedBriefing]:
         key = (job.briefing_id, job.language)
-        if key not in self._rendered:
+        found = self._rendered.get(key)
+        if found is None:
             incident = self.context.incidents[job.incident_id]
             briefing = self.context.briefings[job.briefing_id]
-            self._rendered[key] = render(incident, briefing, job.language)
-        return self._rendered[key]
+            found = self._rendered[key] = cached_render(incident, briefing, job.language)
+        return found
+
+    def rendered(self, job: Job) -> RenderedBriefing:
+        return self._render(job)[1]
 
     def ack_token(self, job: Job) -> str:
         """Valid for RRMM_ACK_TOKEN_TTL_DAYS after the later of sending and the incident's
@@ -236,11 +245,12 @@ class MessageBuilder:
 
     def email(self, job: Job) -> EmailRequest:
         key = (job.briefing_id, job.language)
-        if key not in self._templates:
-            self._templates[key] = build_template(
-                self.rendered(job), mail_from=self.settings.mail_from
+        template = self._templates.get(key)
+        if template is None:
+            render_key, rendered = self._render(job)
+            template = self._templates[key] = cached_template(
+                rendered, key=render_key, mail_from=self.settings.mail_from
             )
-        template = self._templates[key]
         briefing = self.context.briefings[job.briefing_id]
         assert job.email is not None
         references = [thread_id(str(job.incident_id), self.domain)]
@@ -249,6 +259,7 @@ class MessageBuilder:
             references.append(message_id(first, self.domain))
         message = address_member(
             template,
+            date=self._date,
             to=job.email,
             message_id=message_id(job.delivery_id, self.domain),
             ack_url=f"{self.public_url}/ack/{self.ack_token(job)}",
@@ -256,30 +267,29 @@ class MessageBuilder:
         )
         return EmailRequest(job.delivery_id, template.sender_address, job.email, message)
 
+    def _webhook_body(self, job: Job, now: datetime) -> _WebhookBody:
+        key = (job.briefing_id, job.language, now)
+        body = self._bodies.get(key)
+        if body is None:
+            incident = self.context.incidents[job.incident_id]
+            briefing = self.context.briefings[job.briefing_id]
+            body = self._bodies[key] = _WebhookBody.of(
+                type_=WEBHOOK_TYPES[briefing.kind],
+                timestamp=webhook_timestamp(now),
+                incident=incident_summary(incident),
+                briefing={**self.rendered(job).webhook_briefing, "kind": briefing.kind},
+                ack_url=f"{self.public_url}/v1/acks",
+                deadline=webhook_timestamp(incident.ack_deadline)
+                if incident.ack_deadline
+                else None,
+                responses=incident.responses,
+            )
+        return body
+
     def webhook(self, job: Job, now: datetime) -> WebhookRequest:
-        incident = self.context.incidents[job.incident_id]
-        briefing = self.context.briefings[job.briefing_id]
         token = self.ack_token(job)
-        body = json.dumps(
-            {
-                "type": WEBHOOK_TYPES[briefing.kind],
-                "timestamp": webhook_timestamp(now),
-                "data": {
-                    "incident": incident_summary(incident),
-                    "briefing": {**self.rendered(job).webhook_briefing, "kind": briefing.kind},
-                    "ack": {
-                        "url": f"{self.public_url}/v1/acks",
-                        "page": f"{self.public_url}/ack/{token}",
-                        "token": token,
-                        "deadline": webhook_timestamp(incident.ack_deadline)
-                        if incident.ack_deadline
-                        else None,
-                        "responses": incident.responses,
-                    },
-                },
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
+        body = self._webhook_body(job, now).with_ack(
+            page=f"{self.public_url}/ack/{token}", token=token
         )
         assert job.webhook_url is not None
         assert job.webhook_secret is not None
@@ -297,6 +307,38 @@ class MessageBuilder:
                 "webhook-signature": signature,
             },
         )
+
+
+# Compact JSON, as `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`; one
+# encoder for every call (building one per call costs more than encoding a short string).
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class _WebhookBody:
+    """A webhook event's JSON with everything but the member's acknowledgement page and
+    token encoded once; the result is byte for byte what encoding the whole event gives:
+    `{"type", "timestamp", "data": {"incident", "briefing", "ack": {"url", "page", "token",
+    "deadline", "responses"}}}`."""
+
+    head: str
+    tail: str
+
+    @classmethod
+    def of(
+        cls, *, type_: str, timestamp: str, incident: dict[str, Any], briefing: dict[str, Any],
+        ack_url: str, deadline: str | None, responses: Any,
+    ) -> _WebhookBody:  # fmt: skip
+        head = (
+            f'{{"type":{_json(type_)},"timestamp":{_json(timestamp)},'
+            f'"data":{{"incident":{_json(incident)},"briefing":{_json(briefing)},'
+            f'"ack":{{"url":{_json(ack_url)},"page":'
+        )
+        tail = f',"deadline":{_json(deadline)},"responses":{_json(responses)}}}}}}}'
+        return cls(head, tail)
+
+    def with_ack(self, *, page: str, token: str) -> str:
+        return f'{self.head}{_json(page)},"token":{_json(token)}{self.tail}'
 
 
 def _mail_domain(mail_from: str) -> str:
@@ -441,37 +483,52 @@ def send_batch(
     return report
 
 
+# Rows taken from the ledger per statement: a sweep or a dispatch of 100,000 rows holds one
+# page in memory at a time, and its first batches are on the broker before the last page
+# is read.
+DISPATCH_PAGE_ROWS = 5_000
+
+
 def dispatch(
     session_factory: sessionmaker[Session],
     settings: Settings,
     publish: Publish,
     *,
     briefing_id: int | None = None,
-    limit: int = 100_000,
+    limit: int = 1_000_000,
+    page_rows: int = DISPATCH_PAGE_ROWS,
 ) -> int:
-    """Hand every due row (of one briefing, or of all) to `publish`, in per-channel batches.
+    """Hand every due row (of one briefing, or of all) to `publish`, in per-channel batches,
+    one page of the ledger at a time.
 
     Rows are marked as queued in the database first: if publishing fails, they are picked
     up again by the sweeper after `requeue_after_seconds`.
     """
     now = utcnow()
-    with session_scope(session_factory) as session:
-        rows = ledger.take_due(
-            session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
-            limit=limit, briefing_id=briefing_id,
-        )  # fmt: skip
-    if rows:
+    queued = 0
+    while queued < limit:
+        page = min(page_rows, limit - queued)
+        with session_scope(session_factory) as session:
+            rows = ledger.take_due(
+                session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
+                limit=page, briefing_id=briefing_id,
+            )  # fmt: skip
+        if not rows:
+            break
         # Its own short transaction, after the rows are marked: the timeline's lock on the
         # incident row is never held while delivery rows are (lock order).
         with session_scope(session_factory) as session:
             timeline.record_fanout_started(session, [row.briefing_id for row in rows], now)
-    # Rows of one member's channels are adjacent, so a batch holds both channels and its
-    # SMTP and HTTP exchanges overlap.
-    ids = [row.id for row in rows]
-    size = settings.delivery_batch_size
-    for start in range(0, len(ids), size):
-        publish(ids[start : start + size])
-    return len(rows)
+        # Rows of one member's channels are adjacent, so a batch holds both channels and
+        # its SMTP and HTTP exchanges overlap.
+        ids = [row.id for row in rows]
+        size = settings.delivery_batch_size
+        for start in range(0, len(ids), size):
+            publish(ids[start : start + size])
+        queued += len(rows)
+        if len(rows) < page:
+            break
+    return queued
 
 
 def sweep(

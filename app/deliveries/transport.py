@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any
+from email.utils import parseaddr, parsedate_to_datetime
+from typing import Any, cast
 
 import aiohttp
 import aiosmtplib
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiosmtplib.protocol import normalize_message_line_endings
 from yarl import URL
 
 from app.netguard import NonPublicAddress, address_literal, client_host, refuse_non_public
@@ -112,7 +115,8 @@ async def _read_capped(response: aiohttp.ClientResponse) -> None:
 
 
 class WebhookSender:
-    """One pooled session per batch; `concurrency` requests in flight at most."""
+    """One pooled session for the process's loop; a fixed pool of `concurrency` sender
+    coroutines takes requests from one queue (no task and no semaphore wait per request)."""
 
     def __init__(
         self,
@@ -124,16 +128,19 @@ class WebhookSender:
         retry_after_cap: float,
     ) -> None:
         self.allow_private = allow_private
-        self.timeout = aiohttp.ClientTimeout(
-            total=total_timeout, connect=connect_timeout, sock_read=total_timeout
-        )
+        # `total` bounds the whole exchange, reading the answer included (a receiver that
+        # drips its answer runs into it), so no per-read timer is rearmed on every chunk.
+        self.timeout = aiohttp.ClientTimeout(total=total_timeout, connect=connect_timeout)
         self.concurrency = concurrency
         self.retry_after_cap = retry_after_cap
 
         self._session: aiohttp.ClientSession | None = None
-        self._gate: asyncio.Semaphore | None = None
+        # URL text → what to call (or why not): a member's URL is parsed and checked once
+        # per process, not once per delivery. Only the literal check is cached; names are
+        # still resolved (and checked) by the connector at connect time.
+        self._targets: dict[str, URL | SendResult] = {}
 
-    def _client(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+    def _client(self) -> aiohttp.ClientSession:
         """One pooled session for the life of the process's event loop: connections to a
         receiver are reused from one batch to the next."""
         if self._session is None or self._session.closed:
@@ -144,11 +151,14 @@ class WebhookSender:
                 ttl_dns_cache=60,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self.timeout, auto_decompress=False
+                connector=connector,
+                timeout=self.timeout,
+                auto_decompress=False,
+                # No cookie jar: a receiver's Set-Cookie must never reach another member's
+                # receiver on the same host, and keeping cookies costs per request.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
-            self._gate = asyncio.Semaphore(self.concurrency)
-        assert self._gate is not None
-        return self._session, self._gate
+        return self._session
 
     async def send_all(
         self,
@@ -160,19 +170,23 @@ class WebhookSender:
         A request that `wanted` refuses when its turn comes is not sent."""
         if not requests:
             return []
-        session, gate = self._client()
+        session = self._client()
+        queue = deque(requests)
+        results: list[SendResult] = []
 
-        async def one(request: WebhookRequest) -> SendResult:
-            async with gate:
+        async def sender() -> None:
+            while queue:
+                request = queue.popleft()
                 if wanted is not None and not wanted(request.delivery_id):
                     result = not_wanted(request.delivery_id)
                 else:
                     result = await self._send(session, request)
-            if on_result is not None:
-                on_result(result)
-            return result
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        await asyncio.gather(*(sender() for _ in range(min(self.concurrency, len(requests)))))
+        return results
 
     async def close(self) -> None:
         if self._session is not None:
@@ -193,16 +207,34 @@ class WebhookSender:
             return refusal
         return None
 
-    async def _send(self, session: aiohttp.ClientSession, request: WebhookRequest) -> SendResult:
+    def _target(self, request: WebhookRequest) -> URL | SendResult:
+        """The URL object to call, or the final failure it always leads to."""
+        cached = self._targets.get(request.url)
+        if cached is None:
+            cached = self._parse_target(request.url)
+            if len(self._targets) >= 100_000:
+                self._targets.clear()
+            self._targets[request.url] = cached
+        if isinstance(cached, SendResult):
+            return SendResult(request.delivery_id, ok=False, error=cached.error)
+        return cached
+
+    def _parse_target(self, text: str) -> URL | SendResult:
         try:
             # yarl normalises the host here (IDNA, full-width digits): what is checked below
             # and by the resolver is what aiohttp connects to.
-            url = URL(request.url)
+            url = URL(text)
         except ValueError as exc:
-            return SendResult(request.delivery_id, ok=False, error=f"invalid webhook URL: {exc}")
+            return SendResult(0, ok=False, error=f"invalid webhook URL: {exc}")
         refusal = self._literal_address_refused(url)
         if refusal is not None:
-            return SendResult(request.delivery_id, ok=False, error=str(refusal))
+            return SendResult(0, ok=False, error=str(refusal))
+        return url
+
+    async def _send(self, session: aiohttp.ClientSession, request: WebhookRequest) -> SendResult:
+        url = self._target(request)
+        if isinstance(url, SendResult):
+            return url
         try:
             async with session.post(
                 url, data=request.body, headers=request.headers, allow_redirects=False
@@ -368,6 +400,230 @@ async def open_smtp(s: SmtpSettings) -> aiosmtplib.SMTP:
     return client
 
 
+class _Replies(asyncio.Protocol):
+    """SMTP replies as they arrive, in order, for pipelined commands: aiosmtplib's protocol
+    keeps one reply waiter at a time and drops what arrives while none is pending, so it
+    cannot take several replies to one write."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._buffer = bytearray()
+        self._replies: deque[tuple[int, str]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > 64 * 1024:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "SMTP reply too long"))
+            self.transport.abort()
+            return
+        self._parse()
+
+    def _parse(self) -> None:
+        """Every complete reply in the buffer (a reply is lines `250-…` ending `250 …`)."""
+        start = 0
+        lines: list[bytes] = []
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            line = bytes(buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            lines.append(line[4:])
+            if line[3:4] != b"-":
+                try:
+                    code = int(line[:3])
+                except ValueError:
+                    self._fail(aiosmtplib.SMTPResponseException(-1, "malformed SMTP reply"))
+                    self.transport.abort()
+                    return
+                self._replies.append((code, b"\n".join(lines).decode("utf-8", "replace")))
+                lines = []
+                del buffer[:start]
+                start = 0
+        if self._replies:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = exc
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+            self._waiter.exception()  # retrieved: nobody may be waiting any more
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("the relay closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = aiosmtplib.SMTPServerDisconnected("connection lost")
+        lost.__cause__ = exc
+        self._fail(lost)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._lost is None and not self.transport.is_closing()
+
+    async def replies(self, count: int, timeout: float) -> list[tuple[int, str]]:
+        """The next `count` replies, each within `timeout` of the previous one."""
+        got: list[tuple[int, str]] = []
+        while len(got) < count:
+            if self._replies:
+                got.append(self._replies.popleft())
+                continue
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        return got
+
+
+_UNSAFE_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")
+
+
+class SmtpConnection:
+    """One relay connection after `open_smtp` (greeting, EHLO, STARTTLS, AUTH done there by
+    aiosmtplib), driven from then on by our own reply reader: with PIPELINING, MAIL FROM,
+    RCPT TO and DATA go out in one write and the message in a second, so a message costs
+    two round trips and two writes; without it, one command at a time as before."""
+
+    def __init__(self, client: aiosmtplib.SMTP, timeout: float) -> None:
+        protocol = client.protocol
+        if protocol is None or protocol.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("not connected")
+        transport = cast(asyncio.Transport, protocol.transport)
+        self.timeout = timeout
+        self.pipelining = client.supports_extension("pipelining")
+        self.size = client.supports_extension("size")
+        self._transport = transport
+        self._replies = _Replies(transport)
+        # From here on the socket's bytes come to us; aiosmtplib's client is not used again.
+        transport.set_protocol(self._replies)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._replies.is_connected
+
+    def close(self) -> None:
+        self._transport.abort()
+
+    async def quit(self) -> None:
+        if not self.is_connected:
+            self._transport.abort()
+            return
+        try:
+            self._transport.write(b"QUIT\r\n")
+            await self._replies.replies(1, 2)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            self._transport.close()
+
+    async def _exchange(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        if not self.is_connected:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        self._transport.write(data)
+        return await self._replies.replies(count, self.timeout)
+
+    async def rset(self) -> None:
+        (code, text), *_ = await self._exchange(b"RSET\r\n", 1)
+        if code != 250:
+            raise aiosmtplib.SMTPResponseException(code, text)
+
+    async def send(self, request: EmailRequest) -> SendResult:
+        """One transaction. A 4xx on MAIL FROM, DATA or the message raises (the caller
+        starts a fresh session and the message is retried); a refused recipient or any
+        5xx is this message's result."""
+        delivery_id = request.delivery_id
+        try:
+            sender, recipient = (
+                _envelope_address(request.sender),
+                _envelope_address(request.recipient),
+            )
+        except ValueError as exc:
+            return SendResult(delivery_id, ok=False, error=f"not sendable: {exc}")
+        data = wire_message(request.message)
+        size = b" SIZE=%d" % len(data) if self.size else b""
+        mail = b"MAIL FROM:<" + sender + b">" + size + b"\r\n"
+        rcpt = b"RCPT TO:<" + recipient + b">\r\n"
+        if self.pipelining:
+            replies = await self._exchange(mail + rcpt + b"DATA\r\n", 3)
+        else:
+            replies = await self._exchange(mail, 1)
+            if replies[0][0] == 250:
+                replies += await self._exchange(rcpt, 1)
+                if replies[1][0] in (250, 251):
+                    replies += await self._exchange(b"DATA\r\n", 1)
+        (mail_code, mail_text), *rest = replies
+        rcpt_code = rest[0][0] if rest else 0
+        data_code, data_text = rest[1] if len(rest) > 1 else (0, "")
+        if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+            # A relay that accepted DATA although the envelope was refused (RFC 2920 says
+            # it must not): an empty message ends it, then the envelope is reset below.
+            await self._exchange(b".\r\n", 1)
+        if mail_code != 250:
+            if mail_code < 500:
+                raise aiosmtplib.SMTPResponseException(mail_code, mail_text)
+            await self.rset()
+            return SendResult(delivery_id, ok=False, error=f"SMTP {mail_code}: {_short(mail_text)}")
+        if rcpt_code not in (250, 251):
+            await self.rset()
+            return SendResult(
+                delivery_id,
+                ok=False,
+                retryable=400 <= rcpt_code < 500,
+                error=f"SMTP {rcpt_code}: recipient refused",
+            )
+        if data_code != 354:
+            if data_code < 500:
+                raise aiosmtplib.SMTPResponseException(data_code, data_text)
+            await self.rset()
+            return SendResult(delivery_id, ok=False, error=f"SMTP {data_code}: {_short(data_text)}")
+        ((code, text),) = await self._exchange(data, 1)
+        if code == 250:
+            return SendResult(delivery_id, ok=True)
+        if code < 500:
+            raise aiosmtplib.SMTPResponseException(code, text)
+        return SendResult(delivery_id, ok=False, error=f"SMTP {code}: {_short(text)}")
+
+
+def _envelope_address(address: str) -> bytes:
+    """The bare address for MAIL FROM / RCPT TO; nothing that could end the command line
+    or the path early (the member's address was validated when written, this is the last
+    line of defence on the wire)."""
+    _, parsed = parseaddr(address)
+    parsed = parsed or address.strip()
+    if not parsed or _UNSAFE_ADDRESS.search(parsed):
+        raise ValueError("unsafe character in an email address")
+    try:
+        return parsed.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("non-ASCII email address (SMTPUTF8 is not used)") from None
+
+
+def wire_message(message: bytes) -> bytes:
+    """The DATA payload: CRLF line endings, lines starting with a dot doubled, and the
+    end-of-data line. Messages built by `app.deliveries.email` are CRLF and never start a
+    line with a dot already, so this is two counts and a search, no regex over the body
+    (aiosmtplib's cost); anything else is normalised the slow way."""
+    if message.count(b"\n") != message.count(b"\r\n") or message.count(b"\r") != message.count(
+        b"\r\n"
+    ):
+        message = normalize_message_line_endings(message)
+    if message.startswith(b".") or b"\n." in message:
+        message = (b"." + message if message.startswith(b".") else message).replace(b"\n.", b"\n..")
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message + b".\r\n"
+
+
 class SmtpSender:
     """A few SMTP connections, each reused for many messages, one message per member."""
 
@@ -375,7 +631,7 @@ class SmtpSender:
         self.settings = settings
         # Connections kept open between batches (a relay's greeting and EHLO cost a round
         # trip or two each; its quota usually counts connections too).
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[SmtpConnection] = []
 
     async def close(self) -> None:
         while self._idle:
@@ -391,9 +647,7 @@ class SmtpSender:
         A message that `wanted` refuses when its turn comes is not sent."""
         if not requests:
             return []
-        queue: asyncio.Queue[EmailRequest] = asyncio.Queue()
-        for request in requests:
-            queue.put_nowait(request)
+        queue: deque[EmailRequest] = deque(requests)
         results: list[SendResult] = []
 
         def report(result: SendResult) -> None:
@@ -407,8 +661,8 @@ class SmtpSender:
         )
         # Every connection gave up (server down or hung): the rest wait for their retry
         # instead of each waiting out its own timeout.
-        while not queue.empty():
-            request = queue.get_nowait()
+        while queue:
+            request = queue.popleft()
             report(
                 SendResult(
                     request.delivery_id,
@@ -419,27 +673,32 @@ class SmtpSender:
             )
         return results
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        return await open_smtp(self.settings)
+    async def _connect(self) -> SmtpConnection:
+        client = await open_smtp(self.settings)
+        try:
+            return SmtpConnection(client, self.settings.timeout)
+        except BaseException:
+            client.close()
+            raise
 
     async def _connection_loop(
         self,
-        queue: asyncio.Queue[EmailRequest],
+        queue: deque[EmailRequest],
         report: OnResult,
         wanted: Wanted | None,
     ) -> None:
-        client: aiosmtplib.SMTP | None = self._idle.pop() if self._idle else None
+        client: SmtpConnection | None = self._idle.pop() if self._idle else None
         reused = client is not None
         try:
-            while not queue.empty():
-                request = queue.get_nowait()
+            while queue:
+                request = queue.popleft()
                 if wanted is not None and not wanted(request.delivery_id):
                     report(not_wanted(request.delivery_id))
                     continue
                 try:
                     if client is None or not client.is_connected:
                         client, reused = await self._connect(), False
-                    report(await self._send(client, request))
+                    report(await client.send(request))
                     reused = False
                 except aiosmtplib.SMTPResponseException as exc:
                     # A 4xx for this transaction: retry it later, start a fresh session.
@@ -457,7 +716,7 @@ class SmtpSender:
                         # The relay closed an idle connection meanwhile: once more, afresh.
                         await _close_quietly(client)
                         client, reused = None, False
-                        queue.put_nowait(request)
+                        queue.append(request)
                         continue
                     # The connection itself failed: this loop stops (see send_all).
                     report(_smtp_failure(request.delivery_id, exc))
@@ -467,32 +726,6 @@ class SmtpSender:
         finally:
             if client is not None and client.is_connected:
                 self._idle.append(client)
-
-    async def _send(self, client: aiosmtplib.SMTP, request: EmailRequest) -> SendResult:
-        try:
-            errors, _ = await asyncio.wait_for(
-                client.sendmail(request.sender, [request.recipient], request.message),
-                timeout=self.settings.timeout * 3,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0] if exc.recipients else None
-            code = refused.code if refused is not None else 550
-            return SendResult(
-                request.delivery_id,
-                ok=False,
-                retryable=400 <= code < 500,
-                error=f"SMTP {code}: recipient refused",
-            )
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code < 500:
-                raise  # 4xx on the transaction: the connection is reset by the caller
-            await client.rset()
-            return SendResult(
-                request.delivery_id, ok=False, error=f"SMTP {exc.code}: {_short(exc.message)}"
-            )
-        if errors:
-            return SendResult(request.delivery_id, ok=False, retryable=True, error="refused")
-        return SendResult(request.delivery_id, ok=True)
 
 
 def _short(text: Any) -> str:
@@ -515,11 +748,6 @@ def _smtp_failure(delivery_id: int, exc: BaseException) -> SendResult:
     )
 
 
-async def _close_quietly(client: aiosmtplib.SMTP | None) -> None:
-    if client is None:
-        return
-    try:
-        if client.is_connected:
-            await asyncio.wait_for(client.quit(), timeout=2)
-    except (aiosmtplib.SMTPException, OSError, TimeoutError):
-        client.close()
+async def _close_quietly(client: SmtpConnection | None) -> None:
+    if client is not None:
+        await client.quit()

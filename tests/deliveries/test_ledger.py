@@ -47,7 +47,7 @@ def statuses(session_factory: sessionmaker[Session], ids: list[int]) -> list[str
         )
 
 
-def claim(session_factory: sessionmaker[Session], ids: list[int]) -> list[ledger.Changed]:
+def claim(session_factory: sessionmaker[Session], ids: list[int]) -> list[ledger.Claimed]:
     with session_scope(session_factory) as session:
         return ledger.claim(session, ids, lease=LEASE, max_attempts=8)
 
@@ -164,3 +164,49 @@ def test_a_skewed_worker_clock_does_not_move_leases_on_postgresql(
     assert claim(session_factory, ids) == []
     with session_factory() as session:
         assert session.scalar(select(func.max(Delivery.attempts)).where(Delivery.id.in_(ids))) == 1
+
+
+def test_dispatch_reads_the_ledger_one_page_at_a_time(session_factory, settings, declared):
+    """Each page's batches are published before the next page is read, and every due row
+    is published exactly once."""
+    from app.deliveries import service
+
+    _incident_id, ids = declared
+    published: list[list[int]] = []
+    queued = service.dispatch(session_factory, settings, published.append, page_rows=2)
+    assert queued == 3
+    assert published == [sorted(ids)[:2], sorted(ids)[2:]]
+    assert service.dispatch(session_factory, settings, published.append, page_rows=2) == 0
+
+
+def test_one_claim_of_pending_retrying_and_expired_rows_keeps_the_counters_exact(
+    session_factory, declared
+):
+    from app.models import DeliveryCounter
+
+    incident_id, ids = declared
+    pending, retrying, expired = sorted(ids)
+    taken = {c.id: c for c in claim(session_factory, [retrying, expired])}
+    with session_scope(session_factory) as session:
+        assert ledger.finish_one(
+            session, delivery_id=retrying, attempt=taken[retrying].attempts,
+            to_status=ledger.RETRYING, now=utcnow(), error="HTTP 503", retry_in=timedelta(0),
+        )  # fmt: skip
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == expired)
+            .values(lease_until=utcnow() - timedelta(minutes=1))
+        )
+    claimed = claim(session_factory, ids)
+    assert sorted(c.id for c in claimed) == sorted(ids)
+    assert {c.id: c.attempts for c in claimed} == {pending: 1, retrying: 2, expired: 2}
+    assert {c.channel for c in claimed} == {"email"}
+    with session_factory() as session:
+        counts = dict(
+            session.execute(
+                select(DeliveryCounter.status, func.sum(DeliveryCounter.count))
+                .where(DeliveryCounter.incident_id == incident_id)
+                .group_by(DeliveryCounter.status)
+            ).all()
+        )
+    assert {status: n for status, n in counts.items() if n} == {"sending": 3}

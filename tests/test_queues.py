@@ -1,0 +1,35 @@
+"""The broker's queues, on the real Redis: each task lands in its own queue, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Connection, Queue
+
+from app.config import Settings
+from workers.celery_app import BEAT_QUEUE, SEND_QUEUE, SEND_TASK, celery_config
+
+
+def depth(connection: Any, name: str) -> int:
+    declared: Any = Queue(name).bind(connection.default_channel).queue_declare(passive=True)
+    return int(declared.message_count)
+
+
+def test_send_tasks_and_beat_tasks_each_land_in_their_own_queue_once(settings: Settings):
+    app = Celery("queue-test", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    with Connection(settings.broker_url) as connection:
+        # As a worker does when it starts: every queue it consumes, with its binding.
+        for queue in app.amqp.queues.values():
+            queue.bind(connection.default_channel).declare()
+        for name in (SEND_QUEUE, BEAT_QUEUE):
+            Queue(name).bind(connection.default_channel).purge()
+        app.send_task(SEND_TASK, args=([1, 2],), connection=connection)
+        app.send_task("rrmm.sweep", connection=connection)
+        app.send_task("rrmm.heartbeat", connection=connection)
+        sizes = {name: depth(connection, name) for name in (SEND_QUEUE, BEAT_QUEUE)}
+        for name in (SEND_QUEUE, BEAT_QUEUE):
+            Queue(name).bind(connection.default_channel).purge()
+    app.close()
+    assert sizes == {SEND_QUEUE: 1, BEAT_QUEUE: 2}
