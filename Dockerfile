@@ -7,6 +7,9 @@
 #
 # See docker-compose.yml for a complete deployment (PostgreSQL, Redis, Mailpit, Flower).
 
+# Any Debian-like image with Python 3.11+ and `python -m venv`. Without a registry, a base
+# made by debootstrap works (docs/production.md, "The image"; tests/deploy/test_image.py):
+#   buildah bud --build-arg PYTHON_IMAGE=localhost/debian-python:bookworm -t rrmm .
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- build: a virtualenv in /opt/venv with the project and its dependencies ----------------
@@ -49,7 +52,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     RRMM_VAR_DIR=/var/lib/rrmm \
     RRMM_LOG_FORMAT=json
 
-# An unprivileged user; /var/lib/rrmm is its only writable directory (beat schedule).
+# An unprivileged user; /var/lib/rrmm is its only writable directory (beat schedule), so
+# the container runs with a read-only root filesystem (`--read-only --tmpfs /tmp`).
 RUN groupadd --system --gid 10001 rrmm \
     && useradd --system --uid 10001 --gid rrmm --home-dir /var/lib/rrmm --no-create-home \
         --shell /usr/sbin/nologin rrmm \

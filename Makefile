@@ -9,7 +9,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run demo test lint format bench-fanout bench-status clean
+.PHONY: help install browser deploy-tools test-image run demo test lint format bench-fanout bench-status clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
@@ -17,6 +17,7 @@ help:
 	@echo "make test   run the test suite (PostgreSQL/Redis if RRMM_TEST_*_URL are set)"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench-fanout  worker CPU per delivery vs the client libraries and the protocol floor"
+	@echo "make test-image   build the Dockerfile with buildah on a debootstrap base, run it (~5 min, root)"
 	@echo "make bench-status   status polled by 200 dashboards during a fan-out; 100 vs 100,000 members"
 
 $(STAMP): pyproject.toml
@@ -44,8 +45,30 @@ browser:
 	    echo "the browser test needs Chromium: sudo apt-get install chromium" >&2; exit 1; \
 	  fi; }
 
-test: install browser
+# The deployment tests (tests/deploy/) run Debian's nginx (`nginx -t`, then on loopback with
+# their own configuration and prefix: never the system service, never port 80) and
+# prometheus's promtool (`promtool test rules`). Installed like Chromium when missing;
+# without them those tests skip, saying so.
+deploy-tools:
+	@{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } && command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's nginx and prometheus (promtool) for the deployment tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx prometheus) >/dev/null; \
+	  else \
+	    echo "the deployment tests need nginx and promtool: sudo apt-get install nginx prometheus (they skip without)" >&2; \
+	  fi; }
+
+test: install browser deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The image built for real (tests/deploy/test_image.py, about 5 minutes, so not in `test`):
+# Debian's debootstrap makes the base, buildah builds the Dockerfile on it and runs it.
+# Needs root and a TCP Redis: RRMM_TEST_BROKER_URL=redis://127.0.0.1:6379/N make test-image
+test-image: install
+	@command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  echo "installing Debian's buildah and debootstrap for the image test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap) >/dev/null; }
+	RRMM_TEST_IMAGE=1 $(BIN)/pytest tests/deploy/test_image.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

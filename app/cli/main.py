@@ -181,6 +181,51 @@ def db_current() -> None:
     typer.echo(", ".join(sorted(heads)) or "(empty)")
 
 
+@cli.command("backup")
+def backup_command(
+    path: Annotated[Path, typer.Argument(help="The backup file to write (must not exist).")],
+) -> None:
+    """Copy the embedded SQLite database to PATH, consistently, while the service runs
+    (SQLite's online backup API). PostgreSQL: use pg_dump -Fc (docs/production.md)."""
+    from app.backup import BackupError, backup
+
+    try:
+        snapshot = backup(_settings().database_url, path)
+    except BackupError as exc:
+        _fail(f"backup failed: {exc.detail}")
+        raise typer.Exit(1) from exc
+    rows = ", ".join(f"{table} {count}" for table, count in snapshot.rows.items())
+    typer.echo(
+        f"backed up to {snapshot.path} ({snapshot.size_bytes} bytes, schema {snapshot.revision}): "
+        f"{rows}"
+    )
+
+
+@cli.command("restore")
+def restore_command(
+    path: Annotated[Path, typer.Argument(help="A file written by `rrmm backup`.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Restore even while other processes use the database.")
+    ] = False,
+) -> None:
+    """Replace the embedded SQLite database with the backup PATH. Refused while the API, a
+    worker or beat has the database open, unless --force; the replaced database is kept
+    beside it. Then run `rrmm db upgrade` and start the service."""
+    from app.backup import BackupError, restore
+
+    try:
+        restored = restore(path, _settings().database_url, force=force)
+    except BackupError as exc:
+        _fail(f"restore failed: {exc.detail}")
+        raise typer.Exit(1) from exc
+    if restored.previous is not None:
+        _note(f"the database it replaced is kept in {restored.previous}")
+    rows = ", ".join(f"{table} {count}" for table, count in restored.snapshot.rows.items())
+    typer.echo(
+        f"restored {restored.destination} from {path} (schema {restored.snapshot.revision}): {rows}"
+    )
+
+
 @keys_cli.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key.")],
