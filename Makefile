@@ -9,7 +9,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install browser deploy-tools test-image run demo test lint format bench-fanout bench-status clean
+.PHONY: help install lock browser deploy-tools test-image run demo test lint format bench-fanout bench-status clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
@@ -20,14 +20,25 @@ help:
 	@echo "make test-image   build the Dockerfile with buildah on a debootstrap base, run it (~5 min, root)"
 	@echo "make bench-status   status polled by 200 dashboards during a fan-out; 100 vs 100,000 members"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# After changing a range in pyproject.toml: resolve afresh in a scratch venv and pin what
+# it took (then `make test`, and commit both files).
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
 
 run: install
 	$(BIN)/rrmm run --port $(PORT)

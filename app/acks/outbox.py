@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from email.utils import parseaddr
 from typing import Any
 
 import aiosmtplib
@@ -25,7 +24,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.deliveries.email import safe_header_value
+from app.deliveries.email import mail_domain, safe_header_value
 from app.deliveries.transport import SmtpSettings, open_smtp
 from app.incidents import timeline
 from app.models import OperatorNotice
@@ -121,13 +120,9 @@ def _message(settings: Settings, claimed: _Claimed) -> EmailMessage:
     message["Subject"] = safe_header_value(claimed.subject)
     message["Auto-Submitted"] = "auto-generated"
     # Stable across retries: a relay or a mailbox can drop the duplicate of a resend.
-    message["Message-ID"] = f"<rrmm.notice.{claimed.id}@{_domain(settings.mail_from)}>"
+    message["Message-ID"] = f"<rrmm.notice.{claimed.id}@{mail_domain(settings.mail_from)}>"
     message.set_content(claimed.body)
     return message
-
-
-def _domain(mail_from: str) -> str:
-    return parseaddr(mail_from)[1].rpartition("@")[2] or "rrmm.invalid"
 
 
 async def _smtp_send(smtp: SmtpSettings, message: EmailMessage, recipients: list[str]) -> int:

@@ -233,3 +233,9 @@ def address_member(
             b"--\r\n",
         ]
     )
+
+
+def mail_domain(mail_from: str) -> str:
+    """The domain of the sender address (`RRMM <alerts@rrmm.example>` → `rrmm.example`), for
+    Message-IDs."""
+    return parseaddr(mail_from)[1].rpartition("@")[2] or "rrmm.invalid"

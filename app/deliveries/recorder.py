@@ -58,6 +58,8 @@ class SentJob:
 
 @dataclass
 class Tally:
+    """Outcomes written by a batch; `stopped`: cancelled or superseded while it ran."""
+
     sent: int = 0
     retrying: int = 0
     failed: int = 0

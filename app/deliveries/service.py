@@ -12,7 +12,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,10 +38,11 @@ from app.deliveries.email import (
     address_member,
     cached_template,
     date_header,
+    mail_domain,
     message_id,
     thread_id,
 )
-from app.deliveries.recorder import OutcomeRecorder, SentJob, with_db_retries
+from app.deliveries.recorder import OutcomeRecorder, SentJob, Tally, with_db_retries
 from app.deliveries.transport import (
     EmailRequest,
     SendResult,
@@ -63,14 +64,11 @@ Publish = Callable[[list[int]], None]
 
 
 @dataclass
-class BatchReport:
+class BatchReport(Tally):
+    """What a batch did: the recorder's tally of outcomes, and what the claim found."""
+
     claimed: int = 0
-    sent: int = 0
-    retrying: int = 0
-    failed: int = 0
     skipped: int = 0
-    stopped: int = 0  # cancelled or superseded while the batch ran
-    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,7 +213,7 @@ class MessageBuilder:
         self.box = SecretBox.from_settings(settings)
         self.signer = signer_from_settings(settings)
         self.public_url = settings.public_url.rstrip("/")
-        self.domain = _mail_domain(settings.mail_from)
+        self.domain = mail_domain(settings.mail_from)
         self._rendered: dict[tuple[int, str], tuple[Hashable, RenderedBriefing]] = {}
         self._templates: dict[tuple[int, str], EmailTemplate] = {}
         self._bodies: dict[tuple[int, str, datetime], _WebhookBody] = {}
@@ -339,11 +337,6 @@ class _WebhookBody:
 
     def with_ack(self, *, page: str, token: str) -> str:
         return f'{self.head}{_json(page)},"token":{_json(token)}{self.tail}'
-
-
-def _mail_domain(mail_from: str) -> str:
-    address = mail_from.rsplit("<", 1)[-1].rstrip(">").strip()
-    return address.rsplit("@", 1)[-1] or "rrmm.invalid"
 
 
 class Transports:
@@ -475,9 +468,7 @@ def send_batch(
     transports(settings).send(
         emails, webhooks, recorder, deadline=settings.delivery_batch_deadline_seconds
     )
-    tally = recorder.tally
-    report.sent, report.retrying, report.failed = tally.sent, tally.retrying, tally.failed
-    report.stopped, report.lost = tally.stopped, tally.lost
+    report = BatchReport(claimed=report.claimed, skipped=report.skipped, **asdict(recorder.tally))
     if report.lost:
         log.warning("outcomes_not_written_lease_lost", count=report.lost)
     return report
