@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     delivery_batch_size: int = Field(default=250, ge=1, le=5000)
+    # Members whose targets and ledger rows one transaction writes: the declaration (or
+    # update) request writes the first chunk and answers; the worker writes the rest.
+    targeting_chunk_members: int = Field(default=1000, ge=1, le=100_000)
+    # A targeting job nobody moved for this long is resumed by the sweeper.
+    targeting_stalled_seconds: float = Field(default=15.0, gt=0)
     # A claim's lease; a live batch renews it every third of it, so the rows of a worker
     # that died are taken over within one lease (plus a sweep).
     delivery_lease_seconds: float = Field(default=15.0, ge=1)

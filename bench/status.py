@@ -589,6 +589,7 @@ def seed_incident(
             actor=Principal.cli(),
             idempotency_key=None,
             dispatch=lambda _briefing_id: None,
+            chunk_members=members,  # every row now: the seeding below needs them
         )
         now = utcnow()
         mine = Delivery.incident_id == incident.id

@@ -4,6 +4,7 @@ delivered twice (or after its work was done by the sweeper) does nothing twice."
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
 import structlog
 from celery import Task
@@ -14,6 +15,7 @@ from app.config import get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.deliveries import service as deliveries
 from app.health.service import record_heartbeat
+from app.incidents import targeting
 from workers.celery_app import DISPATCH_TASK, NOTICES_TASK, SEND_TASK, celery_app
 
 log = structlog.get_logger(__name__)
@@ -61,18 +63,36 @@ def send_deliveries(ids: list[int]) -> None:
 
 @celery_app.task(name=DISPATCH_TASK)
 def dispatch_briefing(briefing_id: int) -> None:
-    """Queue the due deliveries of a new briefing version in batches."""
-    queued = deliveries.dispatch(
-        session_factory(), get_settings(), publish_batch, briefing_id=briefing_id
-    )
-    log.info("briefing_dispatched", briefing_id=briefing_id, queued=queued)
+    """Queue the due deliveries of a new briefing version in batches: the members the
+    request left to target are written chunk by chunk first, each chunk queued as soon as
+    it is committed."""
+    settings = get_settings()
+
+    def queue(briefing_id: int) -> int:
+        return deliveries.dispatch(
+            session_factory(), settings, publish_batch, briefing_id=briefing_id
+        )
+
+    chunks = targeting.advance(
+        session_factory(), briefing_id, chunk_members=settings.targeting_chunk_members,
+        dispatch=queue,
+    )  # fmt: skip
+    queued = queue(briefing_id)
+    log.info("briefing_dispatched", briefing_id=briefing_id, queued=queued, chunks=chunks)
 
 
 @celery_app.task(name="rrmm.sweep")
 def sweep() -> None:
     """Beat's periodic sweep: re-queue due or stuck rows (so losing the broker loses
     nothing) and fire due reminders, escalations and deadlines."""
-    result = deliveries.sweep(session_factory(), get_settings(), publish_batch)
+    settings = get_settings()
+    with session_scope(session_factory()) as session:
+        resumed = targeting.resume_stalled(
+            session, stalled_after=timedelta(seconds=settings.targeting_stalled_seconds),
+            resume=publish_dispatch,
+        )  # fmt: skip
+    result = deliveries.sweep(session_factory(), settings, publish_batch)
+    result["targeting_resumed"] = resumed
     result["timers"] = followup.fire_due(session_factory(), get_settings(), publish_dispatch)
     if any(result.values()):
         log.info("swept", **result)

@@ -12,14 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
 from app.acks import outbox
 from app.acks.service import met_segments, quota_progress
 from app.config import Settings
 from app.incidents import timeline
-from app.models import CurrentAck, Incident, IncidentTarget, IncidentTimer, Member, RosterMember
+from app.models import CurrentAck, Incident, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
 
 log = structlog.get_logger(__name__)
@@ -77,16 +77,16 @@ def take_due_timer(session: Session, now: datetime) -> IncidentTimer | None:
     return session.get(IncidentTimer, taken) if taken is not None else None
 
 
-def _silent_targets(session: Session, incident: Incident) -> list[Any]:
+def _silent_targets(session: Session, incident: Incident) -> ColumnElement[bool]:
     """Targeted, active members with no answer, outside every segment that met its quota."""
-    from app.incidents.service import target_rows
+    from app.incidents import targeting
 
     answered = select(CurrentAck.member_id).where(CurrentAck.incident_id == incident.id)
-    extra = [Member.id.not_in(answered)]
+    condition = [targeting.recipients(incident), Member.id.not_in(answered)]
     met = met_segments(session, incident)
     if met is not None:
-        extra.append(~met)
-    return target_rows(session, incident, and_(*extra))
+        condition.append(~met)
+    return and_(*condition)
 
 
 def fire(
@@ -94,6 +94,7 @@ def fire(
 ) -> str:
     """Do what the timer is for; returns a short outcome kept on the timer row."""
     from app.incidents import service as incidents
+    from app.incidents import targeting
 
     # The incident row first (see app.incidents.timeline for the lock order): a reminder
     # and an update of one incident also get distinct briefing versions this way.
@@ -101,13 +102,14 @@ def fire(
     if incident is None or incident.status in incidents.ENDED:
         return "incident ended"
     if timer.kind == "reminder":
-        members = _silent_targets(session, incident)
+        silent = _silent_targets(session, incident)
+        members = targeting.count_reach(session, silent, []).members
         if not members:
             return "nobody to remind"
         briefing = incidents.add_follow_up_briefing(session, incident, kind="reminder")
-        count = incidents.add_deliveries(session, incident, briefing, members, now=utcnow())
+        count = targeting.add_deliveries(session, incident, briefing, silent, now=utcnow())
         incidents.dispatch_after_commit(session, briefing, dispatch)
-        return f"reminded {len(members)} members ({count} deliveries)"
+        return f"reminded {members} members ({count} deliveries)"
     if timer.kind == "escalation":
         return _escalate(session, incident, dispatch)
     return _deadline(session, incident, settings, timer)
@@ -115,25 +117,32 @@ def fire(
 
 def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str:
     from app.incidents import service as incidents
+    from app.incidents import targeting
 
     if all(p.met for p in quota_progress(session, incident)) and incident.followup.get("quotas"):
         return "every quota met: no escalation"
     rosters = [uuid.UUID(r) for r in incident.followup.get("escalation_rosters", [])]
-    targeted = select(IncidentTarget.member_id).where(IncidentTarget.incident_id == incident.id)
     in_rosters = select(RosterMember.member_id).where(RosterMember.roster_id.in_(rosters))
-    condition = [Member.id.in_(in_rosters), Member.id.not_in(targeted)]
+    condition = [
+        Member.id.in_(in_rosters), targeting.reachable(incident.channels),
+        ~targeting.targeted_by(incident.id),
+    ]  # fmt: skip
     met = met_segments(session, incident)
     if met is not None:
         condition.append(~met)
-    members = incidents.reachable_members(session, incident, and_(*condition))
+    escalated = and_(*condition)
+    members = targeting.count_reach(session, escalated, []).members
     if not members:
         return "no one left to escalate to"
     now = utcnow()
-    incidents.add_targets(session, incident, members, now)
     briefing = incidents.add_follow_up_briefing(session, incident, kind="escalated")
-    count = incidents.add_deliveries(session, incident, briefing, members, now=now)
+    # Their rows first: once targeted, they no longer match `escalated`.
+    count = targeting.add_deliveries(session, incident, briefing, escalated, now=now)
+    targeting.bump_targeted(
+        session, incident.id, targeting.add_targets(session, incident, escalated, now)
+    )
     incidents.dispatch_after_commit(session, briefing, dispatch)
-    return f"escalated to {len(members)} members ({count} deliveries)"
+    return f"escalated to {members} members ({count} deliveries)"
 
 
 def _deadline(

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -255,25 +255,26 @@ def _note_quota_crossings(session: Session, incident: Incident, changes: dict[in
         )  # fmt: skip
 
 
-def count_targets(session: Session, incident: Incident, members: Sequence[Any]) -> None:
-    """Count newly targeted members (rows with `network`, `country`, `languages`): the
-    incident's `targeted` and each quota's segment."""
-    if not members:
-        return
-    session.execute(
-        update(Incident)
-        .where(Incident.id == incident.id)
-        .values(targeted=Incident.targeted + len(members), updated_at=Incident.updated_at)
-        .execution_options(synchronize_session=False)
-    )
-    session.expire(incident, ["targeted"])
+class Segment(NamedTuple):
+    """Members sharing a network, country and language list: `members` of them."""
+
+    network: str
+    country: str
+    languages: list[str]
+    members: int
+
+
+def count_quota_targets(session: Session, incident: Incident, segments: Sequence[Segment]) -> None:
+    """Count newly targeted members into each quota's segment."""
     quotas = incident.followup.get("quotas", [])
+    if not quotas or not segments:
+        return
     counters.add(
         session, QuotaCounter,
         [
             {"incident_id": incident.id, "quota_index": index, "answered": 0,
-             "targeted": sum(in_segment(quota, m.network, m.country, m.languages)
-                             for m in members)}
+             "targeted": sum(s.members for s in segments
+                             if in_segment(quota, s.network, s.country, s.languages))}
             for index, quota in enumerate(quotas)
         ],
         keys=("incident_id", "quota_index"), sums=("targeted",),

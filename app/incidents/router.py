@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.deps import Operator, SessionDep, Viewer, WriteSessionDep
+from app.deps import Operator, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
 from app.incidents import events, service, timeline
 from app.incidents import status as status_reads
@@ -109,6 +109,7 @@ def declare_incident(
     session: SessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
+    settings: SettingsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
@@ -120,8 +121,9 @@ def declare_incident(
     nothing twice; the same key with another body is a 422.
     """
     incident, created = service.declare(
-        session, body, actor=actor, idempotency_key=idempotency_key, dispatch=dispatch
-    )
+        session, body, actor=actor, idempotency_key=idempotency_key, dispatch=dispatch,
+        chunk_members=settings.targeting_chunk_members,
+    )  # fmt: skip
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -308,10 +310,14 @@ def post_update(
     session: WriteSessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     """Send a new briefing version to the same audience, and to members who newly match
     it. Unsent deliveries of earlier versions are superseded."""
-    incident, _ = service.post_update(session, incident_id, body, actor=actor, dispatch=dispatch)
+    incident, _ = service.post_update(
+        session, incident_id, body, actor=actor, dispatch=dispatch,
+        chunk_members=settings.targeting_chunk_members,
+    )  # fmt: skip
     return _out(session, incident)
 
 

@@ -275,6 +275,15 @@ class FollowUpStatus(BaseModel):
     escalation_versions: list[int] = Field(description="Briefing versions sent to escalation.")
 
 
+class TargetingStatus(BaseModel):
+    """Writing the latest declared or updated version's targets and ledger rows: the
+    request writes the first chunk of members, the worker the rest."""
+
+    state: Literal["in_progress", "done"]
+    members: int = Field(description="Members the version goes to (counted when written).")
+    done: int = Field(description="Members whose ledger rows are written.")
+
+
 class IncidentStatusView(BaseModel):
     """Aggregates only: safe for dashboards (viewer keys)."""
 
@@ -288,6 +297,9 @@ class IncidentStatusView(BaseModel):
     answers: AnswerStats
     quotas: list[QuotaStatus]
     followup: FollowUpStatus
+    targeting: TargetingStatus | None = Field(
+        description="Progress of the latest version's targeting (null before this existed)."
+    )
     declared_at: datetime
     updated_at: datetime
     last_change_at: datetime = Field(
@@ -339,7 +351,7 @@ class IncidentFilters(BaseModel):
 
 
 TimelineKind = Literal[
-    "declared", "activated", "fanout_started", "fanout_finished", "updated", "reminder",
+    "declared", "targeted", "activated", "fanout_started", "fanout_finished", "updated", "reminder",
     "escalation", "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved",
     "cancelled",
 ]  # fmt: skip

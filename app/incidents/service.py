@@ -7,40 +7,34 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.acks.followup import create_timers
-from app.acks.service import count_targets
 from app.audit.service import record
 from app.auth.service import Principal
 from app.db import contains_pattern, on_commit
 from app.deliveries import ledger
-from app.deliveries.content import choose_language
-from app.deliveries.quiet_hours import first_attempt_at
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
-from app.incidents import timeline
+from app.incidents import targeting, timeline
 from app.incidents.schemas import (
     DEFAULT_RESPONSES,
-    Audience,
     IncidentCreate,
     IncidentEnd,
     IncidentFilters,
     IncidentUpdate,
 )
-from app.members.service import json_array_contains, json_array_has_language
 from app.models import (
     Briefing,
+    BriefingTargeting,
     Delivery,
     Incident,
-    IncidentTarget,
     Member,
     ReferenceCounter,
     Roster,
-    RosterMember,
 )
 from app.models.base import utcnow
 
@@ -48,9 +42,6 @@ from app.models.base import utcnow
 Dispatcher = Callable[[int], None]
 
 ENDED = frozenset({"resolved", "cancelled"})
-DELIVERIES = cast(Table, Delivery.__table__)
-INCIDENT_TARGETS = cast(Table, IncidentTarget.__table__)
-_CHUNK = 500
 
 # The notice sent on resolve/cancel when the operator gives no text.
 _STANDARD_END = {
@@ -93,78 +84,6 @@ def next_reference(session: Session, year: int) -> str:
     return f"RRMM-{year}-{value:04d}"
 
 
-_MEMBER_COLUMNS = (
-    Member.id, Member.network, Member.country, Member.languages, Member.email,
-    Member.webhook_url, Member.webhook_disabled_at, Member.timezone, Member.quiet_hours_start,
-    Member.quiet_hours_end,
-)  # fmt: skip
-TargetRow = Any  # a Row of _MEMBER_COLUMNS
-
-
-def _any_of(session: Session, column: Any, values: Sequence[str]) -> Any:
-    return or_(*(json_array_contains(session, column, v) for v in values))
-
-
-def resolve_audience(session: Session, audience: Audience) -> list[TargetRow]:
-    """The active members the audience describes. Unknown rosters or members are a 422."""
-    _check_known(session, Roster.id, audience.rosters, "audience.rosters", "no such roster")
-    _check_known(session, Member.id, audience.member_ids, "audience.member_ids", "no such member")
-    sources = []
-    if audience.rosters:
-        sources.append(
-            Member.id.in_(
-                select(RosterMember.member_id).where(RosterMember.roster_id.in_(audience.rosters))
-            )
-        )
-    if audience.networks:
-        sources.append(Member.network.in_(audience.networks))
-    if audience.member_ids:
-        sources.append(Member.id.in_(audience.member_ids))
-    query = select(*_MEMBER_COLUMNS).where(Member.status == "active", or_(*sources))
-    if audience.countries:
-        query = query.where(Member.country.in_(audience.countries))
-    if audience.languages:
-        # "fr" also finds members who read "fr-CA", as the language choice does.
-        query = query.where(
-            or_(
-                *(
-                    json_array_has_language(session, Member.languages, language)
-                    for language in audience.languages
-                )
-            )
-        )
-    if audience.themes:
-        query = query.where(_any_of(session, Member.themes, audience.themes))
-    if audience.tags:
-        query = query.where(_any_of(session, Member.tags, audience.tags))
-    return list(session.execute(query.order_by(Member.id)))
-
-
-def _check_known(
-    session: Session, column: Any, ids: Sequence[uuid.UUID], field: str, reason: str
-) -> None:
-    known: set[uuid.UUID] = set()
-    for start in range(0, len(ids), _CHUNK):
-        known.update(session.scalars(select(column).where(column.in_(ids[start : start + _CHUNK]))))
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise InvalidInput(
-            f"{field}: {len(unknown)} unknown id(s)",
-            errors=[
-                FieldProblem(field=f"body.{field}", reason=f"{reason}: {i}") for i in unknown[:50]
-            ],
-        )
-
-
-def member_channels(member: TargetRow, wanted: Sequence[str]) -> list[str]:
-    channels = []
-    if "email" in wanted and member.email:
-        channels.append("email")
-    if "webhook" in wanted and member.webhook_url and member.webhook_disabled_at is None:
-        channels.append("webhook")
-    return channels
-
-
 def _add_briefing(
     session: Session,
     incident: Incident,
@@ -191,52 +110,6 @@ def _add_briefing(
     return briefing
 
 
-def add_deliveries(
-    session: Session,
-    incident: Incident,
-    briefing: Briefing,
-    members: Sequence[TargetRow],
-    *,
-    now: datetime,
-) -> int:
-    rows = []
-    for member in members:
-        language = choose_language(member.languages, briefing.languages)
-        not_before = first_attempt_at(
-            now, incident.severity, member.timezone, member.quiet_hours_start,
-            member.quiet_hours_end,
-        )  # fmt: skip
-        for channel in member_channels(member, incident.channels):
-            rows.append(
-                {
-                    "incident_id": incident.id,
-                    "briefing_id": briefing.id,
-                    "member_id": member.id,
-                    "channel": channel,
-                    "status": ledger.PENDING,
-                    "language": language,
-                    "attempts": 0,
-                    "next_attempt_at": not_before,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-    for start in range(0, len(rows), 5000):
-        # Core insert: the ORM's bulk path costs several times more per row here.
-        session.execute(insert(DELIVERIES), rows[start : start + 5000])
-    ledger.count_new(session, ((incident.id, r["channel"], ledger.PENDING) for r in rows))
-    return len(rows)
-
-
-def add_targets(
-    session: Session, incident: Incident, members: Sequence[TargetRow], now: datetime
-) -> None:
-    rows = [{"incident_id": incident.id, "member_id": m.id, "added_at": now} for m in members]
-    for start in range(0, len(rows), 5000):
-        session.execute(insert(INCIDENT_TARGETS), rows[start : start + 5000])
-    count_targets(session, incident, members)
-
-
 def declare(
     session: Session,
     data: IncidentCreate,
@@ -244,8 +117,10 @@ def declare(
     actor: Principal,
     idempotency_key: str | None,
     dispatch: Dispatcher,
+    chunk_members: int,
 ) -> tuple[Incident, bool]:
-    """Declare an incident and write its ledger rows; dispatch starts after commit.
+    """Declare an incident; its first chunk of members is targeted and their ledger rows
+    written now, the rest by the worker (`targeting.advance`); dispatch starts after commit.
 
     Returns the incident and whether it was created now (False: an idempotent replay).
     """
@@ -255,14 +130,16 @@ def declare(
         if existing is not None:
             return _replay(existing, digest), False
     now = utcnow()
-    _check_known(
+    targeting.check_known(
         session, Roster.id, data.followup.escalation_rosters, "followup.escalation_rosters",
         "no such roster",
     )  # fmt: skip
     channels = data.channels or ["email", "webhook"]
     # Only members the chosen channels can reach are targeted (and counted as such).
-    members = [m for m in resolve_audience(session, data.audience) if member_channels(m, channels)]
-    if not members:
+    audience = targeting.audience_condition(session, data.audience)
+    if not targeting.count_reach(
+        session, and_(audience, targeting.reachable(channels)), []
+    ).members:
         raise InvalidInput(
             "the audience matches no active member reachable on the chosen channels",
             errors=[FieldProblem(field="body.audience", reason="matches nobody")],
@@ -300,16 +177,16 @@ def declare(
     briefing = _add_briefing(
         session, incident, kind="declared", content=_content(data.briefing), actor=actor, now=now
     )
-    add_targets(session, incident, members, now)
-    count = add_deliveries(session, incident, briefing, members, now=now)
+    job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
     create_timers(session, incident, now)
+    targeted = job.targets_expected
     timeline.add(
         session, incident.id, timeline.DECLARED, actor=actor.name, version=briefing.version,
-        detail={"targeted": len(members), "deliveries": count, "mode": incident.mode}, at=now,
+        detail={"targeted": targeted, "mode": incident.mode}, at=now,
     )  # fmt: skip
     record(
         session, actor, "incident.declare", "incident", incident.id,
-        {"reference": incident.reference, "targeted": len(members), "deliveries": count},
+        {"reference": incident.reference, "targeted": targeted},
     )  # fmt: skip
     dispatch_after_commit(session, briefing, dispatch)
     return incident, True
@@ -354,28 +231,6 @@ def _open_incident(session: Session, incident_id: uuid.UUID) -> Incident:
     if incident.status in ENDED:
         raise Conflict(f"the incident is {incident.status}")
     return incident
-
-
-def target_rows(
-    session: Session, incident: Incident, condition: Any | None = None
-) -> list[TargetRow]:
-    """The incident's targeted members who are still active (and match `condition`)."""
-    query = (
-        select(*_MEMBER_COLUMNS)
-        .join(IncidentTarget, IncidentTarget.member_id == Member.id)
-        .where(IncidentTarget.incident_id == incident.id, Member.status == "active")
-        .order_by(Member.id)
-    )
-    if condition is not None:
-        query = query.where(condition)
-    return list(session.execute(query))
-
-
-def reachable_members(session: Session, incident: Incident, condition: Any) -> list[TargetRow]:
-    """Active members matching `condition` whom the incident's channels can reach."""
-    query = select(*_MEMBER_COLUMNS).where(Member.status == "active", condition)
-    rows = session.execute(query.order_by(Member.id))
-    return [row for row in rows if member_channels(row, incident.channels)]
 
 
 def add_follow_up_briefing(session: Session, incident: Incident, *, kind: str) -> Briefing:
@@ -441,33 +296,30 @@ def post_update(
     *,
     actor: Principal,
     dispatch: Dispatcher,
+    chunk_members: int,
 ) -> tuple[Incident, Briefing]:
-    """A new briefing version to everyone targeted so far and to members who newly match."""
+    """A new briefing version to everyone targeted so far and to members who newly match
+    (the first chunk written now, the rest by the worker)."""
     incident = _open_incident(session, incident_id)
     now = utcnow()
-    known = {row.id for row in target_rows(session, incident)}
-    newcomers = [
-        m
-        for m in resolve_audience(session, Audience(**incident.audience))
-        if m.id not in known and member_channels(m, incident.channels)
-    ]
-    add_targets(session, incident, newcomers, now)
     _retire_unsent(
         session, incident, to_status=ledger.SUPERSEDED, reason="superseded by a newer version"
     )
     _supersede_versions(session, incident, now)
+    targeting.stop_pending(session, incident, now)
     briefing = _add_briefing(
         session, incident, kind="updated", content=_content(data.briefing), actor=actor, now=now
     )
-    count = add_deliveries(session, incident, briefing, target_rows(session, incident), now=now)
+    job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
     incident.updated_at = now
     timeline.add(
         session, incident.id, timeline.UPDATED, actor=actor.name, version=briefing.version,
-        detail={"new_members": len(newcomers), "deliveries": count}, at=now,
+        detail={"new_members": job.targets_expected, "members": job.members_total}, at=now,
     )  # fmt: skip
     record(
         session, actor, "incident.update", "incident", incident.id,
-        {"version": briefing.version, "new_members": len(newcomers), "deliveries": count},
+        {"version": briefing.version, "new_members": job.targets_expected,
+         "members": job.members_total},
     )  # fmt: skip
     dispatch_after_commit(session, briefing, dispatch)
     return incident, briefing
@@ -490,6 +342,7 @@ def end_incident(
     retired = _retire_unsent(
         session, incident, to_status=ledger.CANCELLED, reason=f"incident {kind}"
     )
+    targeting.stop_pending(session, incident, now)
     content = _content(data.briefing) if data.briefing else {
         language: {"subject": subject, "body": body, "talking_points": []}
         for language, (subject, body) in _STANDARD_END[kind].items()
@@ -499,10 +352,8 @@ def end_incident(
         Delivery.incident_id == incident.id,
         Delivery.status.in_((ledger.SENT, ledger.SENDING)),
     )
-    recipients = [
-        row for row in target_rows(session, incident) if row.id in set(session.scalars(briefed))
-    ]
-    count = add_deliveries(session, incident, briefing, recipients, now=now)
+    recipients = and_(targeting.recipients(incident), Member.id.in_(briefed))
+    count = targeting.add_deliveries(session, incident, briefing, recipients, now=now)
     incident.status = kind
     incident.ended_at = now
     incident.updated_at = now
@@ -591,7 +442,8 @@ def list_deliveries(
 
 def activate_mobilized(session: Session) -> int:
     """`mobilizing → active` once every first-version delivery due now has had its first
-    attempt (deferred quiet-hours rows do not hold an incident back)."""
+    attempt (deferred quiet-hours rows do not hold an incident back) and no version is
+    still being targeted."""
     now = utcnow()
     waiting = (
         select(Delivery.id)
@@ -609,10 +461,17 @@ def activate_mobilized(session: Session) -> int:
         )
         .exists()
     )
+    still_targeting = (
+        select(BriefingTargeting.briefing_id)
+        .where(
+            BriefingTargeting.incident_id == Incident.id, BriefingTargeting.finished_at.is_(None)
+        )
+        .exists()
+    )
     activated = list(
         session.scalars(
             update(Incident)
-            .where(Incident.status == "mobilizing", ~waiting)
+            .where(Incident.status == "mobilizing", ~waiting, ~still_targeting)
             .values(status="active", updated_at=now)
             .returning(Incident.id)
             .execution_options(synchronize_session=False)

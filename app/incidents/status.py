@@ -22,6 +22,7 @@ from app.models import (
     AnswerCounter,
     AnswerDelayCounter,
     Briefing,
+    BriefingTargeting,
     CurrentAck,
     Delivery,
     DeliveryCounter,
@@ -147,6 +148,20 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
         .order_by(Briefing.version)
     ):
         versions[kind].append(version)
+    job = session.scalar(
+        select(BriefingTargeting)
+        .where(BriefingTargeting.incident_id == incident_id)
+        .order_by(BriefingTargeting.briefing_id.desc())
+        .limit(1)
+    )
+    progress = None
+    if job is not None:
+        changes.append(job.touched_at)
+        progress = {
+            "state": "in_progress" if job.finished_at is None else "done",
+            "members": job.members_total,
+            "done": job.members_done,
+        }
     targeted = incident.targeted
     first_seconds = _seconds(first_answer, incident.declared_at)
     median = median_from_histogram(histogram)
@@ -175,6 +190,7 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
             "reminder_versions": versions["reminder"],
             "escalation_versions": versions["escalated"],
         },
+        "targeting": progress,
         "declared_at": incident.declared_at,
         "updated_at": incident.updated_at,
         "last_change_at": max(c for c in changes if c is not None),

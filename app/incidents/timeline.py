@@ -24,11 +24,19 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.deliveries import ledger
-from app.models import Briefing, Delivery, DeliveryCounter, Incident, IncidentEvent
+from app.models import (
+    Briefing,
+    BriefingTargeting,
+    Delivery,
+    DeliveryCounter,
+    Incident,
+    IncidentEvent,
+)
 from app.models.base import utcnow
 
 # Kinds, in the order an incident usually goes through them.
 DECLARED = "declared"
+TARGETED = "targeted"  # a declared or updated version's targets and rows are all written
 ACTIVATED = "activated"  # every first delivery due has had its first attempt
 FANOUT_STARTED = "fanout_started"
 FANOUT_FINISHED = "fanout_finished"
@@ -160,6 +168,19 @@ def _latency_buckets(latencies: Sequence[float]) -> list[int]:
     return [sum(1 for value in latencies if value <= bound) for bound in LATENCY_BUCKETS]
 
 
+def _still_targeting(session: Session, briefing_id: int) -> bool:
+    """Rows are still being written for this version: its fan-out has not finished."""
+    return (
+        session.scalar(
+            select(BriefingTargeting.briefing_id).where(
+                BriefingTargeting.briefing_id == briefing_id,
+                BriefingTargeting.finished_at.is_(None),
+            )
+        )
+        is not None
+    )
+
+
 def record_finished_fanouts(session_factory: Any) -> int:
     """Called by the sweep: a fan-out whose briefing version has no row left to send is
     finished; its event carries the outcome counts and the delivery-latency histogram.
@@ -196,7 +217,7 @@ def record_finished_fanouts(session_factory: Any) -> int:
                     Briefing.incident_id == incident_id, Briefing.version == version
                 )
             )
-            if briefing is None:
+            if briefing is None or _still_targeting(session, briefing.id):
                 continue
             outcomes: dict[str, int] = {}
             latencies: list[float] = []

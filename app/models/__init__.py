@@ -13,6 +13,7 @@ from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.incident import (
     Briefing,
+    BriefingTargeting,
     Delivery,
     DeliveryCounter,
     Incident,
@@ -32,6 +33,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Briefing",
+    "BriefingTargeting",
     "CurrentAck",
     "Delivery",
     "DeliveryCounter",

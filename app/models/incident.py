@@ -93,6 +93,37 @@ class Briefing(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class BriefingTargeting(Base):
+    """Who a declared or updated version goes to, written in member-id chunks: the request
+    writes the first chunk and answers; the worker writes the rest right after commit, and
+    the sweeper resumes a job whose worker died (`touched_at` stale). A chunk's targets,
+    ledger rows, counters and the cursor move in one transaction, so a chunk is written
+    once however often the job is resumed."""
+
+    __tablename__ = "briefing_targeting"
+    __table_args__ = (Index("ix_briefing_targeting_pending", "finished_at", "touched_at"),)
+
+    briefing_id: Mapped[int] = mapped_column(
+        ForeignKey("briefings.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("incidents.id", ondelete="CASCADE")
+    )
+    # The last member id written: the next chunk starts after it (NULL: none yet).
+    after_member_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # Members the version goes to, counted when it was written, and how many are done.
+    members_total: Mapped[int] = mapped_column(Integer, default=0)
+    members_done: Mapped[int] = mapped_column(Integer, default=0)
+    # Newly targeted members: counted into `incidents.targeted` up front (the request
+    # answers with the number), corrected by the difference when the last chunk is written.
+    targets_expected: Mapped[int] = mapped_column(Integer, default=0)
+    targets_added: Mapped[int] = mapped_column(Integer, default=0)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    touched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Delivery(Base):
     """The ledger: one row per (briefing version, member, channel).
 

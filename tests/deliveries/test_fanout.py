@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from app.models import Delivery, Role
+from tests.conftest import make_client
 from tests.deliveries.conftest import declare_body, wait_final
 from tests.support.sinks import wait_until
+from tests.support.worker import WorkerProcess
 
 
 def test_declare_briefs_every_member_once_per_channel(
@@ -66,3 +70,53 @@ def test_declare_briefs_every_member_once_per_channel(
     finished = events["fanout_finished"]["detail"]
     assert finished["outcomes"] == {"sent": 10}
     assert finished["latency_count"] == 10
+
+
+@pytest.mark.slow
+def test_a_declaration_written_in_chunks_by_the_worker_briefs_everyone_once(
+    settings, engine, add_member, auth, worker_env, purge_broker, smtp, receiver, db
+):
+    """The request writes 3 members' rows and answers; the real worker writes the other
+    chunks and sends each as soon as it is written."""
+    members = [add_member(languages=[("fr", "ar", "en-GB")[n % 3]]) for n in range(10)]
+    chunked = settings.model_copy(
+        update={"webhook_allow_private": True, "targeting_chunk_members": 3}
+    )
+    process = WorkerProcess({**worker_env, "RRMM_TARGETING_CHUNK_MEMBERS": "3"}).start()
+    try:
+        with contextmanager(make_client)(chunked) as client:
+            response = client.post(
+                "/v1/incidents", json=declare_body(), headers=auth(Role.OPERATOR)
+            )
+            assert response.status_code == 202, response.text
+            incident = response.json()
+            assert incident["targeted"] == 10
+            state = wait_final(client, auth(Role.VIEWER), incident["id"])
+            assert state["targeting"] == {"state": "done", "members": 10, "done": 10}
+            assert state["deliveries"]["by_channel"] == {
+                "email": {"sent": 10},
+                "webhook": {"sent": 10},
+            }
+            wait_until(
+                lambda: client.get(
+                    f"/v1/incidents/{incident['id']}/status", headers=auth(Role.VIEWER)
+                ).json()["status"] == "active",
+                30, "the incident active once every chunk was written and sent",
+            )  # fmt: skip
+            kinds = [
+                event["kind"]
+                for event in client.get(
+                    f"/v1/incidents/{incident['id']}/timeline", headers=auth(Role.OPERATOR)
+                ).json()["items"]
+            ]
+            assert kinds.count("targeted") == 1
+            assert kinds.index("declared") < kinds.index("targeted")
+    finally:
+        process.stop()
+    expected = {"fr": "fr", "ar": "ar", "en-GB": "en"}
+    for member in members:
+        mails = smtp.to(member["email"])
+        assert len(mails) == 1
+        hits = receiver.hits_for(member["hook_path"])
+        assert len(hits) == 1
+        assert hits[0].body["data"]["briefing"]["language"] == expected[member["languages"][0]]
