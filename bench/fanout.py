@@ -612,12 +612,15 @@ def wait_for_worker(
         app.close()
 
 
-def import_members(api: httpx.Client, n: int, webhook_base: str, chunk: int = 2500) -> int:
+def import_members(
+    api: httpx.Client, n: int, webhook_base: str, chunk: int = 2500, *, first: int = 0
+) -> int:
+    """Import members `first` … `first + n - 1` through the API."""
     created = 0
-    for first in range(0, n, chunk):
+    for offset in range(0, n, chunk):
         response = api.post(
             "/v1/members/import",
-            content=members_csv(first, min(chunk, n - first), webhook_base),
+            content=members_csv(first + offset, min(chunk, n - offset), webhook_base),
             headers={"content-type": "text/csv"},
         )
         if response.status_code != 200:

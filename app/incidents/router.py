@@ -106,7 +106,9 @@ def _shape(incident: IncidentRow, targeted: int, version: int) -> dict[str, Any]
 )
 def declare_incident(
     body: IncidentCreate,
-    session: SessionDep,
+    # A transaction from the start (SQLite: BEGIN IMMEDIATE): the idempotency savepoint
+    # below must not be the outermost one, whose release would commit on its own.
+    session: WriteSessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
     settings: SettingsDep,

@@ -134,16 +134,8 @@ def declare(
         session, Roster.id, data.followup.escalation_rosters, "followup.escalation_rosters",
         "no such roster",
     )  # fmt: skip
+    targeting.audience_condition(session, data.audience)  # unknown rosters or members: 422
     channels = data.channels or ["email", "webhook"]
-    # Only members the chosen channels can reach are targeted (and counted as such).
-    audience = targeting.audience_condition(session, data.audience)
-    if not targeting.count_reach(
-        session, and_(audience, targeting.reachable(channels)), []
-    ).members:
-        raise InvalidInput(
-            "the audience matches no active member reachable on the chosen channels",
-            errors=[FieldProblem(field="body.audience", reason="matches nobody")],
-        )
     try:
         # A savepoint: if the same key raced us, only this part is undone.
         with session.begin_nested():
@@ -178,6 +170,11 @@ def declare(
         session, incident, kind="declared", content=_content(data.briefing), actor=actor, now=now
     )
     job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
+    if not job.members_total:  # the request's transaction is rolled back: nothing written
+        raise InvalidInput(
+            "the audience matches no active member reachable on the chosen channels",
+            errors=[FieldProblem(field="body.audience", reason="matches nobody")],
+        )
     create_timers(session, incident, now)
     targeted = job.targets_expected
     timeline.add(

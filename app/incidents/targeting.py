@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     and_,
+    any_,
     case,
     cast,
     exists,
@@ -44,6 +45,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.acks.service import Segment, count_quota_targets
@@ -172,6 +174,49 @@ def _segments(session: Session, condition: ColumnElement[bool]) -> list[Segment]
     return [
         Segment(network, country, json.loads(text) or [], n) for network, country, text, n in rows
     ]
+
+
+def _one_of(session: Session, column: Any, ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
+    """`column` is one of `ids`, bound as ONE parameter (an array, or JSON on SQLite):
+    an IN list of a thousand parameters costs SQLAlchemy more than the statement costs
+    the database."""
+    if session.get_bind().dialect.name == "postgresql":
+        array: ColumnElement[bool] = column == any_(
+            cast(literal(list(ids), ARRAY(Uuid)), ARRAY(Uuid))
+        )
+        return array
+    listed = func.json_each(literal(json.dumps([i.hex for i in ids]), Text)).table_valued("value")
+    json_list: ColumnElement[bool] = column.in_(select(listed.c.value))
+    return json_list
+
+
+def _next_members(
+    session: Session,
+    incident: Incident,
+    briefing: Briefing,
+    after: uuid.UUID | None,
+    limit: int,
+) -> tuple[list[uuid.UUID], bool]:
+    """The next `limit` members (by id) the version goes to, and whether more follow.
+
+    A declaration goes to the audience's reachable members; an update also to everyone
+    targeted so far. Each is an ordered, limited walk of one index, merged here."""
+    audience = audience_condition(session, Audience(**incident.audience), check=False)
+    walks = [select(Member.id).where(audience, reachable(incident.channels))]
+    if briefing.kind != "declared":
+        walks.append(
+            select(IncidentTarget.member_id)
+            .join(Member, Member.id == IncidentTarget.member_id)
+            .where(IncidentTarget.incident_id == incident.id, Member.status == "active")
+        )
+    found: set[uuid.UUID] = set()
+    for walk in walks:
+        key = walk.selected_columns[0]
+        if after is not None:
+            walk = walk.where(key > after)
+        found.update(session.scalars(walk.order_by(key).limit(limit)))
+    ordered = sorted(found)
+    return ordered[:limit], len(ordered) >= limit
 
 
 def add_targets(
@@ -309,12 +354,22 @@ def start(
 ) -> BriefingTargeting:
     """Count who the version goes to, target its first chunk and write its rows. The
     rest is the worker's (`advance`), unless the first chunk was everyone."""
-    new = newcomers(session, incident)
-    expected = count_reach(session, new, incident.channels).members
-    total = count_reach(session, or_(new, recipients(incident)), incident.channels).members
+    if briefing.kind == "declared":
+        # Nobody is targeted yet: everyone it goes to is new. One COUNT, no lookups.
+        audience = audience_condition(session, Audience(**incident.audience), check=False)
+        total = count_reach(session, and_(audience, reachable(incident.channels)), []).members
+        expected = total
+    else:
+        new = newcomers(session, incident)
+        row = session.execute(
+            select(func.count(), func.coalesce(func.sum(case((new, 1), else_=0)), 0)).where(
+                or_(new, recipients(incident))
+            )
+        ).one()
+        total, expected = int(row[0]), int(row[1])
     job = BriefingTargeting(
         briefing_id=briefing.id, incident_id=incident.id, members_total=total,
-        members_done=0, targets_expected=expected, targets_added=0, deliveries=0,
+        members_done=0, targets_expected=expected, targets_added=0, rows_written=0,
         started_at=now, touched_at=now,
     )  # fmt: skip
     session.add(job)
@@ -338,29 +393,32 @@ def _write_chunk(
     if incident.status in ("resolved", "cancelled") or briefing.superseded_at is not None:
         _finish(session, incident, briefing, job, now, stopped=True)
         return
-    new = newcomers(session, incident)
-    everyone = recipients(incident)
-    span = or_(new, everyone)
-    if job.after_member_id is not None:
-        after = Member.id > job.after_member_id
-        new, everyone, span = and_(new, after), and_(everyone, after), and_(span, after)
-    last = session.scalar(
-        select(Member.id).where(span).order_by(Member.id).offset(chunk_members - 1).limit(1)
-    )
-    if last is not None:
-        upto = Member.id <= last
-        new, everyone = and_(new, upto), and_(everyone, upto)
-    added = add_targets(session, incident, new, now)
-    written = add_deliveries(session, incident, briefing, everyone, now=now)
-    done = chunk_members if last is not None else count_reach(session, everyone, []).members
-    job.targets_added += added
-    job.deliveries += written
-    job.members_done += done
+    first = job.members_done == 0
+    ids, more = _next_members(session, incident, briefing, job.after_member_id, chunk_members)
+    if ids:
+        # The chunk's statements find its members by id alone (one array parameter):
+        # bounded work whatever the network's size, with no anti-join whose plan depends
+        # on how fresh the statistics of a growing `incident_targets` are.
+        known = set(
+            session.scalars(
+                select(IncidentTarget.member_id).where(
+                    IncidentTarget.incident_id == incident.id,
+                    _one_of(session, IncidentTarget.member_id, ids),
+                )
+            )
+        )
+        new = [member for member in ids if member not in known]
+        if new:
+            job.targets_added += add_targets(
+                session, incident, _one_of(session, Member.id, new), now
+            )
+        everyone = and_(_one_of(session, Member.id, ids), Member.status == "active")
+        job.rows_written += add_deliveries(session, incident, briefing, everyone, now=now)
+        job.members_done += len(ids)
+        job.after_member_id = ids[-1]
     job.touched_at = now
-    if last is None:
-        _finish(session, incident, briefing, job, now, stopped=False)
-    else:
-        job.after_member_id = last
+    if not more:
+        _finish(session, incident, briefing, job, now, stopped=False, announce=not first)
     session.flush()
 
 
@@ -372,19 +430,20 @@ def _finish(
     now: datetime,
     *,
     stopped: bool,
+    announce: bool = True,
 ) -> None:
     job.finished_at = now
     job.touched_at = now
     # The count given up front, corrected by what was written (members change meanwhile).
     bump_targeted(session, incident.id, job.targets_added - job.targets_expected)
     session.expire(incident, ["targeted"])
-    if job.after_member_id is None:
+    if not announce:
         return  # written whole in the request: its declared/updated event says it all
     seconds = round((now - job.started_at).total_seconds(), 3)
     timeline.add(
         session, incident.id, timeline.TARGETED, version=briefing.version,
         detail={"members": job.members_done, "new_members": job.targets_added,
-                "deliveries": job.deliveries, "seconds": seconds, "stopped": stopped},
+                "deliveries": job.rows_written, "seconds": seconds, "stopped": stopped},
         at=now,
     )  # fmt: skip
 

@@ -118,7 +118,8 @@ class BriefingTargeting(Base):
     # answers with the number), corrected by the difference when the last chunk is written.
     targets_expected: Mapped[int] = mapped_column(Integer, default=0)
     targets_added: Mapped[int] = mapped_column(Integer, default=0)
-    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    # Ledger rows written so far.
+    rows_written: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     touched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

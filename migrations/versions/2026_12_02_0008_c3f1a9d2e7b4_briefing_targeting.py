@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("members_done", sa.Integer(), nullable=False),
         sa.Column("targets_expected", sa.Integer(), nullable=False),
         sa.Column("targets_added", sa.Integer(), nullable=False),
-        sa.Column("deliveries", sa.Integer(), nullable=False),
+        sa.Column("rows_written", sa.Integer(), nullable=False),
         sa.Column("started_at", app.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("touched_at", app.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("finished_at", app.models.base.UTCDateTime(timezone=True), nullable=True),

@@ -129,7 +129,7 @@ def test_the_request_writes_one_chunk_and_answers_with_the_whole_count(
     job = db.get(BriefingTargeting, version)
     assert job.finished_at is not None
     assert job.members_done == 19
-    assert job.deliveries == len(rows)
+    assert job.rows_written == len(rows)
     assert db.get(Incident, incident["uuid"]).targeted == 19
     assert (
         db.scalar(select(func.count()).where(IncidentTarget.incident_id == incident["uuid"])) == 19
