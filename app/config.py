@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     # A stream re-checks its API key this often, so a revoked key loses it within 15 s.
     events_key_recheck_seconds: float = Field(default=10.0, gt=0, le=15)
     events_max_streams_per_key: int = Field(default=10, ge=1, le=10_000)
+    # Each API process trusts a verified API key this long without reading it again (0:
+    # every request reads it), so a key revoked elsewhere (`rrmm keys revoke`) is refused by
+    # every process within this bound. Kept short: it is the revocation delay.
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=15)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from app.acks.ratelimit import RateLimiter
 from app.acks.tokens import signer_from_settings
 from app.api import mount_routers
+from app.auth.cache import KeyCache
 from app.clientaddr import ClientAddress
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.member_policy = member_policy(settings)
     app.state.ack_signer = signer_from_settings(settings)
     app.state.status_cache = StatusCache(settings.status_cache_seconds)
+    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     app.state.ack_limiter = RateLimiter(
         settings.ack_rate_limit,
         settings.ack_link_rate_limit,
