@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.session_factory,
             settings.events_poll_seconds,
             max_streams_per_key=settings.events_max_streams_per_key,
+            key_recheck_seconds=settings.events_key_recheck_seconds,
         )
         try:
             yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 import structlog
@@ -240,11 +241,10 @@ def incident_timeline(
         }
     },
 )
-def incident_events(
+async def incident_events(
     incident_id: uuid.UUID,
     request: Request,
-    session: SessionDep,
-    principal: Viewer,
+    principal: PollingViewer,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -262,10 +262,12 @@ def incident_events(
     Each event's `id` is the incident's event number: reconnecting with the last one seen
     replays what was missed, from the database. The stream ends within 15 s of its key's
     revocation; one key holds at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API
-    process (429 beyond)."""
-    service.get_incident(session, incident_id)
+    process (429 beyond). Each API process reads an incident once per interval however
+    many listen: a dashboard joining a watched incident costs no database read."""
     settings = request.app.state.settings
     hub: events.EventHub = request.app.state.event_hub
+    if not hub.watched(incident_id):
+        await hub.in_thread(partial(service.get_incident, incident_id=incident_id))  # or 404
     # Last, so nothing can fail between taking the place and the stream that gives it back
     # (the background task covers a stream that never starts, e.g. HEAD).
     lease = hub.lease(principal.key_id) if principal.key_id is not None else None
@@ -275,7 +277,6 @@ def incident_events(
             operator=principal.role.includes(Role.OPERATOR),
             last_event_id=int(last_event_id) if last_event_id is not None else None,
             key_id=principal.key_id,
-            recheck_seconds=settings.events_key_recheck_seconds,
             lease=lease,
         ),
         ping=settings.events_ping_seconds,

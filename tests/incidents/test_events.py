@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -258,6 +259,40 @@ def test_one_reader_per_incident_per_process(
         second.next("status")
         assert list(hub.feeds) == [uuid.UUID(scene.incident["id"])]
         assert len(hub.feeds[uuid.UUID(scene.incident["id"])].listeners) == 2
+
+
+def test_listeners_joining_a_watched_incident_cost_no_reads(
+    servers: Servers, scene: Scene, operator: Headers, viewer: Headers
+) -> None:
+    """However many listen, the incident's events and status are read by the process' feed
+    alone: ten more listeners (operators and viewers) add no read of the timeline."""
+    app, url, incident_id = servers.apps[0], servers.urls[0], scene.incident["id"]
+    timeline_reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM incident_events" in statement:
+            timeline_reads.append(statement)
+
+    with listen(url, incident_id, operator) as first:
+        first.next("status")
+        feed = app.state.event_hub.feeds[uuid.UUID(incident_id)]
+        sqlalchemy.event.listen(app.state.engine, "before_cursor_execute", count)
+        try:
+            reads_before = feed.reads
+            with ExitStack() as stack:
+                more = [
+                    stack.enter_context(listen(url, incident_id, viewer if i % 2 else operator))
+                    for i in range(10)
+                ]
+                for listener in more:
+                    assert listener.next("status").data["id"] == incident_id
+                assert len(feed.listeners) == 11
+                feed_reads = feed.reads - reads_before
+                seen = len(timeline_reads)
+        finally:
+            sqlalchemy.event.remove(app.state.engine, "before_cursor_execute", count)
+    # The feed's reads only (one may have started before its count was taken).
+    assert seen <= feed_reads + 1, (seen, feed_reads)
 
 
 def test_the_stream_refuses_what_it_cannot_serve(
