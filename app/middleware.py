@@ -122,13 +122,14 @@ class ConcurrencyLimit:
         slots = self._slots
         if slots.locked():
             try:
-                await asyncio.wait_for(slots.acquire(), self.timeout)
+                # A timer, not wait_for: that costs a task per waiting request.
+                async with asyncio.timeout(self.timeout):
+                    await slots.acquire()
             except TimeoutError:
                 await _send_503(send, self.timeout)
                 return
         else:
-            # A free slot is taken at once, without the task that wait_for costs.
-            await slots.acquire()
+            await slots.acquire()  # a free slot: taken at once
         held = True
 
         def give_back() -> None:
