@@ -19,6 +19,7 @@ from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
+from app.incidents.polls import StatusPolls
 from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
@@ -90,6 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=settings.api_concurrency,
         timeout=settings.api_queue_timeout_seconds,
         exempt=frozenset({"/healthz"}),
+    )
+    # Outside admission: a poll answered from memory needs no slot (see its module).
+    app.add_middleware(
+        StatusPolls,
+        keys=app.state.key_cache,
+        statuses=app.state.status_cache,
     )
     app.add_middleware(
         BodySizeLimit,

@@ -219,14 +219,21 @@ class StatusCache:
         self._documents: dict[uuid.UUID, tuple[float, bytes, str]] = {}
         self._reading: dict[uuid.UUID, asyncio.Future[tuple[bytes, str]]] = {}
 
+    def peek(self, incident_id: uuid.UUID) -> tuple[bytes, str] | None:
+        """The document if this process holds it and it is fresh, else None."""
+        cached = self._documents.get(incident_id)
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        return cached[1], cached[2]
+
     async def document(
         self, factory: sessionmaker[Session], incident_id: uuid.UUID
     ) -> tuple[bytes, str]:
         if self.ttl <= 0:
             return await run_in_threadpool(_read_document, factory, incident_id)
-        cached = self._documents.get(incident_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1], cached[2]
+        cached = self.peek(incident_id)
+        if cached is not None:
+            return cached
         reading = self._reading.get(incident_id)
         if reading is None or reading.get_loop() is not asyncio.get_running_loop():
             reading = asyncio.ensure_future(self._read(factory, incident_id))
