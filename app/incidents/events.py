@@ -308,7 +308,8 @@ class EventHub:
             feed = self.feeds[incident_id] = IncidentFeed(incident_id)
         listener = Listener(incident_id, key_id)
         feed.listeners.add(listener)
-        if feed.task is None:
+        if feed.task is None or feed.task.done():
+            # done: its last listener was dropped (too slow) and its loop ended just now.
             feed.task = asyncio.create_task(self._poll(feed), name=f"feed-{incident_id}")
         if key_id is not None:
             self.listeners_by_key.setdefault(key_id, set()).add(listener)
