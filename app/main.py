@@ -13,11 +13,13 @@ from fastapi.openapi.utils import get_openapi
 from app.acks.ratelimit import RateLimiter
 from app.acks.tokens import signer_from_settings
 from app.api import mount_routers
+from app.auth.cache import KeyCache
 from app.clientaddr import ClientAddress
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
+from app.incidents.polls import StatusPolls
 from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.session_factory,
             settings.events_poll_seconds,
             max_streams_per_key=settings.events_max_streams_per_key,
+            key_recheck_seconds=settings.events_key_recheck_seconds,
         )
         try:
             yield
@@ -63,11 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry hooks look up the global providers on every request;
+        # the service's metrics are Prometheus and its traces are the logs' request ids.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.member_policy = member_policy(settings)
     app.state.ack_signer = signer_from_settings(settings)
     app.state.status_cache = StatusCache(settings.status_cache_seconds)
+    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     app.state.ack_limiter = RateLimiter(
         settings.ack_rate_limit,
         settings.ack_link_rate_limit,
@@ -84,6 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=settings.api_concurrency,
         timeout=settings.api_queue_timeout_seconds,
         exempt=frozenset({"/healthz"}),
+    )
+    # Outside admission: a poll answered from memory needs no slot (see its module).
+    app.add_middleware(
+        StatusPolls,
+        keys=app.state.key_cache,
+        statuses=app.state.status_cache,
     )
     app.add_middleware(
         BodySizeLimit,

@@ -43,10 +43,20 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.import_limit if scope["path"] in self.IMPORT_PATHS else self.default_limit
+        has_body = False
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _send_413(send, limit)
-                return
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await _send_413(send, limit)
+                    return
+                has_body = value != b"0"
+            elif name == b"transfer-encoding":
+                has_body = True
+        if not has_body:
+            # Neither a length nor chunks: HTTP/1.1 says there is no body (most GETs, every
+            # poll), so there is nothing to read or time.
+            await self.app(scope, receive, send)
+            return
         chunks: list[bytes] = []
         size = 0
         try:
@@ -110,11 +120,16 @@ class ConcurrencyLimit:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limit)
         slots = self._slots
-        try:
-            await asyncio.wait_for(slots.acquire(), self.timeout)
-        except TimeoutError:
-            await _send_503(send, self.timeout)
-            return
+        if slots.locked():
+            try:
+                # A timer, not wait_for: that costs a task per waiting request.
+                async with asyncio.timeout(self.timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                await _send_503(send, self.timeout)
+                return
+        else:
+            await slots.acquire()  # a free slot: taken at once
         held = True
 
         def give_back() -> None:
@@ -177,6 +192,9 @@ class AccessLog:
     def __init__(self, app: ASGIApp, *, histogram: Histogram | None = None) -> None:
         self.app = app
         self.histogram = histogram
+        # The histogram's child per (route, method, status): `labels()` validates and locks
+        # on every call; the few combinations a service has are looked up once each.
+        self._children: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -199,7 +217,11 @@ class AccessLog:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
             if self.histogram is not None:
                 method = scope["method"] if scope["method"] in METHODS else "OTHER"
-                self.histogram.labels(route, method, str(status)).observe(elapsed)
+                child = self._children.get((route, method, status))
+                if child is None:
+                    child = self.histogram.labels(route, method, str(status))
+                    self._children[(route, method, status)] = child
+                child.observe(elapsed)
             log.info(
                 "request",
                 method=scope["method"],

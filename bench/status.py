@@ -84,6 +84,7 @@ from bench.fanout import (
     run_bench,
     start_service,
 )
+from bench.listeners import fanout_over, listeners_part
 
 ENDPOINTS = ("status", "healthz")
 ABBA = ("status", "healthz", "healthz", "status")
@@ -903,6 +904,33 @@ def roster_size(args: argparse.Namespace, service: Service, children: Children) 
     }
 
 
+# ----------------------------------------------------------------------------- 3. listeners
+
+
+def listeners(
+    args: argparse.Namespace,
+    service: Service,
+    children: Children,
+    http: httpx.Client,
+    load: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The listeners part (bench/listeners.py) on the load part's incident, or on one of its
+    own once its fan-out is over."""
+    if load is not None:
+        incident_id = load["incident_id"]
+    else:
+        n: int = args.members
+        log(f"importing {n} members")
+        import_members(service.api, n, service.sinks.webhook_base)
+        response = service.api.post("/v1/incidents", json=declare_body())
+        if response.status_code != 202:
+            raise BenchError(f"declare failed: {response.status_code} {response.text[:2000]}")
+        incident_id = response.json()["id"]
+        wait_for_fanout(args, service, http, incident_id, 2 * n, time.monotonic())
+    children.check_alive()
+    return listeners_part(args, service, incident_id, fanout_over(service.api, incident_id))
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -933,11 +961,16 @@ def run(
             "roster_requests": args.roster_requests,
             "roster_concurrency": args.roster_concurrency,
             "answered_share": args.answered_share,
+            "listeners": args.listeners,
+            "listeners_idle_seconds": args.listeners_idle_seconds,
+            "listeners_changes": args.listeners_changes,
         },
     }
-    if args.only != "roster":
+    if args.only in (None, "load"):
         result["load"] = under_load(args, service, children, http)
-    if args.only != "load":
+    if args.listeners:
+        result["listeners"] = listeners(args, service, children, http, result.get("load"))
+    if args.only in (None, "roster"):
         result["roster"] = roster_size(args, service, children)
     result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return result
@@ -1042,6 +1075,9 @@ def report_lines(result: dict[str, Any], args: argparse.Namespace) -> Iterator[s
                 "   note: the fan-out ended before the slices did (fan-out column < 0.9): "
                 "raise --members or shorten --slice-seconds"
             )
+    crowd = result.get("listeners")
+    if crowd:
+        yield from listener_lines(crowd)
     roster = result.get("roster")
     if roster:
         sizes = roster["members"]
@@ -1093,11 +1129,41 @@ def report_lines(result: dict[str, Any], args: argparse.Namespace) -> Iterator[s
             )
 
 
+def listener_lines(crowd: dict[str, Any]) -> Iterator[str]:
+    memory, idle, changes = crowd["api_memory_kb"], crowd["idle"], crowd["changes"]
+    yield ""
+    yield (
+        f"3. Listeners: {crowd['listeners']} event streams on one API process "
+        f"({crowd['roles']['viewer']} viewer, {crowd['roles']['operator']} operator, "
+        f"{crowd['keys']} keys), all connected in {crowd['connect_seconds']} s"
+    )
+    yield (
+        f"   API memory: PSS {memory['before']['pss_kb'] // 1024} MB before, "
+        f"{memory['connected']['pss_kb'] // 1024} MB connected (+{crowd['added_pss_mb']} MB, "
+        f"{crowd['added_pss_kb_per_listener']} kB per listener), "
+        f"{memory['after_changes']['pss_kb'] // 1024} MB after the changes"
+    )
+    yield (
+        f"   idle {idle['seconds']} s: API CPU {idle['api_cpu_share_of_a_core']:.1%} of a core "
+        f"({idle['status_events']} status events)"
+    )
+    delay, spread = changes["change_to_listener_s"], changes["spread_s"]
+    yield (
+        f"   {changes['changes']} briefing updates fanned out: {changes['status_documents']} "
+        f"status documents, every listener saw every one: "
+        f"{'yes' if changes['every_listener_saw_every_status'] else 'NO'} "
+        f"({changes['missed']} missed); update to a listener's next status p50 {delay['p50']} s, "
+        f"max {delay['max']} s; first to last listener per status p50 {spread['p50']} s, "
+        f"max {spread['max']} s; API CPU {changes['api_cpu_ms_per_status_event']} ms per "
+        "status event delivered"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.status", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("--only", choices=("load", "roster"), help="run one part only")
+    parser.add_argument("--only", choices=("load", "roster", "listeners"), help="run one part only")
     parser.add_argument("--api-workers", type=int, default=1, help="`rrmm api --workers`")
     parser.add_argument(
         "--request-timeout", type=float, default=10, help="seconds; longer is an error"
@@ -1128,12 +1194,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     roster.add_argument("--answered-share", type=float, default=0.3)
     roster.add_argument("--seed", type=int, default=1, help="of the answers' random choices")
+    crowd = parser.add_argument_group("3. listeners (event streams)")
+    crowd.add_argument(
+        "--listeners", type=int, help="event-stream listeners on one API process (0: none)"
+    )
+    crowd.add_argument(
+        "--listeners-idle-seconds", type=float, default=10, help="CPU measured with no change"
+    )
+    crowd.add_argument(
+        "--listeners-changes", type=int, default=2, help="briefing updates fanned out to watch"
+    )
     add_service_arguments(parser)
     parser.set_defaults(timeout=900)
     args = parser.parse_args(argv)
     check_service_arguments(parser, args)
     if args.slice_seconds is None:
         args.slice_seconds = max(1.0, 5 * args.think)
+    if args.listeners is None:
+        args.listeners = 1000 if args.only == "listeners" else 0
+    if args.listeners < 0 or args.listeners_changes < 1 or args.listeners_idle_seconds <= 0:
+        parser.error("--listeners >= 0, --listeners-changes >= 1, --listeners-idle-seconds > 0")
     if args.after_slice_seconds is None:
         args.after_slice_seconds = max(2.0, 5 * args.think)
     for name in (

@@ -81,6 +81,7 @@ def settings(
         # Tests read the status right after changing the database: no cached status here
         # (tests/incidents/test_status.py checks the cache with its own settings).
         status_cache_seconds=0,
+        api_key_cache_seconds=0,
     )
 
 

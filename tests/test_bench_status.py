@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.deliveries import ledger
 from app.incidents.status import incident_status
 from app.models import Ack, CurrentAck, Delivery, Incident, IncidentEvent, IncidentTarget
-from bench.status import check_counters, percentile, read_in_process, seed_incident
+from bench.listeners import delivery_report
+from bench.status import check_counters, parse_args, percentile, read_in_process, seed_incident
 
 
 def test_seeded_incidents_are_final_answered_and_counted(
@@ -88,3 +89,27 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 1.0) == 100.0
     assert percentile([3.0], 0.5) == 3.0
     assert percentile([], 0.5) is None
+
+
+def test_the_listeners_report_finds_a_missed_status_and_the_delays() -> None:
+    # Two listeners; a change at t=10; the second listener never gets document "b".
+    seen = [
+        [(5.0, "old"), (10.4, "a"), (11.4, "b")],
+        [(5.0, "old"), (10.6, "a")],
+    ]
+    report = delivery_report(seen, changes=[10.0], since=10.0)
+    assert report["status_documents"] == 2  # "old" came before the measured window
+    assert report["missed"] == 1
+    assert report["every_listener_saw_every_status"] is False
+    assert report["change_to_listener_s"]["max"] == 0.6
+    assert report["spread_s"]["max"] == 0.2  # "a": 10.4 to 10.6
+    complete = delivery_report([seen[0], seen[0]], changes=[10.0], since=10.0)
+    assert complete["every_listener_saw_every_status"] is True
+    assert complete["missed"] == 0
+
+
+def test_the_listeners_option_parses_and_defaults() -> None:
+    assert parse_args([]).listeners == 0
+    assert parse_args(["--only", "listeners"]).listeners == 1000
+    args = parse_args(["--listeners", "50", "--listeners-changes", "1"])
+    assert (args.listeners, args.listeners_changes) == (50, 1)

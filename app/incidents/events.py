@@ -6,30 +6,34 @@ incident's sequence number (`incidents.event_seq`), which is the SSE `id`; a cli
 reconnects with `Last-Event-ID: N` is first sent what it missed after N, from the database.
 
 Each API process polls once per incident that has listeners (`IncidentFeed`), not once per
-listener: 200 dashboards on one incident cost one status read per interval. Listeners that
-cannot keep up are disconnected (their queue is bounded) and resume from the database.
+listener: one read of the new events and the status per interval, whether one dashboard
+listens or a thousand, and each message is encoded once per role, not once per listener.
+A listener that joins a watched incident without `Last-Event-ID` starts from the feed's
+position and last status: it costs no read at all. Listeners that cannot keep up are
+disconnected (their queue is bounded) and resume from the database.
 
 What a listener gets depends on its role: operators get each answer (who, what, when);
 viewers get the timeline without actors and only aggregates (the `status` event).
 
-A stream outlives the request that authenticated it, so it re-checks its API key every
-`RRMM_EVENTS_KEY_RECHECK_SECONDS` (at most 15) and ends once the key is revoked; each key
-may hold at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API process.
+A stream outlives the request that authenticated it, so the process re-checks the keys of
+its open streams every `RRMM_EVENTS_KEY_RECHECK_SECONDS` (at most 15), in one query for all
+of them, and ends the streams of a revoked key; each key may hold at most
+`RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio.to_thread
+import orjson
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -75,20 +79,49 @@ class StreamLease:
                 self.hub.streams_by_key.pop(self.key_id, None)
 
 
-def key_is_active(session: Session, key_id: uuid.UUID) -> bool:
-    """The key still exists and is not revoked (what `authenticate` requires of it)."""
-    row = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id)).first()
-    return row is not None and row[0] is None
+def active_keys(session: Session, key_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of `key_ids` that still exist and are not revoked (what `authenticate`
+    requires of a key), in one query per 500."""
+    ids = list(key_ids)
+    active: set[uuid.UUID] = set()
+    for start in range(0, len(ids), 500):
+        active.update(
+            session.scalars(
+                select(ApiKey.id).where(
+                    ApiKey.id.in_(ids[start : start + 500]), ApiKey.revoked_at.is_(None)
+                )
+            )
+        )
+    return active
+
+
+def frame(event: str, seq: int, data: bytes) -> bytes:
+    """One server-sent event, encoded (`data` is JSON: one line)."""
+    return ServerSentEvent(
+        data=data.decode(), event=event, id=str(seq), retry=RETRY_MILLISECONDS
+    ).encode()
 
 
 @dataclass(frozen=True)
 class StreamItem:
-    """One timeline event or answer, in the two shapes the roles may see."""
+    """One timeline event or answer, in the two shapes the roles may see, encoded once."""
 
     seq: int
     event: str  # "timeline" or "answer"
-    for_operators: dict[str, Any]
-    for_viewers: dict[str, Any] | None  # None: viewers do not get this item
+    for_operators: bytes
+    for_viewers: bytes | None  # None: viewers do not get this item
+
+    @classmethod
+    def of(
+        cls, seq: int, event: str, operators: dict[str, Any], viewers: dict[str, Any] | None
+    ) -> StreamItem:
+        def encoded(data: dict[str, Any]) -> bytes:
+            return frame(event, seq, orjson.dumps(data))
+
+        return cls(seq, event, encoded(operators), None if viewers is None else encoded(viewers))
+
+    def frame_for(self, operator: bool) -> bytes | None:
+        return self.for_operators if operator else self.for_viewers
 
 
 @dataclass(frozen=True)
@@ -96,6 +129,16 @@ class StatusSnapshot:
     seq: int  # the incident's event number when the status was read
     payload: bytes
     etag: str
+    # Encoded per SSE id: the listeners of a feed are at the same id, so mostly one entry.
+    _frames: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def frame(self, seq: int) -> bytes:
+        encoded = self._frames.get(seq)
+        if encoded is None:
+            if len(self._frames) >= 16:
+                self._frames.clear()
+            encoded = self._frames[seq] = frame("status", seq, self.payload)
+        return encoded
 
 
 def _timeline_item(event: IncidentEvent) -> StreamItem:
@@ -106,12 +149,12 @@ def _timeline_item(event: IncidentEvent) -> StreamItem:
         "briefing_version": event.briefing_version,
         "detail": event.detail,
     }
-    return StreamItem(event.seq, "timeline", {**body, "actor": event.actor}, body)
+    return StreamItem.of(event.seq, "timeline", {**body, "actor": event.actor}, body)
 
 
 def _answer_item(ack: Ack, name: str | None) -> StreamItem:
     assert ack.event_seq is not None
-    return StreamItem(
+    return StreamItem.of(
         ack.event_seq,
         "answer",
         {
@@ -176,18 +219,43 @@ def read_status(session: Session, incident_id: uuid.UUID) -> StatusSnapshot:
     return StatusSnapshot(seq, payload, etag)
 
 
+def read_news(
+    session: Session, incident_id: uuid.UUID, after_seq: int
+) -> tuple[list[StreamItem], StatusSnapshot]:
+    """A feed's read of one interval, in one session: the items after `after_seq`, then the
+    status (read after them, so at least as new)."""
+    return read_after(session, incident_id, after_seq), read_status(session, incident_id)
+
+
+Inbox = asyncio.Queue[StreamItem | StatusSnapshot | None]
+
+
+@dataclass(eq=False)
+class Listener:
+    """One open stream: its bounded queue, and the key it was opened with."""
+
+    incident_id: uuid.UUID
+    key_id: uuid.UUID | None
+    inbox: Inbox = field(default_factory=lambda: asyncio.Queue(LISTENER_QUEUE))
+
+
 @dataclass
 class IncidentFeed:
     """One poller per incident per process; listeners get what it reads."""
 
     incident_id: uuid.UUID
-    listeners: set[asyncio.Queue[StreamItem | StatusSnapshot | None]] = field(default_factory=set)
+    listeners: set[Listener] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    # Where the poller is: every item after `seq` will be offered to the listeners, and
+    # `snapshot` is the last status it read (None until its first read).
+    seq: int | None = None
+    snapshot: StatusSnapshot | None = None
+    reads: int = 0  # reads of the news made (started) so far
 
 
 class EventHub:
     """The process' incident feeds, started with their first listener and stopped with
-    their last."""
+    their last, and the watch over the keys of the open streams."""
 
     def __init__(
         self,
@@ -195,14 +263,18 @@ class EventHub:
         interval: float,
         *,
         max_streams_per_key: int = 10,
+        key_recheck_seconds: float = 10.0,
     ) -> None:
         self.session_factory = session_factory
         self.interval = interval
+        self.key_recheck_seconds = key_recheck_seconds
         self.feeds: dict[uuid.UUID, IncidentFeed] = {}
         self.max_streams_per_key = max_streams_per_key
         # Leases are taken in the (threadpool) endpoint and given back in the event loop.
         self.lock = threading.Lock()
         self.streams_by_key: dict[uuid.UUID, int] = {}
+        self.listeners_by_key: dict[uuid.UUID, set[Listener]] = {}
+        self._key_watch: asyncio.Task[None] | None = None
 
     def lease(self, key_id: uuid.UUID) -> StreamLease:
         """A stream place for `key_id`; 429 when the key already holds the maximum here."""
@@ -226,86 +298,122 @@ class EventHub:
 
         return await anyio.to_thread.run_sync(run)
 
-    def subscribe(
-        self, incident_id: uuid.UUID
-    ) -> asyncio.Queue[StreamItem | StatusSnapshot | None]:
+    def watched(self, incident_id: uuid.UUID) -> bool:
+        """Whether this process already follows the incident (so it exists)."""
+        return incident_id in self.feeds
+
+    def subscribe(self, incident_id: uuid.UUID, key_id: uuid.UUID | None = None) -> Listener:
         feed = self.feeds.get(incident_id)
         if feed is None:
             feed = self.feeds[incident_id] = IncidentFeed(incident_id)
-        queue: asyncio.Queue[StreamItem | StatusSnapshot | None] = asyncio.Queue(LISTENER_QUEUE)
-        feed.listeners.add(queue)
-        if feed.task is None:
+        listener = Listener(incident_id, key_id)
+        feed.listeners.add(listener)
+        if feed.task is None or feed.task.done():
+            # done: its last listener was dropped (too slow) and its loop ended just now.
             feed.task = asyncio.create_task(self._poll(feed), name=f"feed-{incident_id}")
-        return queue
+        if key_id is not None:
+            self.listeners_by_key.setdefault(key_id, set()).add(listener)
+            if self._key_watch is None:
+                self._key_watch = asyncio.create_task(self._watch_keys(), name="stream-keys")
+        return listener
 
-    def unsubscribe(
-        self, incident_id: uuid.UUID, queue: asyncio.Queue[StreamItem | StatusSnapshot | None]
-    ) -> None:
-        feed = self.feeds.get(incident_id)
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener.key_id is not None:
+            mine = self.listeners_by_key.get(listener.key_id)
+            if mine is not None:
+                mine.discard(listener)
+                if not mine:
+                    del self.listeners_by_key[listener.key_id]
+        feed = self.feeds.get(listener.incident_id)
         if feed is None:
             return
-        feed.listeners.discard(queue)
+        feed.listeners.discard(listener)
         if not feed.listeners:
-            del self.feeds[incident_id]
+            del self.feeds[listener.incident_id]
             if feed.task is not None:
                 feed.task.cancel()
 
     async def close(self) -> None:
+        tasks = [feed.task for feed in self.feeds.values() if feed.task is not None]
         for feed in list(self.feeds.values()):
-            for queue in list(feed.listeners):
-                self._offer(feed, queue, None)
-            if feed.task is not None:
-                feed.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feed.task
+            for listener in list(feed.listeners):
+                self._end(feed, listener)
+        if self._key_watch is not None:
+            tasks.append(self._key_watch)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self.feeds.clear()
+        self._key_watch = None
 
-    def _offer(
-        self,
-        feed: IncidentFeed,
-        queue: asyncio.Queue[StreamItem | StatusSnapshot | None],
-        message: StreamItem | StatusSnapshot | None,
-    ) -> None:
-        try:
-            queue.put_nowait(message)
-        except asyncio.QueueFull:
-            # Too slow: end its stream; the client reconnects with Last-Event-ID and
-            # catches up from the database instead of from memory.
-            feed.listeners.discard(queue)
-            with contextlib.suppress(asyncio.QueueEmpty):
-                queue.get_nowait()
-            queue.put_nowait(None)
+    def _end(self, feed: IncidentFeed | None, listener: Listener) -> None:
+        """End a listener's stream: its queue gets the end mark, dropping what it holds if
+        it is full (the client reconnects with Last-Event-ID and catches up from the
+        database instead of from memory)."""
+        if feed is not None:
+            feed.listeners.discard(listener)
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while listener.inbox.full():
+                listener.inbox.get_nowait()
+        listener.inbox.put_nowait(None)
+
+    def _offer_all(self, feed: IncidentFeed, message: StreamItem | StatusSnapshot) -> None:
+        for listener in list(feed.listeners):
+            try:
+                listener.inbox.put_nowait(message)
+            except asyncio.QueueFull:
+                self._end(feed, listener)  # too slow
 
     async def _poll(self, feed: IncidentFeed) -> None:
-        seq: int | None = None
-        etag = None
         while feed.listeners:
             try:
-                if seq is None:
-                    seq = await self.in_thread(lambda s: current_seq(s, feed.incident_id)) or 0
-                after = seq
-                items = await self.in_thread(
-                    partial(read_after, incident_id=feed.incident_id, after_seq=after)
-                )
+                if feed.seq is None:
+                    feed.seq = await self.in_thread(lambda s: current_seq(s, feed.incident_id)) or 0
+                read = partial(read_news, incident_id=feed.incident_id, after_seq=feed.seq)
+                feed.reads += 1
+                items, snapshot = await self.in_thread(read)
                 for item in items:
-                    for queue in list(feed.listeners):
-                        self._offer(feed, queue, item)
-                    seq = item.seq
-                snapshot = await self.in_thread(lambda s: read_status(s, feed.incident_id))
-                if snapshot.etag != etag:
-                    etag = snapshot.etag
-                    for queue in list(feed.listeners):
-                        self._offer(feed, queue, snapshot)
+                    self._offer_all(feed, item)
+                    feed.seq = item.seq
+                if feed.snapshot is None or snapshot.etag != feed.snapshot.etag:
+                    feed.snapshot = snapshot
+                    self._offer_all(feed, snapshot)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a database hiccup: keep the listeners, try again
                 log.warning("event_feed_read_failed", error=type(exc).__name__)
             await asyncio.sleep(self.interval)
 
-
-def _sse(event: str, seq: int, data: dict[str, Any] | bytes) -> ServerSentEvent:
-    text = data.decode() if isinstance(data, bytes) else json.dumps(data, separators=(",", ":"))
-    return ServerSentEvent(data=text, event=event, id=str(seq), retry=RETRY_MILLISECONDS)
+    async def _watch_keys(self) -> None:
+        """Every `key_recheck_seconds`, one query for the keys of all open streams; the
+        streams of a key that is gone or revoked end (a reconnect is authenticated afresh,
+        and refused)."""
+        try:
+            while self.listeners_by_key:
+                await asyncio.sleep(self.key_recheck_seconds)
+                keys = list(self.listeners_by_key)
+                if not keys:
+                    break
+                try:
+                    active = await self.in_thread(partial(active_keys, key_ids=keys))
+                except Exception as exc:
+                    # Cannot tell: end those streams. Their clients reconnect (resuming with
+                    # Last-Event-ID) and are authenticated afresh: the check made anew.
+                    log.warning("event_stream_key_check_failed", error=type(exc).__name__)
+                    active = set()
+                for key_id in keys:
+                    if key_id in active:
+                        continue
+                    ended = self.listeners_by_key.pop(key_id, set())
+                    if ended:
+                        log.info(
+                            "event_stream_closed", reason="api key revoked", streams=len(ended)
+                        )
+                    for listener in ended:
+                        self._end(self.feeds.get(listener.incident_id), listener)
+        finally:
+            self._key_watch = None
 
 
 async def stream(
@@ -315,80 +423,57 @@ async def stream(
     operator: bool,
     last_event_id: int | None,
     key_id: uuid.UUID | None = None,
-    recheck_seconds: float = 10.0,
     lease: StreamLease | None = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     """One listener's events: what it missed since `last_event_id` (from the database), a
     `status` snapshot, then live items and status changes as the process' feed reads them.
 
     Without `Last-Event-ID` nothing is replayed: the snapshot says where things stand.
-    With `key_id`, the key is looked up again every `recheck_seconds`, on the stream's own
-    timer (not only when something happens), and the stream ends once it is revoked.
+    With `key_id`, the stream ends once the hub's key watch finds the key revoked.
     """
-    queue = hub.subscribe(incident_id)  # first, so nothing falls between replay and live
-    getter: asyncio.Task[StreamItem | StatusSnapshot | None] | None = None
-    loop = asyncio.get_running_loop()
-    next_check = loop.time() + recheck_seconds
+    listener = hub.subscribe(incident_id, key_id)  # first: nothing falls between replay and live
+    feed = hub.feeds[incident_id]
     try:
-        seq = last_event_id
-        if seq is None:
-            seq = await hub.in_thread(lambda s: current_seq(s, incident_id)) or 0
-        while True:  # replay, in pages
+        replay = True
+        if last_event_id is not None:
+            seq = last_event_id
+        elif feed.seq is not None:
+            # The feed offers every item after its position to our queue: nothing to read.
+            seq, replay = feed.seq, False
+        else:
+            last: int | None = await hub.in_thread(lambda s: current_seq(s, incident_id))
+            seq = last or 0
+        while replay:  # in pages
             page = partial(read_after, incident_id=incident_id, after_seq=seq)
             items = await hub.in_thread(page)
             for item in items:
-                data = item.for_operators if operator else item.for_viewers
+                data = item.frame_for(operator)
                 if data is not None:
-                    yield _sse(item.event, item.seq, data)
+                    yield data
                 seq = item.seq
-            if not items:
-                break
-        snapshot = await hub.in_thread(lambda s: read_status(s, incident_id))
+            replay = bool(items)
+        snapshot = feed.snapshot  # a later one than ours cannot have been offered yet
+        if snapshot is None:
+            snapshot = await hub.in_thread(lambda s: read_status(s, incident_id))
         sent = snapshot
-        yield _sse("status", seq, snapshot.payload)
+        yield snapshot.frame(seq)
         while True:
-            if key_id is not None and loop.time() >= next_check:
-                if not await _key_still_active(hub, key_id):
-                    return
-                next_check = loop.time() + recheck_seconds
-            if getter is None:
-                getter = asyncio.ensure_future(queue.get())
-            # One pending get across timeouts: cancelling a get could lose its message.
-            done, _ = await asyncio.wait({getter}, timeout=max(next_check - loop.time(), 0))
-            if getter not in done:
-                continue
-            message = getter.result()
-            getter = None
+            message = await listener.inbox.get()
             if message is None:
                 return
             if isinstance(message, StatusSnapshot):
                 # Not one read before ours (the numbers would go back for a moment).
                 if message.etag != sent.etag and message.seq >= sent.seq:
                     sent = message
-                    yield _sse("status", seq, message.payload)
+                    yield message.frame(seq)
                 continue
             if message.seq <= seq:
                 continue  # already sent by the replay
             seq = message.seq
-            data = message.for_operators if operator else message.for_viewers
+            data = message.frame_for(operator)
             if data is not None:
-                yield _sse(message.event, message.seq, data)
+                yield data
     finally:
-        if getter is not None:
-            getter.cancel()
-        hub.unsubscribe(incident_id, queue)
+        hub.unsubscribe(listener)
         if lease is not None:
             lease.release()
-
-
-async def _key_still_active(hub: EventHub, key_id: uuid.UUID) -> bool:
-    try:
-        active = await hub.in_thread(partial(key_is_active, key_id=key_id))
-    except Exception as exc:
-        # Cannot tell: end the stream. The client reconnects (resuming with Last-Event-ID)
-        # and is authenticated afresh, which is the check that could not be made here.
-        log.warning("event_stream_key_check_failed", error=type(exc).__name__)
-        return False
-    if not active:
-        log.info("event_stream_closed", reason="api key revoked")
-    return active

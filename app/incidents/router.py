@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 import structlog
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.deps import Operator, SessionDep, SettingsDep, Viewer, WriteSessionDep
+from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
 from app.incidents import events, service, timeline
 from app.incidents import status as status_reads
@@ -163,11 +164,10 @@ def get_incident(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -
     response_model=IncidentStatusView,
     responses={304: {"description": "Not modified: the `If-None-Match` ETag is current."}},
 )
-def incident_status(
+async def incident_status(
     incident_id: uuid.UUID,
     request: Request,
-    session: SessionDep,
-    _viewer: Viewer,
+    _viewer: PollingViewer,
     if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
 ) -> Response:
     """Aggregate progress for dashboards: state, members targeted, deliveries by status and
@@ -176,10 +176,13 @@ def incident_status(
 
     Read from counters kept with the ledger and the answers: the cost does not grow with
     the roster. Poll with `If-None-Match`: an unchanged status is a 304 without a body.
-    Each API process keeps the document `RRMM_STATUS_CACHE_SECONDS` (1 s), so a crowd of
-    dashboards costs one read per second per incident.
+    Each API process keeps the document `RRMM_STATUS_CACHE_SECONDS` (1 s) and the caller's
+    key `RRMM_API_KEY_CACHE_SECONDS` (5 s), so a crowd of dashboards costs one read per
+    second per incident, and a poll within that second neither a thread nor a database
+    connection.
     """
-    payload, etag = request.app.state.status_cache.document(session, incident_id)
+    cache: status_reads.StatusCache = request.app.state.status_cache
+    payload, etag = await cache.document(request.app.state.session_factory, incident_id)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -242,11 +245,10 @@ def incident_timeline(
         }
     },
 )
-def incident_events(
+async def incident_events(
     incident_id: uuid.UUID,
     request: Request,
-    session: SessionDep,
-    principal: Viewer,
+    principal: PollingViewer,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -264,10 +266,12 @@ def incident_events(
     Each event's `id` is the incident's event number: reconnecting with the last one seen
     replays what was missed, from the database. The stream ends within 15 s of its key's
     revocation; one key holds at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API
-    process (429 beyond)."""
-    service.get_incident(session, incident_id)
+    process (429 beyond). Each API process reads an incident once per interval however
+    many listen: a dashboard joining a watched incident costs no database read."""
     settings = request.app.state.settings
     hub: events.EventHub = request.app.state.event_hub
+    if not hub.watched(incident_id):
+        await hub.in_thread(partial(service.get_incident, incident_id=incident_id))  # or 404
     # Last, so nothing can fail between taking the place and the stream that gives it back
     # (the background task covers a stream that never starts, e.g. HEAD).
     lease = hub.lease(principal.key_id) if principal.key_id is not None else None
@@ -277,7 +281,6 @@ def incident_events(
             operator=principal.role.includes(Role.OPERATOR),
             last_event_id=int(last_event_id) if last_event_id is not None else None,
             key_id=principal.key_id,
-            recheck_seconds=settings.events_key_recheck_seconds,
             lease=lease,
         ),
         ping=settings.events_ping_seconds,

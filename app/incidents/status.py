@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import threading
+import asyncio
 import time
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import ColumnElement, and_, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from app.acks.service import bucket_seconds
+from app.db import session_scope
 from app.deliveries import ledger
 from app.etags import strong_etag
 from app.incidents.schemas import IncidentStatusView
@@ -199,44 +202,78 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
 
 def status_document(session: Session, incident_id: uuid.UUID) -> tuple[bytes, str]:
     """The status as the JSON a dashboard gets, and its strong ETag (the same bytes for
-    `/status` and the events stream's `status` events)."""
+    `/status` and the events stream's `status` events). Keys sorted: the same figures give
+    the same bytes, whatever order the counter rows come back in."""
     body = IncidentStatusView.model_validate(incident_status(session, incident_id)).model_dump(
         mode="json"
     )
-    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return payload, strong_etag(payload)
+
+
+def _read_document(factory: sessionmaker[Session], incident_id: uuid.UUID) -> tuple[bytes, str]:
+    with session_scope(factory) as session:
+        return status_document(session, incident_id)
 
 
 class StatusCache:
     """The status document of each incident, kept `ttl` seconds in this process.
 
     Dashboards poll all day, many at once: within `ttl` every poll of an incident (a 304
-    most of the time) costs the key check and a dictionary lookup instead of the status
-    reads. What a poll shows is at most `ttl` seconds old. `ttl` 0 turns it off.
+    most of the time) is answered from this dictionary, in the event loop, without a
+    thread or a database connection. When the document expires, the first poll reads it
+    again and the polls that arrive meanwhile wait for that same read (one read per
+    incident per `ttl`, however many poll). What a poll shows is at most `ttl` seconds old.
+    `ttl` 0 turns it off (every poll reads).
     """
 
     MAX_INCIDENTS = 1000  # watched at once; the oldest entry goes first beyond that
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
+        # Used from the serving event loop only.
         self._documents: dict[uuid.UUID, tuple[float, bytes, str]] = {}
-        self._lock = threading.Lock()
+        self._reading: dict[uuid.UUID, asyncio.Future[tuple[bytes, str]]] = {}
 
-    def document(self, session: Session, incident_id: uuid.UUID) -> tuple[bytes, str]:
+    def peek(self, incident_id: uuid.UUID) -> tuple[bytes, str] | None:
+        """The document if this process holds it and it is fresh, else None."""
+        cached = self._documents.get(incident_id)
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        return cached[1], cached[2]
+
+    async def document(
+        self, factory: sessionmaker[Session], incident_id: uuid.UUID
+    ) -> tuple[bytes, str]:
         if self.ttl <= 0:
-            return status_document(session, incident_id)
-        now = time.monotonic()
-        with self._lock:
-            cached = self._documents.get(incident_id)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        payload, etag = status_document(session, incident_id)
-        with self._lock:
-            if len(self._documents) >= self.MAX_INCIDENTS and incident_id not in self._documents:
-                oldest = min(self._documents, key=lambda key: self._documents[key][0])
-                del self._documents[oldest]
-            self._documents[incident_id] = (now + self.ttl, payload, etag)
+            return await run_in_threadpool(_read_document, factory, incident_id)
+        cached = self.peek(incident_id)
+        if cached is not None:
+            return cached
+        reading = self._reading.get(incident_id)
+        if reading is None or reading.get_loop() is not asyncio.get_running_loop():
+            reading = asyncio.ensure_future(self._read(factory, incident_id))
+            self._reading[incident_id] = reading
+            reading.add_done_callback(partial(self._read_done, incident_id))
+        # Shielded: a poller that hangs up does not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    async def _read(
+        self, factory: sessionmaker[Session], incident_id: uuid.UUID
+    ) -> tuple[bytes, str]:
+        started = time.monotonic()
+        payload, etag = await run_in_threadpool(_read_document, factory, incident_id)
+        if len(self._documents) >= self.MAX_INCIDENTS and incident_id not in self._documents:
+            oldest = min(self._documents, key=lambda key: self._documents[key][0])
+            del self._documents[oldest]
+        self._documents[incident_id] = (started + self.ttl, payload, etag)
         return payload, etag
+
+    def _read_done(self, incident_id: uuid.UUID, reading: asyncio.Future[Any]) -> None:
+        if self._reading.get(incident_id) is reading:
+            del self._reading[incident_id]
+        if not reading.cancelled():
+            reading.exception()  # retrieved, even if every poller has gone (e.g. a 404)
 
 
 def _member_groups(

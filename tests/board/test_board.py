@@ -321,12 +321,15 @@ def test_the_board_follows_the_answers_in_a_real_browser(
     with chromium() as browser:
         watched = watch(browser)
         page = watched.page
+        # No stream to be had (as behind a proxy that buffers it): the board polls instead.
+        page.route("**/events", lambda route: route.abort())
         opened = page.goto(f"{live.url}{board_path(incident['id'])}#key={viewer_key}")
         assert opened is not None
         assert opened.status == 200
 
         expect(field_of(page, "answered")).to_have_text("0", timeout=WAIT_MS)
         expect(page.locator("#connection")).to_have_text("live")
+        expect(page.locator("#connection")).to_have_attribute("data-transport", "poll")
         # The key left the address bar at once, and stays in this tab only.
         assert viewer_key not in page.url
         assert "key=" not in page.url
@@ -414,6 +417,60 @@ def test_the_board_follows_the_answers_in_a_real_browser(
 
 
 @pytest.mark.slow
+def test_the_board_follows_the_event_stream_with_the_key_in_a_header(
+    live: Live,
+    live_api: Api,
+    api_keys: dict[Role, str],
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Where the stream can be had, the board reads it with fetch() (the key in the
+    Authorization header, never in a URL) and draws each status event: no polling."""
+    tag = uuid.uuid4().hex[:6]
+    people = [
+        live_api.member(network="editors", country="MA", languages=["fr"],
+                        name=f"Nadia Alaoui-{tag}"),
+        live_api.member(network="editors", country="SN", languages=["fr"],
+                        name=f"Moussa Diop-{tag}"),
+    ]  # fmt: skip
+    incident = live_api.declare(people)
+    for member in people:
+        move(session_factory, incident, member, ledger.SENT)
+    viewer_key = api_keys[Role.VIEWER]
+    events_path = f"/v1/incidents/{incident['id']}/events"
+    with chromium() as browser:
+        watched = watch(browser)
+        page = watched.page
+        streams: list[Any] = []
+        page.on(
+            "request",
+            lambda request: (
+                streams.append(request) if urlsplit(request.url).path == events_path else None
+            ),
+        )
+        page.goto(f"{live.url}{board_path(incident['id'])}#key={viewer_key}")
+        expect(field_of(page, "answered")).to_have_text("0", timeout=WAIT_MS)
+        expect(field_of(page, "deliveries.sent")).to_have_text("2")
+        expect(page.locator("#connection")).to_have_text("live")
+        expect(page.locator("#connection")).to_have_attribute("data-transport", "stream")
+
+        for member, response in ((people[0], "will_engage"), (people[1], "acknowledged")):
+            token = sign(live.settings, delivery_of(session_factory, incident, member).id)
+            posted = live_api.client.post("/v1/acks", json={"token": token, "response": response})
+            assert posted.status_code == 200, posted.text
+        expect(field_of(page, "answered")).to_have_text("2", timeout=WAIT_MS)
+        expect(field_of(page, "ack_rate")).to_have_text("100%", timeout=WAIT_MS)
+        expect(field_of(page, "answers.will_engage")).to_have_text("1")
+        expect(page.locator("#connection")).to_have_attribute("data-transport", "stream")
+
+        assert len(streams) == 1, [request.url for request in streams]
+        assert streams[0].all_headers()["authorization"] == f"Bearer {viewer_key}"
+        assert (events_path, 200) in watched.statuses
+        status_path = f"/v1/incidents/{incident['id']}/status"
+        assert not [path for path, _ in watched.statuses if path == status_path]
+        assert_clean(watched, live.url, [viewer_key])
+
+
+@pytest.mark.slow
 def test_a_wrong_key_missing_key_or_unknown_incident_says_so(
     live: Live, live_api: Api, api_keys: dict[Role, str]
 ) -> None:
@@ -432,7 +489,7 @@ def test_a_wrong_key_missing_key_or_unknown_incident_says_so(
         expect(wrong.page.locator("#connection")).to_have_text("waiting for a key")
         assert wrong.page.url == board
         assert wrong.page.evaluate("sessionStorage.getItem('rrmm.board.key')") is None
-        assert (f"/v1/incidents/{incident['id']}/status", 401) in wrong.statuses
+        assert (f"/v1/incidents/{incident['id']}/events", 401) in wrong.statuses
 
         # Pasting the right key opens the board; "use another key" goes back to the form.
         wrong.page.locator("#key-input").fill(viewer_key)

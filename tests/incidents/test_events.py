@@ -7,6 +7,7 @@ are simulated by moving ledger rows (as in test_status).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -18,12 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.deliveries import ledger
+from app.incidents.events import LISTENER_QUEUE, EventHub, StatusSnapshot
 from app.main import create_app
 from app.models import Role
 from tests.conftest import assert_problem
@@ -258,6 +261,75 @@ def test_one_reader_per_incident_per_process(
         second.next("status")
         assert list(hub.feeds) == [uuid.UUID(scene.incident["id"])]
         assert len(hub.feeds[uuid.UUID(scene.incident["id"])].listeners) == 2
+
+
+def test_listeners_joining_a_watched_incident_cost_no_reads(
+    servers: Servers, scene: Scene, operator: Headers, viewer: Headers
+) -> None:
+    """However many listen, the incident's events and status are read by the process' feed
+    alone: ten more listeners (operators and viewers) add no read of the timeline."""
+    app, url, incident_id = servers.apps[0], servers.urls[0], scene.incident["id"]
+    timeline_reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM incident_events" in statement:
+            timeline_reads.append(statement)
+
+    with listen(url, incident_id, operator) as first:
+        first.next("status")
+        feed = app.state.event_hub.feeds[uuid.UUID(incident_id)]
+        sqlalchemy.event.listen(app.state.engine, "before_cursor_execute", count)
+        try:
+            reads_before = feed.reads
+            with ExitStack() as stack:
+                more = [
+                    stack.enter_context(listen(url, incident_id, viewer if i % 2 else operator))
+                    for i in range(10)
+                ]
+                for listener in more:
+                    assert listener.next("status").data["id"] == incident_id
+                assert len(feed.listeners) == 11
+                feed_reads = feed.reads - reads_before
+                seen = len(timeline_reads)
+        finally:
+            sqlalchemy.event.remove(app.state.engine, "before_cursor_execute", count)
+    # The feed's reads only (one may have started before its count was taken).
+    assert seen <= feed_reads + 1, (seen, feed_reads)
+
+
+def test_a_listener_that_cannot_keep_up_is_dropped_and_the_others_are_not(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Its queue is bounded: once full, it is ended (the end mark is the last thing it
+    reads; the client then resumes with Last-Event-ID) and leaves the feed; a listener
+    that keeps up gets everything."""
+
+    async def scenario() -> None:
+        hub = EventHub(session_factory, interval=60)
+        incident_id = uuid.uuid4()  # no such incident: the feed's own reads only log
+        slow, quick = hub.subscribe(incident_id), hub.subscribe(incident_id)
+        feed = hub.feeds[incident_id]
+        got = []
+        try:
+            for n in range(LISTENER_QUEUE + 1):
+                hub._offer_all(feed, StatusSnapshot(n, b"{}", f'"{n}"'))
+                while not quick.inbox.empty():
+                    got.append(quick.inbox.get_nowait())
+            assert slow not in feed.listeners
+            assert quick in feed.listeners
+            assert len(got) == LISTENER_QUEUE + 1
+            drained = []
+            while not slow.inbox.empty():
+                drained.append(slow.inbox.get_nowait())
+            assert drained[-1] is None
+            assert len(drained) <= LISTENER_QUEUE
+        finally:
+            hub.unsubscribe(slow)
+            hub.unsubscribe(quick)
+            await hub.close()
+        assert hub.feeds == {}
+
+    asyncio.run(scenario())
 
 
 def test_the_stream_refuses_what_it_cannot_serve(

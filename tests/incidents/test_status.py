@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.acks import followup
 from app.acks.service import record
 from app.acks.tokens import signer_from_settings
+from app.auth.service import Principal, create_key, revoke_key
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
@@ -332,6 +333,56 @@ def test_each_process_serves_a_status_for_its_cache_time(
         after = cached_client.get(url, headers=viewer)
     assert after.headers["etag"] != first.headers["etag"]
     assert after.json()["deliveries"]["by_status"] == {"sent": 1, "pending": 1}
+
+
+def test_polls_answered_from_memory_match_the_route_and_a_revoked_key_expires(
+    client: TestClient,
+    settings: Settings,
+    operator: Headers,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """With both caches on, a repeated poll is answered from memory (app/incidents/polls.py):
+    the same status, bytes, ETag and headers as the route's; what the route would refuse
+    still goes to the route; a revoked key is refused once its cached verification expires
+    (`RRMM_API_KEY_CACHE_SECONDS`)."""
+    members = add_members(session_factory, [Person("editors", "MA", ["fr"])])
+    incident = declare(client, operator, members)
+    url = f"/v1/incidents/{incident['id']}/status"
+    with session_scope(session_factory) as session:
+        key, plaintext = create_key(
+            session, name="wall-screen", role=Role.VIEWER, actor=Principal.cli()
+        )
+        key_id = key.id
+    viewer = {"Authorization": f"Bearer {plaintext}"}
+    caching = settings.model_copy(update={"status_cache_seconds": 30, "api_key_cache_seconds": 1.5})
+    seen: list[str] = []
+    with TestClient(create_app(caching)) as cached_client:
+        routed = cached_client.get(url, headers=viewer)  # fills both caches
+        assert routed.status_code == 200, routed.text
+        remembered = cached_client.get(url, headers=viewer)
+        assert remembered.status_code == 200
+        assert remembered.content == routed.content
+        for name in ("etag", "cache-control", "content-type", "content-length"):
+            assert remembered.headers[name] == routed.headers[name], name
+        etag = routed.headers["etag"]
+        not_modified = cached_client.get(url, headers={**viewer, "If-None-Match": etag})
+        assert (not_modified.status_code, not_modified.content) == (304, b"")
+        assert not_modified.headers["etag"] == etag
+        weak = cached_client.get(url, headers={**viewer, "If-None-Match": f'"x", W/{etag}'})
+        assert weak.status_code == 304
+        # Refusals are the route's, cached document or not.
+        assert_problem(cached_client.get(url), 401)
+        assert_problem(cached_client.get(url, headers={"Authorization": "Bearer nope"}), 401)
+        assert_problem(cached_client.get(url, headers={**viewer, "If-None-Match": "x" * 1001}), 422)
+        metrics = cached_client.get("/metrics")
+        seen.append(metrics.text)
+        with session_scope(session_factory) as session:
+            revoke_key(session, key_id=key_id, actor=Principal.cli())
+        time.sleep(1.6)
+        refused = cached_client.get(url, headers=viewer)
+    assert_problem(refused, 401)
+    # The access log's metrics name the route template, however the poll was answered.
+    assert 'route="/v1/incidents/{incident_id}/status"' in seen[0]
 
 
 def test_status_304_is_in_openapi(client: TestClient) -> None:

@@ -2,10 +2,15 @@
  *
  * The page itself holds no data. This script takes the viewer key from the link's fragment
  * (`#key=…`, which browsers never send to the server), keeps it in sessionStorage (this tab
- * only) and removes it from the address bar, then polls the status API with `If-None-Match`.
- * Only when the status changed does it read the coverage again, and then at most once every
- * COVERAGE_MIN_MS: during a big fan-out the status changes at every poll, and the coverage
- * queries grow with the incident's audience (the status read does not).
+ * only) and removes it from the address bar, then follows the incident's event stream:
+ * `fetch()` with the key in the Authorization header (never in a URL, which EventSource
+ * would need) and a streaming reader, each `status` event drawn as it comes. Where the
+ * stream cannot be had (a proxy that buffers, a browser without streaming bodies, a limit
+ * reached) or breaks, it polls the status API with `If-None-Match` instead, and tries the
+ * stream again later. Only when the status changed does it read the coverage again, and
+ * then at most once every COVERAGE_MIN_MS: during a big fan-out the status changes all the
+ * time, and the coverage queries grow with the incident's audience (the status read does
+ * not).
  *
  * Everything from the API is written with textContent or setAttribute: nothing is ever
  * parsed as HTML.
@@ -17,6 +22,10 @@
   var MAX_DELAY_MS = 30000;
   var TIMEOUT_MS = 10000;
   var COVERAGE_MIN_MS = 10000;
+  // The server sends a keep-alive comment every 15 s: a stream silent for longer is dead.
+  var STREAM_IDLE_MS = 45000;
+  var STREAM_RETRY_MS = 15000; // polling, then the stream tried again after this (doubling)
+  var STREAM_RETRY_MAX_MS = 300000;
   var STORAGE = "rrmm.board.key";
   var COVERAGE = ["network", "language", "channel"];
   var DELIVERY_STATES = ["pending", "sending", "retrying", "sent", "failed", "skipped", "cancelled", "superseded"];
@@ -115,7 +124,9 @@
     key: null, etag: null, timer: null, failures: 0, run: 0, busy: false,
     // The incident and its coverage as last read, when, and whether a status shown since
     // is newer than them.
-    details: null, detailsAt: 0, detailsBehind: false, status: null
+    details: null, detailsAt: 0, detailsBehind: false, status: null,
+    // The stream: its abort controller while open, failures in a row, when to try again.
+    stream: null, streamFailures: 0, streamAt: 0, detailsTimer: null
   };
 
   function Refused(status) {
@@ -163,57 +174,77 @@
 
   function stop() {
     clearTimeout(state.timer);
+    clearTimeout(state.detailsTimer);
     state.timer = null;
+    state.detailsTimer = null;
     state.run += 1; // answers to requests already sent are ignored
     state.busy = false;
+    if (state.stream) {
+      state.stream.abort();
+      state.stream = null;
+    }
+  }
+
+  /* Draws a status (read by a poll or from the stream) with the incident and coverage, read
+   * again when due. `status` is {status: 200 | 304, etag, body}. */
+  function show(status, run) {
+    var unchanged = status.status === 304 ||
+      (status.etag !== null && status.etag === state.etag);
+    var detailsDue = !state.details || Date.now() - state.detailsAt >= COVERAGE_MIN_MS;
+    if (unchanged && !(state.detailsBehind && detailsDue)) {
+      return Promise.resolve(null);
+    }
+    var reads = detailsDue ? [request("")].concat(COVERAGE.map(function (by) {
+      return request("/coverage?by=" + by);
+    })) : [];
+    return Promise.all(reads).then(function (more) {
+      if (run !== state.run) {
+        return;
+      }
+      if (detailsDue) {
+        state.details = {
+          incident: more[0].body,
+          coverage: more.slice(1).map(function (m) { return m.body; })
+        };
+        state.detailsAt = Date.now();
+      }
+      state.detailsBehind = !detailsDue;
+      if (!unchanged) {
+        state.status = status.body;
+      }
+      render(state.status, state.details.incident, state.details.coverage);
+      if (!unchanged) {
+        state.etag = status.etag; // only once everything it describes is on screen
+      }
+    });
+  }
+
+  function checked() {
+    state.failures = 0;
+    connection("live");
+    ui.checked.textContent = new Date().toLocaleTimeString();
+    ui.checked.setAttribute("datetime", new Date().toISOString());
   }
 
   function poll() {
     var run = state.run;
     state.timer = null;
+    if (state.key && Date.now() >= state.streamAt && canStream()) {
+      listen();
+      return;
+    }
     state.busy = true;
     request("/status", state.etag).then(function (status) {
       if (run !== state.run) {
         return null;
       }
-      var unchanged = status.status === 304 ||
-        (status.etag !== null && status.etag === state.etag);
-      var detailsDue = !state.details || Date.now() - state.detailsAt >= COVERAGE_MIN_MS;
-      if (unchanged && !(state.detailsBehind && detailsDue)) {
-        return null;
-      }
-      var reads = detailsDue ? [request("")].concat(COVERAGE.map(function (by) {
-        return request("/coverage?by=" + by);
-      })) : [];
-      return Promise.all(reads).then(function (more) {
-        if (run !== state.run) {
-          return;
-        }
-        if (detailsDue) {
-          state.details = {
-            incident: more[0].body,
-            coverage: more.slice(1).map(function (m) { return m.body; })
-          };
-          state.detailsAt = Date.now();
-        }
-        state.detailsBehind = !detailsDue;
-        if (!unchanged) {
-          state.status = status.body;
-        }
-        render(state.status, state.details.incident, state.details.coverage);
-        if (!unchanged) {
-          state.etag = status.etag; // only once everything it describes is on screen
-        }
-      });
+      return show(status, run);
     }).then(function () {
       if (run !== state.run) {
         return;
       }
       state.busy = false;
-      state.failures = 0;
-      connection("live");
-      ui.checked.textContent = new Date().toLocaleTimeString();
-      ui.checked.setAttribute("datetime", new Date().toISOString());
+      checked();
       schedule(POLL_MS);
     }).catch(function (error) {
       if (run !== state.run) {
@@ -228,6 +259,160 @@
       connection("stale");
       schedule(Math.min(POLL_MS * Math.pow(2, state.failures), MAX_DELAY_MS));
     });
+  }
+
+  // ------------------------------------------------------------------ the stream
+
+  function canStream() {
+    return typeof ReadableStream !== "undefined" && typeof TextDecoder !== "undefined" &&
+      typeof AbortController !== "undefined";
+  }
+
+  /* Follows the events stream until it ends, then polls (and tries it again later). */
+  function listen() {
+    var run = state.run;
+    var controller = new AbortController();
+    var idle = null;
+    var events = 0;
+    var drawn = Promise.resolve();
+    state.stream = controller;
+    state.busy = true;
+    transport("stream");
+
+    function alive() {
+      clearTimeout(idle);
+      idle = setTimeout(function () {
+        controller.abort();
+      }, STREAM_IDLE_MS);
+    }
+
+    alive();
+    fetch(API + "/events", {
+      headers: { Accept: "text/event-stream", Authorization: "Bearer " + state.key },
+      cache: "no-store",
+      credentials: "omit",
+      redirect: "error",
+      referrerPolicy: "no-referrer",
+      signal: controller.signal
+    }).then(function (response) {
+      if (response.status === 401 || response.status === 403 || response.status === 404) {
+        throw new Refused(response.status);
+      }
+      if (response.status !== 200 || !response.body || !response.body.getReader) {
+        throw new Error("no stream: HTTP " + response.status);
+      }
+      var reader = response.body.getReader();
+      var decoder = new TextDecoder();
+      var parser = sseParser(function (name, data) {
+        if (name !== "status" || run !== state.run) {
+          return; // timeline and answer events: the status that follows carries the figures
+        }
+        var body = JSON.parse(data);
+        events += 1;
+        state.busy = false;
+        // One after the other: a status whose coverage is being read is not drawn over a
+        // newer one.
+        drawn = drawn.then(function () {
+          return show({ status: 200, etag: null, body: body }, run);
+        }).then(function () {
+          if (run === state.run) {
+            state.streamFailures = 0;
+            checked();
+            detailsLater(run);
+          }
+        }).catch(function () {
+          /* the coverage could not be read: the next status event reads it again */
+        });
+      });
+      function next() {
+        return reader.read().then(function (chunk) {
+          if (chunk.done || run !== state.run) {
+            return;
+          }
+          alive();
+          parser(decoder.decode(chunk.value, { stream: true }));
+          return next();
+        });
+      }
+      return next();
+    }).then(function () {
+      ended(null);
+    }, function (error) {
+      ended(error);
+    });
+
+    function ended(error) {
+      clearTimeout(idle);
+      if (run !== state.run) {
+        return;
+      }
+      state.stream = null;
+      state.busy = false;
+      if (error instanceof Refused) {
+        refused(error.status);
+        return;
+      }
+      // Broken, refused (e.g. 429) or never started: poll now, stream again later.
+      state.streamFailures = events ? 1 : state.streamFailures + 1;
+      state.streamAt = Date.now() + Math.min(
+        STREAM_RETRY_MS * Math.pow(2, state.streamFailures - 1), STREAM_RETRY_MAX_MS);
+      if (events) {
+        state.etag = null; // what the stream drew carries no ETag: the next poll reads it all
+      }
+      transport("poll");
+      schedule(0);
+    }
+  }
+
+  /* While streaming, a status event drawn before its coverage was due leaves the coverage
+   * behind: read it once it is due, even if no other event comes. */
+  function detailsLater(run) {
+    clearTimeout(state.detailsTimer);
+    if (!state.detailsBehind) {
+      return;
+    }
+    state.detailsTimer = setTimeout(function () {
+      if (run === state.run && state.stream) {
+        show({ status: 304, etag: state.etag, body: null }, run).catch(function () {});
+      }
+    }, Math.max(state.detailsAt + COVERAGE_MIN_MS - Date.now(), 0));
+  }
+
+  /* A server-sent events parser: text in, (event name, data) out once a blank line ends an
+   * event. Lines end with CRLF, LF or CR; a CR at the end of a chunk waits for the next. */
+  function sseParser(dispatch) {
+    var buffer = "";
+    var name = "";
+    var data = [];
+    return function (text) {
+      buffer += text;
+      var match;
+      var line = /\r\n|\n|\r(?=[^\n])/;
+      while ((match = line.exec(buffer)) !== null) {
+        var current = buffer.slice(0, match.index);
+        buffer = buffer.slice(match.index + match[0].length);
+        if (current === "") {
+          if (data.length) {
+            dispatch(name || "message", data.join("\n"));
+          }
+          name = "";
+          data = [];
+        } else if (current.charAt(0) !== ":") {
+          var colon = current.indexOf(":");
+          var field = colon < 0 ? current : current.slice(0, colon);
+          var value = colon < 0 ? "" : current.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") {
+            name = value;
+          } else if (field === "data") {
+            data.push(value);
+          }
+        }
+      }
+    };
+  }
+
+  function transport(name) {
+    ui.connection.setAttribute("data-transport", name);
   }
 
   function pollSoon() {
@@ -249,6 +434,8 @@
     state.details = null;
     state.detailsBehind = false;
     state.failures = 0;
+    state.streamFailures = 0;
+    state.streamAt = 0;
     ui.keyPanel.hidden = true;
     ui.problem.hidden = true;
     ui.forget.hidden = false;
