@@ -340,8 +340,8 @@ class _WebhookBody:
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop (`auto`: when it is installed), or None for asyncio's own. Less CPU
-    per send in the loop's own work (see bench/README.md for what it measured)."""
+    """uvloop's loop (`auto`: when it is installed), or None for asyncio's own
+    (`RRMM_WORKER_EVENT_LOOP`; bench/README.md has what each measured)."""
     if choice == "asyncio":
         return None
     try:
