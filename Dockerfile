@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Production image of RRMM: one image for every role (api, worker, beat, migrate); the
-# role is chosen by the command, e.g. `rrmm api`, `rrmm worker`, `rrmm beat`, `rrmm db upgrade`.
+# Production image of RRMM: one image for every role (api, worker, sweeper with beat,
+# migrate); the role is chosen by the command, e.g. `rrmm api`, `rrmm worker --queues rrmm`,
+# `rrmm sweeper --beat`, `rrmm db upgrade`.
 #
 #   docker build -t rrmm .
 #   docker run --rm -e RRMM_SECRET_KEY=... -e RRMM_DATABASE_URL=... -e RRMM_BROKER_URL=... rrmm

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     # Outcomes are written as sends finish: every so many seconds, or rows, whichever first.
     outcome_flush_seconds: float = Field(default=0.1, gt=0, le=10)
     outcome_flush_rows: int = Field(default=50, ge=1, le=5000)
+    # The worker's event loop (the sends' I/O): asyncio's own; `uvloop` (installed with
+    # uvicorn[standard], pinned in the lock), or `auto`: uvloop when it is installed. Not
+    # the default: on the shared 2-core machine it did not measurably lower the worker's
+    # CPU per delivery (bench/README.md, `--event-loop`).
+    worker_event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     delivery_max_age_seconds: float = Field(default=86400.0, gt=0)
     retry_base_seconds: float = Field(default=10.0, gt=0)

@@ -569,7 +569,7 @@ def start_sinks(
 
 
 def service_env(
-    backend: Backend, tmp: Path, sinks: Sinks, api_port: int, knobs: dict[str, int]
+    backend: Backend, tmp: Path, sinks: Sinks, api_port: int, knobs: dict[str, Any]
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RRMM_")}
     env.update(
@@ -588,6 +588,7 @@ def service_env(
             "RRMM_WEBHOOK_CONCURRENCY": str(knobs["webhook_concurrency"]),
             "RRMM_SMTP_CONNECTIONS": str(knobs["smtp_connections"]),
             "RRMM_DELIVERY_BATCH_SIZE": str(knobs["delivery_batch_size"]),
+            "RRMM_WORKER_EVENT_LOOP": str(knobs["event_loop"]),
         }
     )
     return env
@@ -700,12 +701,13 @@ class Components:
         }
 
 
-def service_knobs(args: argparse.Namespace) -> dict[str, int]:
+def service_knobs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "worker_concurrency": args.worker_concurrency,
         "webhook_concurrency": args.webhook_concurrency,
         "smtp_connections": args.smtp_connections,
         "delivery_batch_size": args.batch_size,
+        "event_loop": args.event_loop,
     }
 
 
@@ -1262,6 +1264,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "--smtp-connections", type=int, default=DEFAULTS["smtp_connections"].default
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["delivery_batch_size"].default)
+    parser.add_argument(
+        "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        help="the worker's event loop (RRMM_WORKER_EVENT_LOOP)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600, help="overall limit, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
 

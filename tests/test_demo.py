@@ -91,10 +91,10 @@ def test_demo_runs_the_whole_mechanism_and_stops_everything(tmp_path: Path):
     assert f"http://127.0.0.1:{port}/board/incidents/{summary['incident_id']}#key=rrmm_" in out
     assert f"rrmm watch {summary['reference']} --url http://127.0.0.1:{port}" in out
     # No child, grandchild (the worker's pool) or redis-server left behind.
-    assert set(summary["children"]) == {"redis", "smtp", "worker", "api"}
+    assert set(summary["children"]) == {"redis", "smtp", "worker", "sweeper", "api"}
     children = set(summary["children"].values())
     assert children <= seen
-    assert len(seen) >= 5  # redis, smtp catcher, worker (+ its pool), api
+    assert len(seen) >= 7  # redis, smtp catcher, worker and sweeper (+ their pools), api
     # (A pid the machine has since given to another process is not ours: same start time.)
     assert not [pid for pid in seen if alive(pid) and start_time(pid) == started[pid]]
 

@@ -33,3 +33,16 @@ def test_send_tasks_and_beat_tasks_each_land_in_their_own_queue_once(settings: S
             Queue(name).bind(connection.default_channel).purge()
     app.close()
     assert sizes == {SEND_QUEUE: 1, BEAT_QUEUE: 2}
+
+
+def test_the_cli_consumes_the_queues_the_tasks_are_routed_to(settings: Settings) -> None:
+    """`rrmm worker` consumes both queues unless told otherwise, and `rrmm sweeper` beat's
+    alone (the CLI names them without importing Celery)."""
+    import inspect
+
+    from app.cli import main
+
+    default = inspect.signature(main.worker).parameters["queues"].default
+    assert default == f"{SEND_QUEUE},{BEAT_QUEUE}"
+    routes: dict[str, dict[str, str]] = celery_config(settings)["task_routes"]
+    assert {route["queue"] for route in routes.values()} == {BEAT_QUEUE}

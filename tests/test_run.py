@@ -118,13 +118,14 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["broker"] == "ok"
 
-    # The worker and beat run: the heartbeat went beat → redis → worker → SQLite.
+    # Beat and the sweeper run: the heartbeat went beat → redis → the sweeper (the consumer
+    # of beat's queue, apart from the send worker's pool) → SQLite.
     database = tmp_path / "var" / "rrmm.db"
 
     def heartbeat_recorded() -> bool:
         with sqlite3.connect(database) as connection:
-            count: int = connection.execute("SELECT count(*) FROM worker_heartbeats").fetchone()[0]
-            return count > 0
+            rows = connection.execute("SELECT worker FROM worker_heartbeats").fetchall()
+            return any(worker.startswith("sweeper@") for (worker,) in rows)
 
     wait_for(heartbeat_recorded, 60, "a worker heartbeat in the database")
 
@@ -156,7 +157,7 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
     assert listed.status_code == 200, listed.text
 
     children = descendants(process.pid)
-    assert len(children) >= 4  # redis, smtp catcher, worker (+ its pool), api
+    assert len(children) >= 5  # redis, smtp catcher, worker, sweeper (+ their pools), api
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 0
     wait_for(lambda: not any(alive(pid) for pid in children), 15, "every child gone")

@@ -33,6 +33,7 @@ from app.cli.supervisor import (
     embedded_environment,
     redis_socket_path,
     start_redis,
+    start_workers,
 )
 from app.cli.watch import Grouping, StatusClient, WatchError, frame, in_flight, is_settled
 from app.config import Settings, default_database_url
@@ -151,11 +152,14 @@ def run_demo(options: Options, console: Console) -> int:
             "smtp",
             [*python, "smtp-catcher", "--port", str(smtp_port), "--dir", str(mail_dir)],
         )
-        supervisor.start("worker", [*python, "worker", "--beat", "--concurrency", "2"])
+        start_workers(supervisor, python, 2)
         supervisor.start(
             "api", [*python, "api", "--host", "127.0.0.1", "--port", str(options.port)]
         )
-        say(console, "started redis-server, the SMTP catcher, a worker with beat and the API")
+        say(
+            console,
+            "started redis-server, the SMTP catcher, a worker, the sweeper with beat and the API",
+        )
         base_url = settings.public_url
         wait_ready(base_url, supervisor, timeout=120)
         say(console, f"API ready at {base_url} (worker heartbeat seen)")

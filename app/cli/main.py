@@ -84,7 +84,8 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
     """Run the whole service on the embedded default: bundled redis-server, SQLite, the API,
-    a worker with beat and a local SMTP catcher (mail lands in var/mail). Ctrl-C stops all."""
+    a worker, a sweeper with beat and a local SMTP catcher (mail lands in var/mail). Ctrl-C
+    stops all."""
     from app.cli.supervisor import run as run_all
 
     settings = Settings(mode="embedded")
@@ -123,13 +124,47 @@ def api(
 def worker(
     beat: Annotated[bool, typer.Option(help="Also run the beat scheduler (one per site).")] = False,
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Queues to consume, comma-separated. With a `rrmm sweeper` running, give "
+            "`rrmm` alone: the sends' queue."
+        ),
+    ] = "rrmm,rrmm.beat",  # SEND_QUEUE,BEAT_QUEUE (Celery is not imported before it runs)
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (and, with --beat, the periodic scheduler)."""
     from workers.celery_app import celery_app
 
     settings = _settings()
-    argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}"]
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency}",
+        f"--queues={queues}",
+    ]
+    if beat:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={settings.var_dir / 'celerybeat-schedule'}"]
+    celery_app.worker_main(argv)
+
+
+@cli.command()
+def sweeper(
+    beat: Annotated[bool, typer.Option(help="Also run the beat scheduler (one per site).")] = False,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run the consumer of beat's queue alone: sweeps, heartbeats and operators' notices,
+    one at a time, on schedule however busy the send workers are (their pool processes
+    can all be in long batches during a large fan-out). One or more per site."""
+    from workers.celery_app import BEAT_QUEUE, celery_app
+
+    settings = _settings()
+    argv = [
+        "worker", f"--loglevel={loglevel}", "--concurrency=1", f"--queues={BEAT_QUEUE}",
+        # Its own node name: a send worker on the same host is `celery@host`.
+        "--hostname=sweeper@%h",
+    ]  # fmt: skip
     if beat:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.var_dir / 'celerybeat-schedule'}"]

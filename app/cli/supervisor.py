@@ -1,9 +1,9 @@
 """`rrmm run`: the whole service in one process tree, on the embedded default.
 
-Order of start: the bundled redis-server, migrations, then the SMTP catcher, the API and
-a worker with beat. Every child runs in its own session (a terminal's Ctrl-C reaches only
-us) and dies with us even if we are SIGKILLed (PR_SET_PDEATHSIG), so nothing outlives
-the run. Shutdown is the reverse order, SIGTERM then SIGKILL after a grace period.
+Order of start: the bundled redis-server, migrations, then the SMTP catcher, a worker, the
+sweeper with beat, and the API. Every child runs in its own session (a terminal's Ctrl-C
+reaches only us) and dies with us even if we are SIGKILLed (PR_SET_PDEATHSIG), so nothing
+outlives the run. Shutdown is the reverse order, SIGTERM then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -159,6 +159,16 @@ def start_redis(supervisor: Supervisor, socket_path: Path, var_dir: Path) -> Non
     wait_until(lambda: redis_answers(socket_path), 20, "redis-server")
 
 
+def start_workers(supervisor: Supervisor, python: list[str], concurrency: int) -> None:
+    """The send worker (its pool on the sends' queue only) and the sweeper with beat: a
+    consumer of beat's queue of its own, so sweeps, heartbeats and notices run on time
+    while every pool process is in a long batch."""
+    supervisor.start(
+        "worker", [*python, "worker", "--queues", "rrmm", "--concurrency", str(concurrency)]
+    )
+    supervisor.start("sweeper", [*python, "sweeper", "--beat"])
+
+
 def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency: int) -> int:
     """Run everything until Ctrl-C / SIGTERM, or until a child dies. Returns an exit code."""
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +193,7 @@ def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency
             [*python, "smtp-catcher", "--port", str(smtp_port),
              "--dir", str(settings.var_dir / "mail")],
         )  # fmt: skip
-        supervisor.start("worker", [*python, "worker", "--beat", "--concurrency", str(concurrency)])
+        start_workers(supervisor, python, concurrency)
         supervisor.start("api", [*python, "api", "--host", host, "--port", str(port)])
         log.info(
             "running",

@@ -108,6 +108,7 @@ class OutcomeRecorder:
         self._pending: list[SendResult] = []
         self._written: set[int] = set()
         self._stopped_briefings: set[int] = set()
+        self._briefing_ids = sorted({job.briefing_id for job in jobs})
         self._wake = asyncio.Event()
         self._stopping = False
         self._lease = timedelta(seconds=settings.delivery_lease_seconds)
@@ -192,55 +193,60 @@ class OutcomeRecorder:
         in_flight: Sequence[tuple[int, int]],
         check_fences: bool,
     ) -> set[int] | None:
-        """One transaction: the chunk's outcomes, lease renewals, and (when a check is due,
-        or a failure must know whether it is still wanted) which of the batch's versions
-        are no longer wanted. A chunk of successes alone costs no fence query."""
-        with session_scope(self.session_factory) as session:
-            fates: dict[int, str] | None = None
-            if check_fences or any(not r.ok for r in chunk):
-                fates = ledger.fates(session, {job.briefing_id for job in self.jobs.values()})
-            if chunk:
-                self._record(session, chunk, fates or {})
-            if in_flight:
-                ledger.renew(session, in_flight, lease=self._lease)
-        return set(fates) if fates is not None else None
-
-    def _record(self, session: Session, chunk: Sequence[SendResult], fates: dict[int, str]) -> None:
+        """One transaction: the chunk's outcomes with their counters (one statement on
+        PostgreSQL, which also says which of the batch's versions are no longer wanted;
+        see `ledger.record_outcomes`), lease renewals when due, and the webhooks to
+        disable. Returns those versions when known."""
         now = utcnow()
-        sent = [(r.delivery_id, self.jobs[r.delivery_id].attempt) for r in chunk if r.ok]
-        written = ledger.mark_sent(session, sent, now=now)
-        self.tally.sent += written
-        self.tally.lost += len(sent) - written
+        outcomes: list[ledger.Outcome] = []
         disabled: set[uuid.UUID] = set()
         for result in chunk:
-            if result.ok:
-                continue
             job = self.jobs[result.delivery_id]
-            fate = fates.get(job.briefing_id)
-            retry_in: timedelta | None = None
-            if fate is not None:
-                # Cancelled or replaced while in flight: never retried after the notice.
-                status = fate
-            else:
-                status, retry_in = after_failure(self.settings, job, result, now)
-            if ledger.finish_one(
-                session, delivery_id=job.delivery_id, attempt=job.attempt, to_status=status,
-                now=now, error=result.error, retry_in=retry_in,
-            ):  # fmt: skip
-                self.tally.retrying += status == ledger.RETRYING
-                self.tally.failed += status == ledger.FAILED
-                self.tally.stopped += status in (ledger.CANCELLED, ledger.SUPERSEDED)
-            else:
-                self.tally.lost += 1
+            if result.ok:
+                outcomes.append(
+                    ledger.Outcome(job.delivery_id, job.attempt, job.briefing_id, ledger.SENT)
+                )
+                continue
+            # What the row becomes if its version is still wanted; the write itself turns
+            # it into `cancelled` / `superseded` if not (never retried after the notice).
+            status, retry_in = after_failure(self.settings, job, result, now)
+            outcomes.append(
+                ledger.Outcome(
+                    job.delivery_id, job.attempt, job.briefing_id, status, result.error, retry_in
+                )
+            )
             if result.disable_webhook and job.member_id is not None:
                 disabled.add(job.member_id)
-        if disabled:
-            session.execute(
-                update(Member)
-                .where(Member.id.in_(disabled), Member.webhook_disabled_at.is_(None))
-                .values(webhook_disabled_at=now)
-                .execution_options(synchronize_session=False)
-            )
+        with session_scope(self.session_factory) as session:
+            recorded = ledger.record_outcomes(
+                session, outcomes, briefing_ids=self._briefing_ids, now=now,
+                want_fates=check_fences or bool(disabled) or any(not r.ok for r in chunk),
+            )  # fmt: skip
+            if in_flight:
+                ledger.renew(session, in_flight, lease=self._lease)
+            if disabled:
+                session.execute(
+                    update(Member)
+                    .where(Member.id.in_(disabled), Member.webhook_disabled_at.is_(None))
+                    .values(webhook_disabled_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        self._count(chunk, recorded.statuses)
+        return set(recorded.fates) if recorded.fates or check_fences else None
+
+    def _count(self, chunk: Sequence[SendResult], statuses: dict[int, str]) -> None:
+        for result in chunk:
+            status = statuses.get(result.delivery_id)
+            if status is None:
+                self.tally.lost += 1
+            elif status == ledger.SENT:
+                self.tally.sent += 1
+            elif status == ledger.RETRYING:
+                self.tally.retrying += 1
+            elif status == ledger.FAILED:
+                self.tally.failed += 1
+            else:
+                self.tally.stopped += 1
 
 
 def after_failure(

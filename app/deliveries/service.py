@@ -339,12 +339,26 @@ class _WebhookBody:
         return f'{self.head}{_json(page)},"token":{_json(token)}{self.tail}'
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop (`auto`: when it is installed), or None for asyncio's own
+    (`RRMM_WORKER_EVENT_LOOP`; bench/README.md has what each measured)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
 class Transports:
     """The process's senders and the event loop they live on, kept from one batch to the
     next so that HTTP and SMTP connections are reused (built after any fork)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.runner = asyncio.Runner()
+        self.runner = asyncio.Runner(loop_factory=event_loop_factory(settings.worker_event_loop))
         self.webhooks = WebhookSender(
             allow_private=settings.webhook_allow_private,
             connect_timeout=settings.webhook_connect_timeout_seconds,
@@ -497,15 +511,17 @@ def dispatch(
     """
     now = utcnow()
     queued = 0
+    after_id: int | None = None
     while queued < limit:
         page = min(page_rows, limit - queued)
         with session_scope(session_factory) as session:
             rows = ledger.take_due(
                 session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
-                limit=page, briefing_id=briefing_id,
+                limit=page, briefing_id=briefing_id, after_id=after_id,
             )  # fmt: skip
         if not rows:
             break
+        after_id = rows[-1].id
         # Its own short transaction, after the rows are marked: the timeline's lock on the
         # incident row is never held while delivery rows are (lock order).
         with session_scope(session_factory) as session:

@@ -179,6 +179,36 @@ def test_dispatch_reads_the_ledger_one_page_at_a_time(session_factory, settings,
     assert service.dispatch(session_factory, settings, published.append, page_rows=2) == 0
 
 
+def test_take_due_marks_and_returns_one_page_after_the_last_id(session_factory, declared):
+    """A page is at most `limit` rows in id order after `after_id`; the rows outside it
+    are neither returned nor marked as queued, so the next page (or sweep) takes them."""
+    _incident_id, ids = declared
+    first, second, third = sorted(ids)
+    wait = timedelta(seconds=30)
+
+    def take(**page: Any) -> list[int]:
+        with session_scope(session_factory) as session:
+            return [row.id for row in ledger.take_due(session, requeue_after=wait, **page)]
+
+    def queued() -> set[int]:
+        with session_factory() as session:
+            return set(
+                session.scalars(
+                    select(Delivery.id).where(
+                        Delivery.id.in_(ids), Delivery.enqueued_at.is_not(None)
+                    )
+                )
+            )
+
+    assert take(limit=1) == [first]
+    assert queued() == {first}
+    # After the second id: the third, although the second is due too.
+    assert take(limit=5, after_id=second) == [third]
+    assert queued() == {first, third}
+    assert take(limit=5, after_id=third) == []
+    assert take(limit=5) == [second]
+
+
 def test_one_claim_of_pending_retrying_and_expired_rows_keeps_the_counters_exact(
     session_factory, declared
 ):
@@ -210,3 +240,67 @@ def test_one_claim_of_pending_retrying_and_expired_rows_keeps_the_counters_exact
             ).all()
         )
     assert {status: n for status, n in counts.items() if n} == {"sending": 3}
+
+
+def counters(session_factory: sessionmaker[Session], incident_id: uuid.UUID) -> dict[str, int]:
+    from app.models import DeliveryCounter
+
+    with session_factory() as session:
+        rows = session.execute(
+            select(DeliveryCounter.status, func.sum(DeliveryCounter.count))
+            .where(DeliveryCounter.incident_id == incident_id)
+            .group_by(DeliveryCounter.status)
+        ).all()
+    return {status: int(n) for status, n in rows if n}
+
+
+def test_one_outcome_write_moves_rows_and_counters_and_keeps_the_fence(session_factory, declared):
+    """A success is `sent`; a failure of a version cancelled since is `cancelled`, never
+    `retrying` (the fate is read in the write); a row claimed again by another attempt is
+    left alone; the counters move by exactly the rows that changed."""
+    incident_id, ids = declared
+    ok, failed, stolen = sorted(ids)
+    taken = {c.id: c for c in claim(session_factory, ids)}
+    briefing_id = taken[ok].briefing_id
+    with session_scope(session_factory) as session:
+        session.execute(
+            update(Incident)
+            .where(Incident.id == incident_id)
+            .values(status="cancelled", ended_at=utcnow())
+        )
+    outcomes = [
+        ledger.Outcome(ok, taken[ok].attempts, briefing_id, ledger.SENT),
+        ledger.Outcome(
+            failed, taken[failed].attempts, briefing_id, ledger.RETRYING, "HTTP 503",
+            timedelta(seconds=5),
+        ),
+        ledger.Outcome(stolen, taken[stolen].attempts + 1, briefing_id, ledger.SENT),
+    ]  # fmt: skip
+    with session_scope(session_factory) as session:
+        recorded = ledger.record_outcomes(
+            session, outcomes, briefing_ids=[briefing_id], now=utcnow()
+        )
+    assert recorded.statuses == {ok: "sent", failed: "cancelled"}
+    assert recorded.fates == {briefing_id: "cancelled"}
+    assert statuses(session_factory, sorted(ids)) == ["sent", "cancelled", "sending"]
+    assert counters(session_factory, incident_id) == {"sent": 1, "cancelled": 1, "sending": 1}
+
+
+def test_an_outcome_write_rolled_back_leaves_rows_and_counters_as_they_were(
+    session_factory, declared
+):
+    """Rows and counters change in one transaction (on SQLite too, where the statement's
+    leading WITH would otherwise commit on its own)."""
+    incident_id, ids = declared
+    taken = claim(session_factory, ids)
+    with session_factory() as session:
+        recorded = ledger.record_outcomes(
+            session,
+            [ledger.Outcome(c.id, c.attempts, c.briefing_id, ledger.SENT) for c in taken],
+            briefing_ids=[taken[0].briefing_id],
+            now=utcnow(),
+        )
+        assert len(recorded.statuses) == 3
+        session.rollback()
+    assert statuses(session_factory, ids) == ["sending"] * 3
+    assert counters(session_factory, incident_id) == {"sending": 3}

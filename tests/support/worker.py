@@ -51,16 +51,35 @@ def worker_environment(
 
 
 class WorkerProcess:
-    def __init__(self, env: Mapping[str, str], *, beat: bool = True, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        beat: bool = True,
+        concurrency: int = 2,
+        queues: str | None = None,
+        sweeper: bool = False,
+    ) -> None:
+        """`rrmm worker` (on `queues`, by default both), or with `sweeper` `rrmm sweeper`
+        (beat's queue alone, one task at a time)."""
         self.env = dict(env)
         self.beat = beat
         self.concurrency = concurrency
+        self.queues = queues
+        self.sweeper = sweeper
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(self.env["RRMM_VAR_DIR"]) / "worker.log"
+        name = "sweeper" if sweeper else "worker"
+        self.log_path = Path(self.env["RRMM_VAR_DIR"]) / f"{name}.log"
 
     def start(self) -> WorkerProcess:
         Path(self.env["RRMM_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(self.concurrency)]
+        argv = [sys.executable, "-m", "app.cli"]
+        if self.sweeper:
+            argv.append("sweeper")
+        else:
+            argv += ["worker", "--concurrency", str(self.concurrency)]
+        if self.queues is not None and not self.sweeper:
+            argv += ["--queues", self.queues]
         if self.beat:
             argv.append("--beat")
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
