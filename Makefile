@@ -9,7 +9,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install lock browser deploy-tools test-image run demo test lint format bench-fanout bench-status clean
+.PHONY: help install lock browser deploy-tools test-image run demo test lint format bench-fanout bench-status bench-declare clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-fanout  worker CPU per delivery vs the client libraries and the protocol floor"
 	@echo "make test-image   build the Dockerfile with buildah on a debootstrap base, run it (~5 min, root)"
 	@echo "make bench-status   status polled by 200 dashboards during a fan-out; 100 vs 100,000 members"
+	@echo "make bench-declare  declaration latency at 10, 10,000 and 100,000 members"
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
@@ -98,6 +99,11 @@ bench-fanout: install
 # 100,000 members. See bench/README.md.
 bench-status: install
 	$(BIN)/python -m bench.status
+
+# Declaration latency with 10, 10,000 and 100,000 members in the network (no worker: the
+# request alone). See bench/README.md.
+bench-declare: install
+	$(BIN)/python -m bench.declare $(BENCH_ARGS)
 
 format: install
 	$(BIN)/ruff format .

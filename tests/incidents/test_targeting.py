@@ -311,21 +311,19 @@ def test_activation_and_the_finished_fanout_wait_for_the_last_chunk(
 
     incident = _declare(chunked, auth, severity="extreme")
     version = _briefing_id(db, incident["id"])
+
+    def sent_so_far_then_activated() -> int:
+        now = datetime.now(UTC)
+        with session_factory.begin() as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.briefing_id == version)
+                .values(status="sent", attempts=1, sent_at=now, updated_at=now)
+            )
+            return activate_mobilized(session)
+
     # Every row written so far has had its attempt: only targeting holds the incident back.
-    now = datetime.now(UTC)
-    with session_factory.begin() as session:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.briefing_id == version)
-            .values(status="sent", attempts=1, sent_at=now, updated_at=now)
-        )
-        assert activate_mobilized(session) == 0
+    assert sent_so_far_then_activated() == 0
     _advance(session_factory, version)
-    with session_factory.begin() as session:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.briefing_id == version)
-            .values(status="sent", attempts=1, sent_at=now, updated_at=now)
-        )
-        assert activate_mobilized(session) == 1
+    assert sent_so_far_then_activated() == 1
     assert db.scalar(select(func.count()).select_from(Member)) == 19

@@ -133,6 +133,18 @@
     this.status = status;
   }
 
+  // Every request the board makes: never cached, no cookies, no redirects, no referrer.
+  function requestOptions(headers, signal) {
+    return {
+      headers: headers,
+      cache: "no-store",
+      credentials: "omit",
+      redirect: "error",
+      referrerPolicy: "no-referrer",
+      signal: signal
+    };
+  }
+
   function request(path, etag) {
     var headers = { Accept: "application/json", Authorization: "Bearer " + state.key };
     if (etag) {
@@ -142,14 +154,7 @@
     var timeout = setTimeout(function () {
       controller.abort();
     }, TIMEOUT_MS);
-    return fetch(API + path, {
-      headers: headers,
-      cache: "no-store",
-      credentials: "omit",
-      redirect: "error",
-      referrerPolicy: "no-referrer",
-      signal: controller.signal
-    }).then(function (response) {
+    return fetch(API + path, requestOptions(headers, controller.signal)).then(function (response) {
       if (response.status === 304) {
         return { status: 304, etag: etag, body: null };
       }
@@ -287,14 +292,8 @@
     }
 
     alive();
-    fetch(API + "/events", {
-      headers: { Accept: "text/event-stream", Authorization: "Bearer " + state.key },
-      cache: "no-store",
-      credentials: "omit",
-      redirect: "error",
-      referrerPolicy: "no-referrer",
-      signal: controller.signal
-    }).then(function (response) {
+    var streamHeaders = { Accept: "text/event-stream", Authorization: "Bearer " + state.key };
+    fetch(API + "/events", requestOptions(streamHeaders, controller.signal)).then(function (response) {
       if (response.status === 401 || response.status === 403 || response.status === 404) {
         throw new Refused(response.status);
       }
