@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 
 from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
-from app.incidents import events, service, timeline
+from app.incidents import events, preview, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
     BriefingVersion,
@@ -25,6 +25,7 @@ from app.incidents.schemas import (
     IncidentCreate,
     IncidentEnd,
     IncidentFilters,
+    IncidentPreview,
     IncidentStatusView,
     IncidentUpdate,
     TimelineEvent,
@@ -131,6 +132,19 @@ def declare_incident(
     if not created:
         response.status_code = status.HTTP_200_OK
     return _out(session, incident)
+
+
+@router.post("/preview", response_model=IncidentPreview)
+def preview_incident(
+    body: IncidentCreate, session: SessionDep, _actor: Operator, settings: SettingsDep
+) -> dict[str, Any]:
+    """A dry run of a declaration (the same body): the members it would target, counted by
+    network, country, language sent and channel; who gets a fallback language; who would
+    wait for the end of their quiet hours; who no channel reaches; and, per language, the
+    email and webhook body exactly as a member would get them (a placeholder stands for
+    the acknowledgement link). Writes nothing; counted by grouped queries, not per member.
+    """
+    return preview.preview_declaration(session, body, settings=settings)
 
 
 @router.get("", response_model=Page[Incident])
@@ -324,6 +338,19 @@ def post_update(
         chunk_members=settings.targeting_chunk_members,
     )  # fmt: skip
     return _out(session, incident)
+
+
+@router.post("/{incident_id}/updates/preview", response_model=IncidentPreview)
+def preview_update(
+    incident_id: uuid.UUID,
+    body: IncidentUpdate,
+    session: SessionDep,
+    _actor: Operator,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """A dry run of an update (the same body): who it would reach (everyone targeted so far
+    and the members who newly match) and what they would read. Writes nothing."""
+    return preview.preview_update(session, incident_id, body, settings=settings)
 
 
 @router.post(

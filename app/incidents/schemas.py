@@ -367,3 +367,53 @@ class TimelineEvent(BaseModel):
     actor: str | None
     briefing_version: int | None
     detail: dict[str, Any]
+
+
+class PreviewEmail(BaseModel):
+    subject: str
+    text: str = Field(description="The text part, the acknowledgement link a placeholder.")
+    html: str = Field(description="The HTML part, the acknowledgement link a placeholder.")
+    size: int = Field(description="Bytes of the whole message as sent (headers included).")
+
+
+class PreviewWebhook(BaseModel):
+    body: str = Field(description="The signed body, byte for byte but for the token.")
+    size: int = Field(description="Bytes of the body.")
+
+
+class PreviewMessage(BaseModel):
+    """What the members sent one language receive."""
+
+    language: str
+    direction: Literal["ltr", "rtl"]
+    members: int
+    email: PreviewEmail
+    webhook: PreviewWebhook
+
+
+class LanguageFallback(BaseModel):
+    members: int = Field(description="Members none of whose languages the briefing has.")
+    by_language: dict[str, int] = Field(description="The language they are sent instead.")
+
+
+class QuietHoursPreview(BaseModel):
+    members: int = Field(
+        description="Members in their quiet hours whose briefing would wait (minor and "
+        "moderate only)."
+    )
+    until: datetime | None = Field(description="The latest of those waits.")
+
+
+class IncidentPreview(BaseModel):
+    """A dry run: what the declaration or update would target and send. Nothing written."""
+
+    members: int = Field(description="Members the version would go to.")
+    by_network: dict[str, int]
+    by_country: dict[str, int]
+    by_language: dict[str, int] = Field(description="By the language actually sent.")
+    by_channel: dict[str, int] = Field(description="Deliveries per channel.")
+    language_fallback: LanguageFallback
+    quiet_hours: QuietHoursPreview
+    unreachable: int = Field(description="Members of the audience no chosen channel reaches.")
+    ack_url_placeholder: str
+    messages: list[PreviewMessage]
