@@ -59,6 +59,8 @@ EXPECTED: dict[Route, Role] = {
     ("GET", "/v1/incidents/{incident_id}/cap"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/updates"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/updates/preview"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/approve"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/reject"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/resolve"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/cancel"): Role.OPERATOR,
     ("GET", "/v1/incidents/{incident_id}/deliveries"): Role.OPERATOR,
@@ -222,6 +224,7 @@ def _json_body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
         ("POST", "/v1/incidents/{incident_id}/updates"): {
             "briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}
         },
+        ("POST", "/v1/incidents/{incident_id}/reject"): {"reason": "Wrong country."},
         ("POST", "/v1/incidents/{incident_id}/updates/preview"): {
             "briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}
         },

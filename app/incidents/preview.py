@@ -21,7 +21,7 @@ from app.deliveries.service import sample_messages
 from app.errors import Conflict
 from app.incidents import targeting
 from app.incidents.schemas import DEFAULT_RESPONSES, Audience, IncidentCreate, IncidentUpdate
-from app.incidents.service import ENDED, get_incident
+from app.incidents.service import ENDED, PENDING_APPROVAL, get_incident
 from app.models import Briefing, Incident, ReferenceCounter, Roster
 from app.models.base import utcnow
 
@@ -83,6 +83,8 @@ def preview_update(
     incident = get_incident(session, incident_id)
     if incident.status in ENDED:
         raise Conflict(f"the incident is {incident.status}")
+    if incident.status == PENDING_APPROVAL:
+        raise Conflict("the incident is pending approval: approve or reject it first")
     now = utcnow()
     latest = session.scalar(
         select(func.max(Briefing.version)).where(Briefing.incident_id == incident.id)

@@ -26,6 +26,7 @@ from app.incidents.schemas import (
     IncidentEnd,
     IncidentFilters,
     IncidentPreview,
+    IncidentReject,
     IncidentStatusView,
     IncidentUpdate,
     TimelineEvent,
@@ -78,6 +79,7 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 _INCIDENT_FIELDS = (
     "id", "reference", "title", "severity", "urgency", "mode", "status", "countries", "themes",
     "channels", "responses", "declared_at", "updated_at", "ended_at", "ack_deadline",
+    "approval_expires_at",
 )  # fmt: skip
 _DELIVERY_FIELDS = (
     "id", "channel", "status", "attempts", "language", "last_error", "next_attempt_at",
@@ -120,13 +122,17 @@ def declare_incident(
     """Declare a tension incident and brief its audience.
 
     The answer comes as soon as the ledger rows are written (202); the briefing goes out
-    in the background by email and webhook, in each member's language. With an
+    in the background by email and webhook, in each member's language. A declaration of a
+    severity in `RRMM_APPROVAL_SEVERITIES` (exercises only with
+    `RRMM_APPROVAL_FOR_EXERCISES`) answers 202 with status `pending_approval` and sends
+    nothing until another principal approves it (`…/approve`). With an
     `Idempotency-Key`, repeating the same request returns the same incident and sends
     nothing twice; the same key with another body is a 422.
     """
     incident, created = service.declare(
         session, body, actor=actor, idempotency_key=idempotency_key, dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
+        approval=service.ApprovalPolicy.from_settings(settings),
     )  # fmt: skip
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
@@ -351,6 +357,35 @@ def preview_update(
     """A dry run of an update (the same body): who it would reach (everyone targeted so far
     and the members who newly match) and what they would read. Writes nothing."""
     return preview.preview_update(session, incident_id, body, settings=settings)
+
+
+@router.post(
+    "/{incident_id}/approve", status_code=status.HTTP_202_ACCEPTED, response_model=Incident
+)
+def approve_incident(
+    incident_id: uuid.UUID,
+    session: WriteSessionDep,
+    actor: Operator,
+    dispatch: DispatcherDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """Approve a declaration waiting for a second person: its fan-out starts now. The
+    principal who declared it gets 403; an incident not pending (approved, rejected,
+    expired) is a 409."""
+    incident = service.approve(
+        session, incident_id, actor=actor, dispatch=dispatch,
+        chunk_members=settings.targeting_chunk_members,
+    )  # fmt: skip
+    return _out(session, incident)
+
+
+@router.post("/{incident_id}/reject", response_model=Incident)
+def reject_incident(
+    incident_id: uuid.UUID, body: IncidentReject, session: WriteSessionDep, actor: Operator
+) -> dict[str, Any]:
+    """Reject a declaration waiting for approval, with a reason: it ends `rejected` and
+    nothing is ever sent. An incident not pending is a 409."""
+    return _out(session, service.reject(session, incident_id, body.reason, actor=actor))
 
 
 @router.post(

@@ -31,7 +31,9 @@ Severity = Literal["minor", "moderate", "severe", "extreme"]
 Urgency = Literal["immediate", "expected", "future"]
 Mode = Literal["actual", "exercise"]
 Channel = Literal["email", "webhook"]
-IncidentStatus = Literal["mobilizing", "active", "resolved", "cancelled"]
+IncidentStatus = Literal[
+    "pending_approval", "mobilizing", "active", "resolved", "cancelled", "rejected", "expired"
+]
 BriefingKind = Literal["declared", "updated", "reminder", "escalated", "resolved", "cancelled"]
 DeliveryStatus = Literal[
     "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled", "superseded"
@@ -196,6 +198,14 @@ class IncidentEnd(BaseModel):
     _english = field_validator("briefing")(_english_if_required)
 
 
+class IncidentReject(BaseModel):
+    """Why a pending declaration is refused (kept in the timeline and the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[Text, StringConstraints(min_length=1, max_length=1000)]
+
+
 class IncidentLinks(BaseModel):
     self: str
     status: str
@@ -220,6 +230,9 @@ class Incident(BaseModel):
     updated_at: datetime
     ended_at: datetime | None
     ack_deadline: datetime | None
+    approval_expires_at: datetime | None = Field(
+        None, description="While `pending_approval`: when the declaration expires unapproved."
+    )
     targeted: int = Field(description="Members targeted so far.")
     latest_version: int
     links: IncidentLinks
@@ -351,6 +364,7 @@ class IncidentFilters(BaseModel):
 
 
 TimelineKind = Literal[
+    "approval_requested", "approved", "rejected", "expired",
     "declared", "targeted", "activated", "fanout_started", "fanout_finished", "updated", "reminder",
     "escalation", "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved",
     "cancelled",
