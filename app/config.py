@@ -155,6 +155,15 @@ class Settings(BaseSettings):
     rate_limit_storage: str = "memory://"
     operator_emails: list[str] = Field(default_factory=list)
 
+    # The two-person rule (issue 12): declarations of these severities (comma-separated)
+    # wait for a second principal's approval; exercises too only if the flag is set. A
+    # pending declaration that nobody approves within the TTL expires.
+    approval_severities: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["severe", "extreme"]
+    )
+    approval_for_exercises: bool = False
+    approval_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+
     # Key rotation (see README, "Rotating RRMM_SECRET_KEY"): the key being replaced, still
     # accepted to decrypt webhook secrets and to verify ack links, never used to write.
     secret_key_previous: SecretStr | None = None
@@ -179,6 +188,18 @@ class Settings(BaseSettings):
     # every request reads it), so a key revoked elsewhere (`rrmm keys revoke`) is refused by
     # every process within this bound. Kept short: it is the revocation delay.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=15)
+
+    @field_validator("approval_severities", mode="before")
+    @classmethod
+    def _parse_severities(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            parts = json.loads(text) if text.startswith("[") else text.split(",")
+            value = [str(part).strip() for part in parts if str(part).strip()]
+        known = {"minor", "moderate", "severe", "extreme"}
+        if isinstance(value, list) and not set(value) <= known:
+            raise ValueError(f"severities are {', '.join(sorted(known))}")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -48,6 +48,7 @@ EXPECTED: dict[Route, Role] = {
     ("POST", "/v1/rosters/{roster_id}/members/remove"): Role.OPERATOR,
     ("DELETE", "/v1/rosters/{roster_id}/members/{member_id}"): Role.OPERATOR,
     ("POST", "/v1/incidents"): Role.OPERATOR,
+    ("POST", "/v1/incidents/preview"): Role.OPERATOR,
     ("GET", "/v1/incidents"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}"): Role.VIEWER,
     ("GET", "/v1/incidents/{incident_id}/status"): Role.VIEWER,
@@ -57,6 +58,9 @@ EXPECTED: dict[Route, Role] = {
     ("GET", "/v1/incidents/{incident_id}/briefings"): Role.OPERATOR,
     ("GET", "/v1/incidents/{incident_id}/cap"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/updates"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/updates/preview"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/approve"): Role.OPERATOR,
+    ("POST", "/v1/incidents/{incident_id}/reject"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/resolve"): Role.OPERATOR,
     ("POST", "/v1/incidents/{incident_id}/cancel"): Role.OPERATOR,
     ("GET", "/v1/incidents/{incident_id}/deliveries"): Role.OPERATOR,
@@ -216,7 +220,12 @@ def _json_body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
         ("POST", "/v1/rosters/{roster_id}/members"): {"member_ids": [ids["member_id"]]},
         ("POST", "/v1/rosters/{roster_id}/members/remove"): {"member_ids": [ids["member_id"]]},
         ("POST", "/v1/incidents"): _incident_body(ids["member_id"]),
+        ("POST", "/v1/incidents/preview"): _incident_body(ids["member_id"]),
         ("POST", "/v1/incidents/{incident_id}/updates"): {
+            "briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}
+        },
+        ("POST", "/v1/incidents/{incident_id}/reject"): {"reason": "Wrong country."},
+        ("POST", "/v1/incidents/{incident_id}/updates/preview"): {
             "briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}
         },
     }

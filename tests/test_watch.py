@@ -312,3 +312,29 @@ def test_connection_refused(run, viewer_key):
     assert result.exit_code == 1
     assert "connection refused" in line
     assert viewer_key not in result.stdout + result.stderr
+
+
+def test_a_declaration_waiting_for_approval_shows_as_pending(run, settings, engine, api_keys):
+    """Under the two-person rule the watcher shows the pending state, nothing targeted."""
+    pending = settings.model_copy(
+        update={"log_level": "WARNING", "approval_severities": ["severe", "extreme"]}
+    )
+    operator = {"Authorization": f"Bearer {api_keys[Role.OPERATOR]}"}
+    with (
+        serve(lambda _url: create_app(pending)) as url,
+        httpx.Client(base_url=url, headers=operator) as api,
+    ):
+        member = api.post("/v1/members", json=member_payload(quiet_hours=None))
+        assert member.status_code == 201, member.text
+        response = api.post(
+            "/v1/incidents", json=declare_body(audience={"member_ids": [member.json()["id"]]})
+        )
+        assert response.status_code == 202, response.text
+        incident = response.json()
+        assert incident["status"] == "pending_approval"
+        result = run(incident["reference"], "--once", "--url", url, "--key", api_keys[Role.VIEWER])
+
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    shown = squeeze(result.stdout)
+    assert "status pending_approval" in shown
+    assert "targeted 0 " in shown

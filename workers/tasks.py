@@ -15,6 +15,7 @@ from app.config import get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.deliveries import service as deliveries
 from app.health.service import record_heartbeat
+from app.incidents import service as incidents
 from app.incidents import targeting
 from workers.celery_app import DISPATCH_TASK, NOTICES_TASK, SEND_TASK, celery_app
 
@@ -91,8 +92,10 @@ def sweep() -> None:
             session, stalled_after=timedelta(seconds=settings.targeting_stalled_seconds),
             resume=publish_dispatch,
         )  # fmt: skip
+        expired = incidents.expire_pending(session)
     result = deliveries.sweep(session_factory(), settings, publish_batch)
     result["targeting_resumed"] = resumed
+    result["approvals_expired"] = expired
     result["timers"] = followup.fire_due(session_factory(), get_settings(), publish_dispatch)
     if any(result.values()):
         log.info("swept", **result)

@@ -18,7 +18,7 @@ from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.incidents.service import get_incident
 from app.models import Briefing, Incident
 
@@ -84,6 +84,8 @@ def export_alert(
 ) -> bytes:
     """The CAP 1.2 alert of the latest briefing version (or of `version`), as UTF-8 XML."""
     incident = get_incident(session, incident_id)
+    if incident.status in ("pending_approval", "rejected", "expired"):
+        raise Conflict(f"the incident is {incident.status}: it was never sent, so no alert")
     versions = _versions(session, incident_id, version)
     if not versions or (version is not None and versions[-1].version != version):
         raise NotFound(f"incident {incident_id} has no briefing version {version}")

@@ -28,7 +28,7 @@ from rich.text import Text
 DEFAULT_URL = "http://127.0.0.1:8000"
 IN_FLIGHT = ("pending", "sending", "retrying")
 FINAL = ("sent", "failed", "skipped", "cancelled", "superseded")
-ENDED = ("resolved", "cancelled")
+ENDED = ("resolved", "cancelled", "rejected", "expired")
 # The order in which delivery states are shown: the funnel, then the dead ends.
 STATES = ("sent", "sending", "pending", "retrying", "failed", "skipped", "cancelled", "superseded")
 _STATE_STYLE = {
@@ -226,7 +226,8 @@ def _header(status: dict[str, Any], now: datetime) -> RenderableType:
     else:
         line.append(" ACTUAL ", style="bold white on red")
     line.append("   status ")
-    line.append(status["status"], style="bold green" if status["status"] == "active" else "bold")
+    styles = {"active": "bold green", "pending_approval": "bold yellow"}
+    line.append(status["status"], style=styles.get(status["status"], "bold"))
     line.append("   severity ")
     line.append(status["severity"], style="bold")
     line.append("   targeted ")

@@ -93,6 +93,16 @@ def choose_language(member_languages: Sequence[str], briefing_languages: Sequenc
     return "en" if "en" in available else available[0]
 
 
+def has_language(member_languages: Sequence[str], briefing_languages: Sequence[str]) -> bool:
+    """Whether `choose_language` finds one of the member's own languages (else it falls
+    back)."""
+    primaries = {language.split("-")[0].lower() for language in briefing_languages}
+    return any(
+        wanted in briefing_languages or wanted.split("-")[0].lower() in primaries
+        for wanted in member_languages
+    )
+
+
 @lru_cache(maxsize=256)
 def text_direction(language: str) -> str:
     try:

@@ -30,12 +30,14 @@ from app.deliveries.content import (
     RenderedBriefing,
     cached_render,
     incident_summary,
+    render,
     webhook_timestamp,
 )
 from app.deliveries.email import (
     EmailTemplate,
     UnsafeHeader,
     address_member,
+    build_template,
     cached_template,
     date_header,
     mail_domain,
@@ -269,18 +271,12 @@ class MessageBuilder:
         key = (job.briefing_id, job.language, now)
         body = self._bodies.get(key)
         if body is None:
-            incident = self.context.incidents[job.incident_id]
-            briefing = self.context.briefings[job.briefing_id]
-            body = self._bodies[key] = _WebhookBody.of(
-                type_=WEBHOOK_TYPES[briefing.kind],
-                timestamp=webhook_timestamp(now),
-                incident=incident_summary(incident),
-                briefing={**self.rendered(job).webhook_briefing, "kind": briefing.kind},
-                ack_url=f"{self.public_url}/v1/acks",
-                deadline=webhook_timestamp(incident.ack_deadline)
-                if incident.ack_deadline
-                else None,
-                responses=incident.responses,
+            body = self._bodies[key] = webhook_event(
+                self.context.incidents[job.incident_id],
+                self.context.briefings[job.briefing_id],
+                self.rendered(job),
+                public_url=self.public_url,
+                now=now,
             )
         return body
 
@@ -351,6 +347,45 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
             raise
         return None
     return uvloop.new_event_loop
+
+
+def webhook_event(
+    incident: Incident, briefing: Briefing, rendered: RenderedBriefing, *, public_url: str,
+    now: datetime,
+) -> _WebhookBody:  # fmt: skip
+    """The webhook body of a version in one language, but for the member's link and token."""
+    return _WebhookBody.of(
+        type_=WEBHOOK_TYPES[briefing.kind],
+        timestamp=webhook_timestamp(now),
+        incident=incident_summary(incident),
+        briefing={**rendered.webhook_briefing, "kind": briefing.kind},
+        ack_url=f"{public_url}/v1/acks",
+        deadline=webhook_timestamp(incident.ack_deadline) if incident.ack_deadline else None,
+        responses=incident.responses,
+    )
+
+
+def sample_messages(
+    settings: Settings, incident: Incident, briefing: Briefing, language: str, *, token: str
+) -> tuple[RenderedBriefing, bytes, str]:
+    """What a member reading `language` gets, built by the same functions as a send: the
+    rendering, the complete email (to a stand-in address, the first version's threading)
+    and the webhook body, with `token` standing for the member's acknowledgement token."""
+    public_url = settings.public_url.rstrip("/")
+    domain = mail_domain(settings.mail_from)
+    rendered = render(incident, briefing, language)
+    email = address_member(
+        build_template(rendered, mail_from=settings.mail_from),
+        date=date_header(utcnow()),
+        to="member@example.invalid",
+        message_id=message_id(0, domain),
+        ack_url=f"{public_url}/ack/{token}",
+        references=[thread_id(str(incident.id), domain)],
+    )
+    webhook = webhook_event(
+        incident, briefing, rendered, public_url=public_url, now=utcnow()
+    ).with_ack(page=f"{public_url}/ack/{token}", token=token)
+    return rendered, email, webhook
 
 
 class Transports:

@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 
 from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
-from app.incidents import events, service, timeline
+from app.incidents import events, preview, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
     BriefingVersion,
@@ -25,6 +25,8 @@ from app.incidents.schemas import (
     IncidentCreate,
     IncidentEnd,
     IncidentFilters,
+    IncidentPreview,
+    IncidentReject,
     IncidentStatusView,
     IncidentUpdate,
     TimelineEvent,
@@ -77,6 +79,7 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 _INCIDENT_FIELDS = (
     "id", "reference", "title", "severity", "urgency", "mode", "status", "countries", "themes",
     "channels", "responses", "declared_at", "updated_at", "ended_at", "ack_deadline",
+    "approval_expires_at",
 )  # fmt: skip
 _DELIVERY_FIELDS = (
     "id", "channel", "status", "attempts", "language", "last_error", "next_attempt_at",
@@ -119,18 +122,35 @@ def declare_incident(
     """Declare a tension incident and brief its audience.
 
     The answer comes as soon as the ledger rows are written (202); the briefing goes out
-    in the background by email and webhook, in each member's language. With an
+    in the background by email and webhook, in each member's language. A declaration of a
+    severity in `RRMM_APPROVAL_SEVERITIES` (exercises only with
+    `RRMM_APPROVAL_FOR_EXERCISES`) answers 202 with status `pending_approval` and sends
+    nothing until another principal approves it (`…/approve`). With an
     `Idempotency-Key`, repeating the same request returns the same incident and sends
     nothing twice; the same key with another body is a 422.
     """
     incident, created = service.declare(
         session, body, actor=actor, idempotency_key=idempotency_key, dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
+        approval=service.ApprovalPolicy.from_settings(settings),
     )  # fmt: skip
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
     return _out(session, incident)
+
+
+@router.post("/preview", response_model=IncidentPreview)
+def preview_incident(
+    body: IncidentCreate, session: SessionDep, _actor: Operator, settings: SettingsDep
+) -> dict[str, Any]:
+    """A dry run of a declaration (the same body): the members it would target, counted by
+    network, country, language sent and channel; who gets a fallback language; who would
+    wait for the end of their quiet hours; who no channel reaches; and, per language, the
+    email and webhook body exactly as a member would get them (a placeholder stands for
+    the acknowledgement link). Writes nothing; counted by grouped queries, not per member.
+    """
+    return preview.preview_declaration(session, body, settings=settings)
 
 
 @router.get("", response_model=Page[Incident])
@@ -324,6 +344,48 @@ def post_update(
         chunk_members=settings.targeting_chunk_members,
     )  # fmt: skip
     return _out(session, incident)
+
+
+@router.post("/{incident_id}/updates/preview", response_model=IncidentPreview)
+def preview_update(
+    incident_id: uuid.UUID,
+    body: IncidentUpdate,
+    session: SessionDep,
+    _actor: Operator,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """A dry run of an update (the same body): who it would reach (everyone targeted so far
+    and the members who newly match) and what they would read. Writes nothing."""
+    return preview.preview_update(session, incident_id, body, settings=settings)
+
+
+@router.post(
+    "/{incident_id}/approve", status_code=status.HTTP_202_ACCEPTED, response_model=Incident
+)
+def approve_incident(
+    incident_id: uuid.UUID,
+    session: WriteSessionDep,
+    actor: Operator,
+    dispatch: DispatcherDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """Approve a declaration waiting for a second person: its fan-out starts now. The
+    principal who declared it gets 403; an incident not pending (approved, rejected,
+    expired) is a 409."""
+    incident = service.approve(
+        session, incident_id, actor=actor, dispatch=dispatch,
+        chunk_members=settings.targeting_chunk_members,
+    )  # fmt: skip
+    return _out(session, incident)
+
+
+@router.post("/{incident_id}/reject", response_model=Incident)
+def reject_incident(
+    incident_id: uuid.UUID, body: IncidentReject, session: WriteSessionDep, actor: Operator
+) -> dict[str, Any]:
+    """Reject a declaration waiting for approval, with a reason: it ends `rejected` and
+    nothing is ever sent. An incident not pending is a 409."""
+    return _out(session, service.reject(session, incident_id, body.reason, actor=actor))
 
 
 @router.post(

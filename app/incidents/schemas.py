@@ -31,7 +31,9 @@ Severity = Literal["minor", "moderate", "severe", "extreme"]
 Urgency = Literal["immediate", "expected", "future"]
 Mode = Literal["actual", "exercise"]
 Channel = Literal["email", "webhook"]
-IncidentStatus = Literal["mobilizing", "active", "resolved", "cancelled"]
+IncidentStatus = Literal[
+    "pending_approval", "mobilizing", "active", "resolved", "cancelled", "rejected", "expired"
+]
 BriefingKind = Literal["declared", "updated", "reminder", "escalated", "resolved", "cancelled"]
 DeliveryStatus = Literal[
     "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled", "superseded"
@@ -196,6 +198,14 @@ class IncidentEnd(BaseModel):
     _english = field_validator("briefing")(_english_if_required)
 
 
+class IncidentReject(BaseModel):
+    """Why a pending declaration is refused (kept in the timeline and the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[Text, StringConstraints(min_length=1, max_length=1000)]
+
+
 class IncidentLinks(BaseModel):
     self: str
     status: str
@@ -220,6 +230,9 @@ class Incident(BaseModel):
     updated_at: datetime
     ended_at: datetime | None
     ack_deadline: datetime | None
+    approval_expires_at: datetime | None = Field(
+        None, description="While `pending_approval`: when the declaration expires unapproved."
+    )
     targeted: int = Field(description="Members targeted so far.")
     latest_version: int
     links: IncidentLinks
@@ -351,6 +364,7 @@ class IncidentFilters(BaseModel):
 
 
 TimelineKind = Literal[
+    "approval_requested", "approved", "rejected", "expired",
     "declared", "targeted", "activated", "fanout_started", "fanout_finished", "updated", "reminder",
     "escalation", "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved",
     "cancelled",
@@ -367,3 +381,53 @@ class TimelineEvent(BaseModel):
     actor: str | None
     briefing_version: int | None
     detail: dict[str, Any]
+
+
+class PreviewEmail(BaseModel):
+    subject: str
+    text: str = Field(description="The text part, the acknowledgement link a placeholder.")
+    html: str = Field(description="The HTML part, the acknowledgement link a placeholder.")
+    size: int = Field(description="Bytes of the whole message as sent (headers included).")
+
+
+class PreviewWebhook(BaseModel):
+    body: str = Field(description="The signed body, byte for byte but for the token.")
+    size: int = Field(description="Bytes of the body.")
+
+
+class PreviewMessage(BaseModel):
+    """What the members sent one language receive."""
+
+    language: str
+    direction: Literal["ltr", "rtl"]
+    members: int
+    email: PreviewEmail
+    webhook: PreviewWebhook
+
+
+class LanguageFallback(BaseModel):
+    members: int = Field(description="Members none of whose languages the briefing has.")
+    by_language: dict[str, int] = Field(description="The language they are sent instead.")
+
+
+class QuietHoursPreview(BaseModel):
+    members: int = Field(
+        description="Members in their quiet hours whose briefing would wait (minor and "
+        "moderate only)."
+    )
+    until: datetime | None = Field(description="The latest of those waits.")
+
+
+class IncidentPreview(BaseModel):
+    """A dry run: what the declaration or update would target and send. Nothing written."""
+
+    members: int = Field(description="Members the version would go to.")
+    by_network: dict[str, int]
+    by_country: dict[str, int]
+    by_language: dict[str, int] = Field(description="By the language actually sent.")
+    by_channel: dict[str, int] = Field(description="Deliveries per channel.")
+    language_fallback: LanguageFallback
+    quiet_hours: QuietHoursPreview
+    unreachable: int = Field(description="Members of the audience no chosen channel reaches.")
+    ack_url_placeholder: str
+    messages: list[PreviewMessage]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,11 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.acks.followup import create_timers
+from app.acks.outbox import add_notice
 from app.audit.service import record
 from app.auth.service import Principal
+from app.config import Settings
 from app.db import contains_pattern, on_commit
 from app.deliveries import ledger
-from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from app.errors import Conflict, FieldProblem, Forbidden, InvalidInput, NotFound
 from app.incidents import targeting, timeline
 from app.incidents.schemas import (
     DEFAULT_RESPONSES,
@@ -34,6 +37,7 @@ from app.models import (
     Incident,
     Member,
     ReferenceCounter,
+    Role,
     Roster,
 )
 from app.models.base import utcnow
@@ -41,7 +45,33 @@ from app.models.base import utcnow
 # Called after commit with the id of a briefing version whose deliveries should start.
 Dispatcher = Callable[[int], None]
 
-ENDED = frozenset({"resolved", "cancelled"})
+ENDED = frozenset({"resolved", "cancelled", "rejected", "expired"})
+PENDING_APPROVAL = "pending_approval"
+# Who the audit trail names for what the sweeper decides by itself.
+_SWEEPER = Principal(key_id=None, name="sweeper", role=Role.ADMIN)
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """Which declarations wait for a second principal (the two-person rule)."""
+
+    severities: frozenset[str]
+    for_exercises: bool
+    ttl: timedelta
+    operator_emails: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApprovalPolicy:
+        return cls(
+            frozenset(settings.approval_severities),
+            settings.approval_for_exercises,
+            timedelta(minutes=settings.approval_ttl_minutes),
+            tuple(settings.operator_emails),
+        )
+
+    def needed(self, severity: str, mode: str) -> bool:
+        return severity in self.severities and (mode == "actual" or self.for_exercises)
+
 
 # The notice sent on resolve/cancel when the operator gives no text.
 _STANDARD_END = {
@@ -118,9 +148,12 @@ def declare(
     idempotency_key: str | None,
     dispatch: Dispatcher,
     chunk_members: int,
+    approval: ApprovalPolicy | None = None,
 ) -> tuple[Incident, bool]:
     """Declare an incident; its first chunk of members is targeted and their ledger rows
     written now, the rest by the worker (`targeting.advance`); dispatch starts after commit.
+    A declaration the `approval` policy covers is written `pending_approval`, its briefing
+    and nothing else: no target, no ledger row, no timer (`approve` writes them).
 
     Returns the incident and whether it was created now (False: an idempotent replay).
     """
@@ -136,6 +169,7 @@ def declare(
     )  # fmt: skip
     targeting.audience_condition(session, data.audience)  # unknown rosters or members: 422
     channels = data.channels or ["email", "webhook"]
+    pending = approval is not None and approval.needed(data.severity, data.mode)
     try:
         # A savepoint: if the same key raced us, only this part is undone.
         with session.begin_nested():
@@ -152,7 +186,8 @@ def declare(
                 responses=data.responses or DEFAULT_RESPONSES,
                 followup=data.followup.model_dump(mode="json"),
                 ack_deadline=now + timedelta(seconds=data.followup.ack_deadline_seconds),
-                status="mobilizing",
+                status=PENDING_APPROVAL if pending else "mobilizing",
+                approval_expires_at=now + approval.ttl if pending and approval else None,
                 idempotency_key=idempotency_key,
                 request_hash=digest,
                 created_by_key_id=actor.key_id,
@@ -169,12 +204,29 @@ def declare(
     briefing = _add_briefing(
         session, incident, kind="declared", content=_content(data.briefing), actor=actor, now=now
     )
+    if pending:
+        audience = targeting.audience_condition(session, data.audience, check=False)
+        reach = targeting.count_reach(session, and_(audience, targeting.reachable(channels)), [])
+        if not reach.members:
+            raise _matches_nobody()
+        timeline.add(
+            session, incident.id, timeline.APPROVAL_REQUESTED, actor=actor.name,
+            version=briefing.version,
+            detail={"members": reach.members, "mode": incident.mode,
+                    "expires_at": incident.approval_expires_at.isoformat()
+                    if incident.approval_expires_at else None},
+            at=now,
+        )  # fmt: skip
+        record(
+            session, actor, "incident.approval_requested", "incident", incident.id,
+            {"reference": incident.reference, "members": reach.members},
+        )  # fmt: skip
+        assert approval is not None
+        _ask_for_approval(session, incident, actor, reach.members, approval)
+        return incident, True
     job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
     if not job.members_total:  # the request's transaction is rolled back: nothing written
-        raise InvalidInput(
-            "the audience matches no active member reachable on the chosen channels",
-            errors=[FieldProblem(field="body.audience", reason="matches nobody")],
-        )
+        raise _matches_nobody()
     create_timers(session, incident, now)
     targeted = job.targets_expected
     timeline.add(
@@ -187,6 +239,134 @@ def declare(
     )  # fmt: skip
     dispatch_after_commit(session, briefing, dispatch)
     return incident, True
+
+
+def _ask_for_approval(
+    session: Session, incident: Incident, actor: Principal, members: int, policy: ApprovalPolicy
+) -> None:
+    """The operators are told a declaration waits (the outbox sends it after commit)."""
+    recipients = list(dict.fromkeys([*policy.operator_emails, *incident.followup["notify_emails"]]))
+    if not recipients:
+        return
+    expires = incident.approval_expires_at.isoformat() if incident.approval_expires_at else "-"
+    add_notice(
+        session,
+        incident_id=incident.id,
+        kind="approval",
+        sequence=1,
+        summary="operators told an approval is waiting",
+        recipients=recipients,
+        subject=f"[{incident.reference}] Approval needed: {incident.title}",
+        body=(
+            f"{actor.name} declared {incident.reference} ({incident.severity}, "
+            f"{incident.mode}): {incident.title}\n\n"
+            f"It goes to {members} member(s) once a second person approves it:\n"
+            f"POST /v1/incidents/{incident.id}/approve (or /reject with a reason).\n"
+            f"It expires unapproved at {expires}.\n"
+        ),
+    )
+
+
+def _matches_nobody() -> InvalidInput:
+    return InvalidInput(
+        "the audience matches no active member reachable on the chosen channels",
+        errors=[FieldProblem(field="body.audience", reason="matches nobody")],
+    )
+
+
+def _pending_incident(session: Session, incident_id: uuid.UUID) -> Incident:
+    incident = session.scalar(select(Incident).where(Incident.id == incident_id).with_for_update())
+    if incident is None:
+        raise NotFound(f"no incident {incident_id}")
+    if incident.status != PENDING_APPROVAL:
+        raise Conflict(f"the incident is {incident.status}, not pending approval")
+    return incident
+
+
+def approve(
+    session: Session,
+    incident_id: uuid.UUID,
+    *,
+    actor: Principal,
+    dispatch: Dispatcher,
+    chunk_members: int,
+) -> Incident:
+    """A second principal approves a pending declaration: it is targeted and sent now, as
+    if declared at this moment (the acknowledgement deadline and timers count from now)."""
+    incident = _pending_incident(session, incident_id)
+    if actor.key_id is None or actor.key_id == incident.created_by_key_id:
+        raise Forbidden("a second person must approve: the declarer cannot approve")
+    now = utcnow()
+    if incident.approval_expires_at is not None and incident.approval_expires_at <= now:
+        raise Conflict("the approval window has passed: the declaration is expiring")
+    briefing = session.scalar(
+        select(Briefing).where(Briefing.incident_id == incident.id, Briefing.version == 1)
+    )
+    assert briefing is not None  # written with the pending declaration
+    incident.status = "mobilizing"
+    incident.decided_by_key_id = actor.key_id
+    incident.decided_at = now
+    incident.approval_expires_at = None
+    incident.ack_deadline = now + timedelta(seconds=incident.followup["ack_deadline_seconds"])
+    incident.updated_at = now
+    session.flush()
+    job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
+    if not job.members_total:
+        raise Conflict("the audience matches no active member reachable any more")
+    create_timers(session, incident, now)
+    timeline.add(
+        session, incident.id, timeline.APPROVED, actor=actor.name, version=briefing.version,
+        detail={"targeted": job.targets_expected}, at=now,
+    )  # fmt: skip
+    timeline.add(
+        session, incident.id, timeline.DECLARED, actor=actor.name, version=briefing.version,
+        detail={"targeted": job.targets_expected, "mode": incident.mode}, at=now,
+    )  # fmt: skip
+    record(
+        session, actor, "incident.approve", "incident", incident.id,
+        {"reference": incident.reference, "targeted": job.targets_expected},
+    )  # fmt: skip
+    dispatch_after_commit(session, briefing, dispatch)
+    return incident
+
+
+def reject(session: Session, incident_id: uuid.UUID, reason: str, *, actor: Principal) -> Incident:
+    """A pending declaration is refused: it ends `rejected`, nothing ever sent."""
+    incident = _pending_incident(session, incident_id)
+    now = utcnow()
+    incident.status = "rejected"
+    incident.decided_by_key_id = actor.key_id
+    incident.decided_at = now
+    incident.rejection_reason = reason
+    incident.approval_expires_at = None
+    incident.ended_at = now
+    incident.updated_at = now
+    timeline.add(
+        session, incident.id, timeline.REJECTED, actor=actor.name, detail={"reason": reason},
+        at=now,
+    )  # fmt: skip
+    record(session, actor, "incident.reject", "incident", incident.id, {"reason": reason})
+    return incident
+
+
+def expire_pending(session: Session, now: datetime | None = None) -> int:
+    """Pending declarations nobody approved in time end `expired` (the sweeper's)."""
+    now = now or utcnow()
+    due = list(
+        session.scalars(
+            select(Incident)
+            .where(Incident.status == PENDING_APPROVAL, Incident.approval_expires_at <= now)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for incident in due:
+        incident.status = "expired"
+        incident.ended_at = now
+        incident.updated_at = now
+        incident.approval_expires_at = None
+        timeline.add(session, incident.id, timeline.EXPIRED, detail={}, at=now)
+        record(session, _SWEEPER, "incident.expire", "incident", incident.id, {})
+    return len(due)
 
 
 def _content(briefing: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +478,8 @@ def post_update(
     """A new briefing version to everyone targeted so far and to members who newly match
     (the first chunk written now, the rest by the worker)."""
     incident = _open_incident(session, incident_id)
+    if incident.status == PENDING_APPROVAL:
+        raise Conflict("the incident is pending approval: approve or reject it first")
     now = utcnow()
     _retire_unsent(
         session, incident, to_status=ledger.SUPERSEDED, reason="superseded by a newer version"

@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.acks.service import Segment, count_quota_targets
 from app.db import begin_immediate, session_scope
 from app.deliveries import ledger
-from app.deliveries.content import choose_language
+from app.deliveries.content import choose_language, has_language
 from app.deliveries.quiet_hours import DEFERRABLE_SEVERITIES, first_attempt_at
 from app.errors import FieldProblem, InvalidInput
 from app.incidents import timeline
@@ -164,6 +164,85 @@ def count_reach(session: Session, condition: ColumnElement[bool], channels: Sequ
     return Reach(members=int(row[0]), deliveries=sum(int(n) for n in row[1:]))
 
 
+@dataclass(frozen=True)
+class Breakdown:
+    """What a version would do to the members matching a condition (a preview)."""
+
+    members: int
+    by_network: dict[str, int]
+    by_country: dict[str, int]
+    by_language: dict[str, int]
+    by_channel: dict[str, int]
+    fallback: dict[str, int]  # language sent → members none of whose languages it has
+    deferred: int  # members whose first attempt waits for the end of their quiet hours
+    deferred_until: datetime | None  # the latest such wait
+    unreachable: int  # members of the audience no chosen channel reaches
+
+
+def breakdown(
+    session: Session,
+    audience: ColumnElement[bool],
+    condition: ColumnElement[bool],
+    *,
+    channels: Sequence[str],
+    briefing_languages: Sequence[str],
+    severity: str,
+    now: datetime,
+) -> Breakdown:
+    """The counts of a preview, set-based: one GROUP BY over the members matching
+    `condition` (the language and quiet-hours CASEs as the ledger writes them, built from
+    their few distinct lists and settings), one COUNT for those of `audience` no channel
+    reaches."""
+    language = language_of(session, condition, briefing_languages).label("language")
+    fallback = falls_back(session, condition, briefing_languages).label("fallback")
+    not_before = first_attempt(session, condition, severity, now).label("not_before")
+    # The CASEs in a subquery, grouped outside: their bound parameters appear once.
+    members = (
+        select(
+            Member.network,
+            Member.country,
+            language,
+            fallback,
+            not_before,
+            *(case((REACHES[c], 1), else_=0).label(c) for c in channels),
+        )
+        .where(condition)
+        .subquery()
+    )
+    keys = [members.c[k] for k in ("network", "country", "language", "fallback", "not_before")]
+    rows = session.execute(
+        select(*keys, func.count(), *(func.sum(members.c[c]) for c in channels)).group_by(*keys)
+    ).all()
+    by_network: Counter[str] = Counter()
+    by_country: Counter[str] = Counter()
+    by_language: Counter[str] = Counter()
+    by_channel: Counter[str] = Counter(dict.fromkeys(channels, 0))
+    fell_back: Counter[str] = Counter()
+    deferred = 0
+    until: datetime | None = None
+    for row in rows:
+        network, country, chosen, lacking, wait, count = row[:6]
+        by_network[network] += count
+        by_country[country] += count
+        by_language[chosen] += count
+        for channel, n in zip(channels, row[6:], strict=True):
+            by_channel[channel] += int(n)
+        if lacking:
+            fell_back[chosen] += count
+        if wait is not None:
+            deferred += count
+            until = wait if until is None or wait > until else until
+    unreachable = session.scalar(
+        select(func.count()).select_from(Member).where(audience, ~reachable(channels))
+    )
+    return Breakdown(
+        members=sum(by_network.values()), by_network=dict(by_network),
+        by_country=dict(by_country), by_language=dict(by_language),
+        by_channel=dict(by_channel), fallback=dict(fell_back), deferred=deferred,
+        deferred_until=until, unreachable=int(unreachable or 0),
+    )  # fmt: skip
+
+
 def _segments(session: Session, condition: ColumnElement[bool]) -> list[Segment]:
     languages = cast(Member.languages, Text)
     rows = session.execute(
@@ -249,17 +328,32 @@ def bump_targeted(session: Session, incident_id: uuid.UUID, count: int) -> None:
         )
 
 
-def _language_of(
+def _language_lists(
+    session: Session, condition: ColumnElement[bool], briefing_languages: Sequence[str]
+) -> dict[str, tuple[str, bool]]:
+    """Each distinct language list of the matching members (as stored text) → the language
+    it is sent and whether that is one of the member's own (False: the fallback)."""
+    text = cast(Member.languages, Text)
+    chosen: dict[str, tuple[str, bool]] = {}
+    for listed in session.scalars(select(text).where(condition).distinct()):
+        wanted = json.loads(listed) or []
+        chosen[listed] = (
+            choose_language(wanted, briefing_languages),
+            has_language(wanted, briefing_languages),
+        )
+    return chosen
+
+
+def language_of(
     session: Session, condition: ColumnElement[bool], briefing_languages: Sequence[str]
 ) -> ColumnElement[str]:
     """The CASE that picks each member's language, built from the distinct lists."""
     text = cast(Member.languages, Text)
     default = choose_language([], briefing_languages)
     by_choice: dict[str, list[str]] = {}
-    for listed in session.scalars(select(text).where(condition).distinct()):
-        chosen = choose_language(json.loads(listed) or [], briefing_languages)
-        if chosen != default:
-            by_choice.setdefault(chosen, []).append(listed)
+    for listed, (language, _) in _language_lists(session, condition, briefing_languages).items():
+        if language != default:
+            by_choice.setdefault(language, []).append(listed)
     if not by_choice:
         return literal(default, String)
     return case(
@@ -268,7 +362,22 @@ def _language_of(
     )
 
 
-def _first_attempt(
+def falls_back(
+    session: Session, condition: ColumnElement[bool], briefing_languages: Sequence[str]
+) -> ColumnElement[bool]:
+    """True for members none of whose languages the briefing has."""
+    text = cast(Member.languages, Text)
+    lacking = [
+        listed
+        for listed, (_, own) in _language_lists(session, condition, briefing_languages).items()
+        if not own
+    ]
+    if not lacking:
+        return literal(False)
+    return text.in_(lacking)
+
+
+def first_attempt(
     session: Session, condition: ColumnElement[bool], severity: str, now: datetime
 ) -> ColumnElement[Any]:
     """The CASE that defers members in their quiet hours (minor and moderate only)."""
@@ -309,8 +418,8 @@ def add_deliveries(
 ) -> int:
     """Write the version's ledger rows for the members matching `condition`: one per
     channel of the incident that reaches them. One INSERT … SELECT per channel."""
-    language = _language_of(session, condition, briefing.languages)
-    not_before = _first_attempt(session, condition, incident.severity, now)
+    language = language_of(session, condition, briefing.languages)
+    not_before = first_attempt(session, condition, incident.severity, now)
     counts: Counter[tuple[uuid.UUID, str, str]] = Counter()
     for channel in incident.channels:
         rows = select(

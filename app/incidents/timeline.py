@@ -35,6 +35,10 @@ from app.models import (
 from app.models.base import utcnow
 
 # Kinds, in the order an incident usually goes through them.
+APPROVAL_REQUESTED = "approval_requested"  # a declaration waits for a second principal
+APPROVED = "approved"
+REJECTED = "rejected"
+EXPIRED = "expired"
 DECLARED = "declared"
 TARGETED = "targeted"  # a declared or updated version's targets and rows are all written
 ACTIVATED = "activated"  # every first delivery due has had its first attempt

@@ -40,6 +40,12 @@ class Incident(Base):
     # Follow-up of the answers: see app/acks/followup.py.
     ack_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     followup: Mapped[dict[str, Any]] = mapped_column(JSONList, default=dict)
+    # The two-person rule: a pending declaration expires at `approval_expires_at`; who
+    # approved it (or rejected it, with the reason) and when.
+    approval_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rejection_reason: Mapped[str | None] = mapped_column(String(1000))
     # Members targeted so far, kept with `incident_targets` so status reads need no COUNT.
     targeted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The last sequence number given to this incident's timeline events and answers. The

@@ -44,6 +44,8 @@ def worker_environment(
             "RRMM_WEBHOOK_ALLOW_PRIVATE": "true",
             "RRMM_VAR_DIR": str(var_dir),
             "RRMM_LOG_FORMAT": "json",
+            # The API processes some tests start declare as the in-process app does.
+            "RRMM_APPROVAL_SEVERITIES": ",".join(settings.approval_severities),
         }
     )
     env.update(extra or {})
