@@ -9,7 +9,7 @@ transient objects, never added to the session.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -20,8 +20,8 @@ from app.deliveries.content import ACK_URL_PLACEHOLDER
 from app.deliveries.service import sample_messages
 from app.errors import Conflict
 from app.incidents import targeting
-from app.incidents.schemas import DEFAULT_RESPONSES, Audience, IncidentCreate, IncidentUpdate
-from app.incidents.service import ENDED, PENDING_APPROVAL, get_incident
+from app.incidents.schemas import Audience, IncidentCreate, IncidentUpdate
+from app.incidents.service import ENDED, PENDING_APPROVAL, get_incident, incident_from
 from app.models import Briefing, Incident, ReferenceCounter, Roster
 from app.models.base import utcnow
 
@@ -49,24 +49,11 @@ def preview_declaration(
         "followup.escalation_rosters", "no such roster",
     )  # fmt: skip
     audience = targeting.audience_condition(session, data.audience)
-    channels = data.channels or ["email", "webhook"]
-    incident = Incident(
-        id=uuid.UUID(int=0),
-        reference=_next_reference(session, now.year),
-        title=data.title,
-        severity=data.severity,
-        urgency=data.urgency,
-        mode=data.mode,
-        countries=data.countries,
-        themes=list(dict.fromkeys(data.themes)),
-        audience=data.audience.model_dump(mode="json"),
-        channels=channels,
-        responses=data.responses or DEFAULT_RESPONSES,
-        ack_deadline=now + timedelta(seconds=data.followup.ack_deadline_seconds),
+    incident = incident_from(
+        data, reference=_next_reference(session, now.year), now=now, id=uuid.UUID(int=0),
         status="mobilizing",
-        declared_at=now,
-        updated_at=now,
-    )
+    )  # fmt: skip
+    channels = incident.channels
     briefing = Briefing(
         id=0, incident_id=incident.id, version=1, kind="declared",
         languages=list(data.briefing), content=_content(data), created_at=now,

@@ -173,26 +173,15 @@ def declare(
     try:
         # A savepoint: if the same key raced us, only this part is undone.
         with session.begin_nested():
-            incident = Incident(
+            incident = incident_from(
+                data,
                 reference=next_reference(session, now.year),
-                title=data.title,
-                severity=data.severity,
-                urgency=data.urgency,
-                mode=data.mode,
-                countries=data.countries,
-                themes=list(dict.fromkeys(data.themes)),
-                audience=data.audience.model_dump(mode="json"),
-                channels=channels,
-                responses=data.responses or DEFAULT_RESPONSES,
-                followup=data.followup.model_dump(mode="json"),
-                ack_deadline=now + timedelta(seconds=data.followup.ack_deadline_seconds),
+                now=now,
                 status=PENDING_APPROVAL if pending else "mobilizing",
                 approval_expires_at=now + approval.ttl if pending and approval else None,
                 idempotency_key=idempotency_key,
                 request_hash=digest,
                 created_by_key_id=actor.key_id,
-                declared_at=now,
-                updated_at=now,
             )
             session.add(incident)
             session.flush()
@@ -367,6 +356,28 @@ def expire_pending(session: Session, now: datetime | None = None) -> int:
         timeline.add(session, incident.id, timeline.EXPIRED, detail={}, at=now)
         record(session, _SWEEPER, "incident.expire", "incident", incident.id, {})
     return len(due)
+
+
+def incident_from(data: IncidentCreate, *, reference: str, now: datetime, **state: Any) -> Incident:
+    """The incident a declaration's body describes, declared `now` (not added to the
+    session): the declaration's and the preview's, so both show the same."""
+    return Incident(
+        reference=reference,
+        title=data.title,
+        severity=data.severity,
+        urgency=data.urgency,
+        mode=data.mode,
+        countries=data.countries,
+        themes=list(dict.fromkeys(data.themes)),
+        audience=data.audience.model_dump(mode="json"),
+        channels=data.channels or ["email", "webhook"],
+        responses=data.responses or DEFAULT_RESPONSES,
+        followup=data.followup.model_dump(mode="json"),
+        ack_deadline=now + timedelta(seconds=data.followup.ack_deadline_seconds),
+        declared_at=now,
+        updated_at=now,
+        **state,
+    )
 
 
 def _content(briefing: dict[str, Any]) -> dict[str, Any]:
