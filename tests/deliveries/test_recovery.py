@@ -162,7 +162,10 @@ def test_cancel_and_update_fence_sends_in_flight(
     for member in created:
         receiver.route(member["hook_path"], script=["hold", 200])
         receiver.set_secret(member["hook_path"], member["webhook_secret"])
-    worker = start_worker({**worker_env, "RRMM_WEBHOOK_CONCURRENCY": "1"}, beat=True)
+    # The held send must outlast the cancel or update on a loaded machine: it is meant to
+    # end with the receiver's 503 once released, not with the client's timeout.
+    env = {**worker_env, "RRMM_WEBHOOK_CONCURRENCY": "1", "RRMM_WEBHOOK_TIMEOUT_SECONDS": "30"}
+    worker = start_worker(env, beat=True)
     response = fanout_client.post("/v1/incidents", json=declare_body(), headers=operator)
     assert response.status_code == 202, response.text
     incident_id = response.json()["id"]
