@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -637,17 +637,3 @@ def resume_stalled(
     for briefing_id in stalled:
         resume(briefing_id)
     return len(stalled)
-
-
-def pending(session: Session, incident_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-    """The incidents among these with a version still being targeted."""
-    ids = list(incident_ids)
-    if not ids:
-        return set()
-    return set(
-        session.scalars(
-            select(BriefingTargeting.incident_id).where(
-                BriefingTargeting.incident_id.in_(ids), BriefingTargeting.finished_at.is_(None)
-            )
-        )
-    )
