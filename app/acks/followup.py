@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.acks import outbox
 from app.acks.service import met_segments, quota_progress
+from app.clock import SYSTEM, Clock
 from app.config import Settings
 from app.incidents import timeline
 from app.models import CurrentAck, Incident, IncidentTimer, Member, RosterMember
@@ -205,7 +206,12 @@ def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
 
 
 def fire_due(
-    session_factory: Any, settings: Settings, dispatch: Dispatcher, limit: int = 50
+    session_factory: Any,
+    settings: Settings,
+    dispatch: Dispatcher,
+    limit: int = 50,
+    *,
+    clock: Clock = SYSTEM,
 ) -> int:
     """Fire due timers, one transaction each. A timer whose work fails is postponed a
     minute and fired again then. (The operators' notice is only queued here: see
@@ -217,7 +223,7 @@ def fire_due(
         timer_id = None
         try:
             with session_scope(session_factory) as session:
-                timer = take_due_timer(session, utcnow())
+                timer = take_due_timer(session, clock.now())
                 if timer is None:
                     return fired
                 timer_id = timer.id
@@ -236,7 +242,7 @@ def fire_due(
                     session.execute(
                         update(IncidentTimer)
                         .where(IncidentTimer.id == timer_id)
-                        .values(due_at=utcnow() + RETRY_FAILED_TIMER)
+                        .values(due_at=clock.now() + RETRY_FAILED_TIMER)
                     )
             continue
         fired += 1

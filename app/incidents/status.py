@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import datetime
 from functools import partial
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.acks.service import bucket_seconds
+from app.clock import SYSTEM, Clock
 from app.db import session_scope
 from app.deliveries import ledger
 from app.etags import strong_etag
@@ -229,8 +229,9 @@ class StatusCache:
 
     MAX_INCIDENTS = 1000  # watched at once; the oldest entry goes first beyond that
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, clock: Clock = SYSTEM) -> None:
         self.ttl = ttl
+        self.clock = clock
         # Used from the serving event loop only.
         self._documents: dict[uuid.UUID, tuple[float, bytes, str]] = {}
         self._reading: dict[uuid.UUID, asyncio.Future[tuple[bytes, str]]] = {}
@@ -238,7 +239,7 @@ class StatusCache:
     def peek(self, incident_id: uuid.UUID) -> tuple[bytes, str] | None:
         """The document if this process holds it and it is fresh, else None."""
         cached = self._documents.get(incident_id)
-        if cached is None or cached[0] <= time.monotonic():
+        if cached is None or cached[0] <= self.clock.monotonic():
             return None
         return cached[1], cached[2]
 
@@ -261,7 +262,7 @@ class StatusCache:
     async def _read(
         self, factory: sessionmaker[Session], incident_id: uuid.UUID
     ) -> tuple[bytes, str]:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         payload, etag = await run_in_threadpool(_read_document, factory, incident_id)
         if len(self._documents) >= self.MAX_INCIDENTS and incident_id not in self._documents:
             oldest = min(self._documents, key=lambda key: self._documents[key][0])

@@ -2,8 +2,11 @@
 escalation to a second tier, the operators' notice at the deadline, the end of an incident
 and a worker restart. Every step is an `incident_timers` row fired once by beat's sweep.
 
-Clocks are short (rounds a few seconds apart) and every assertion is made on what crossed
-a socket (the webhook receiver, the SMTP sink) and on the ledger and timer tables.
+One test per timer kind (reminder, escalation, deadline) runs on the wall clock, rounds a
+few seconds apart, fired by the worker's own beat. The others declare timers far ahead and
+fire them at a test clock (app/clock.py, `fire_timers`), so they wait for no timer. Every
+assertion is made on what crossed a socket (the webhook receiver, the SMTP sink) and on the
+ledger and timer tables.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.acks import followup
 from app.config import Settings
 from app.models import Ack, Briefing, Delivery, IncidentTimer, Role
 from app.models.base import utcnow
 from tests.deliveries import conftest as delivery_fixtures
 from tests.deliveries.conftest import declare_body, wait_final
+from tests.support.clock import ManualClock
 from tests.support.sinks import CaughtMail, Hit, SmtpSink, WebhookReceiver, wait_until
 from tests.support.worker import WorkerProcess, worker_environment
+from workers.celery_app import DISPATCH_TASK, create_publisher
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +83,32 @@ def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerPro
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def fire_timers(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> Iterator[Callable[[ManualClock], int]]:
+    """Beat's timer step (`followup.fire_due`) at the test's clock, publishing what it
+    dispatches to the real broker as the worker's sweep does. Tests that use it declare
+    timers far enough ahead that the worker's own beat never reaches them."""
+    publisher = create_publisher(settings.model_copy(update={"operator_emails": [OPERATOR]}))
+
+    def dispatch(briefing_id: int) -> None:
+        publisher.send_task(DISPATCH_TASK, args=(briefing_id,))
+
+    def fire(clock: ManualClock) -> int:
+        return followup.fire_due(
+            session_factory,
+            settings.model_copy(update={"operator_emails": [OPERATOR]}),
+            dispatch,
+            clock=clock,
+        )
+
+    try:
+        yield fire
+    finally:
+        publisher.close()
 
 
 @pytest.fixture
@@ -578,8 +610,9 @@ def test_operators_hear_of_unmet_quotas_at_the_deadline_and_only_then(
 
 
 def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
-    fanout_client, operator, viewer, add_member, worker, smtp, receiver, session_factory
-):
+    fanout_client, operator, viewer, add_member, worker, smtp, receiver, session_factory,
+    fire_timers,
+):  # fmt: skip
     def pair(label: str) -> tuple[dict[str, Any], dict[str, Any]]:
         awake = add_member(name=f"Awake {label}", languages=["en"], timezone="UTC")
         asleep = add_member(
@@ -589,10 +622,12 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
 
     second_tier = add_member(name="Second tier", languages=["en"])
     roster = new_roster(fanout_client, operator, "Second tier", [second_tier])
+    # Long clocks that beat never reaches during the test: the test's clock fires them.
     followup = {
-        "reminders": 2, "reminder_interval_seconds": 3, "ack_deadline_seconds": 10,
+        "reminders": 2, "reminder_interval_seconds": 600, "ack_deadline_seconds": 3600,
         "escalation_rosters": [roster], "quotas": [{"min": 1}],
     }  # fmt: skip
+    clock = ManualClock()
     incidents = {}
     members = {}
     for end in ("resolve", "cancel"):
@@ -601,6 +636,8 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
             fanout_client, operator, list(members[end]), followup, severity="moderate"
         )
 
+    clock.advance(601)
+    assert fire_timers(clock) == 2  # round 1 of each incident, nothing else due yet
     # Round 1 went out (the sleeping member's rows wait for the end of quiet hours).
     for end in ("resolve", "cancel"):
         awake, asleep = members[end]
@@ -619,8 +656,9 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
         assert response.status_code == 202, response.text
         ended_at[end] = utcnow()
 
+    clock.advance(3600)
+    assert fire_timers(clock) == 6  # round 2, the escalation and the deadline of each
     for end in ("resolve", "cancel"):
-        wait_timer(session_factory, incidents[end]["id"], "deadline")
         wait_final(fanout_client, viewer, incidents[end]["id"])
     time.sleep(SETTLE)
 
@@ -663,30 +701,29 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
 # ---------------------------------------------------------------------------- restart
 
 
-def test_a_worker_restarted_between_rounds_fires_the_overdue_round_once(
+def test_a_worker_restarted_after_missed_rounds_gets_each_overdue_timer_once(
     fanout_client, operator, viewer, add_member, worker, worker_env, smtp, receiver,
-    session_factory,
+    session_factory, fire_timers,
 ):  # fmt: skip
     silent = [add_member(name=f"Silent {n}", languages=["en"]) for n in range(2)]
     answers_round_1 = add_member(name="Answers round 1", languages=["en"])
     members = [*silent, answers_round_1]
+    clock = ManualClock()
     incident = declare(
         fanout_client, operator, members,
-        {"reminders": 2, "reminder_interval_seconds": 4, "ack_deadline_seconds": 9,
+        {"reminders": 2, "reminder_interval_seconds": 600, "ack_deadline_seconds": 1500,
          "quotas": [{"min": 3}]},
     )  # fmt: skip
     incident_id = incident["id"]
-    wait_timer(session_factory, incident_id, "reminder", 1)
+    wait_final(fanout_client, viewer, incident_id)
+    clock.advance(601)
+    assert fire_timers(clock) == 1
     wait_final(fanout_client, viewer, incident_id)
     answer(fanout_client, wait_hook(receiver, answers_round_1, "reminder", 2), "will_engage")
 
     worker.kill()  # SIGKILL between the rounds: no goodbye
-    before = timers(session_factory, incident_id)
-    assert before[("reminder", 2)].done_at is None, "round 2 fired before the kill: too slow"
-    # Wait past round 2 and the deadline: both are overdue, nobody fires them.
-    overdue = max(before[("reminder", 2)].due_at, before[("deadline", 1)].due_at)
-    while utcnow() < overdue + timedelta(seconds=1):
-        time.sleep(0.2)
+    # Past round 2 and the deadline: both are overdue, nobody has fired them.
+    clock.advance(1000)
     late = timers(session_factory, incident_id)
     assert late[("reminder", 2)].done_at is None
     assert late[("deadline", 1)].done_at is None
@@ -694,8 +731,11 @@ def test_a_worker_restarted_between_rounds_fires_the_overdue_round_once(
     restarted_at = utcnow()
     successor = start_worker(worker_env)
     try:
-        round_2 = wait_timer(session_factory, incident_id, "reminder", 2)
-        deadline = wait_timer(session_factory, incident_id, "deadline")
+        # However many sweeps run once the worker is back, each overdue timer fires once.
+        assert fire_timers(clock) == 2
+        assert fire_timers(clock) == 0
+        round_2 = timers(session_factory, incident_id)[("reminder", 2)]
+        deadline = timers(session_factory, incident_id)[("deadline", 1)]
         wait_final(fanout_client, viewer, incident_id)
         wait_until(lambda: smtp.to(OPERATOR), WAIT, "the operators' notice")
         time.sleep(SETTLE)

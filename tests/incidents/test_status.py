@@ -32,6 +32,7 @@ from app.models import Delivery, Member, Role
 from app.models.base import utcnow
 from tests.conftest import PUBLIC_WEBHOOK, assert_problem
 from tests.deliveries.conftest import briefing, declare_body
+from tests.support.clock import ManualClock
 
 Headers = dict[str, str]
 SECRET_COMMENT = "private remark about the editor-in-chief"
@@ -323,13 +324,17 @@ def test_each_process_serves_a_status_for_its_cache_time(
     incident = declare(client, operator, members)
     url = f"/v1/incidents/{incident['id']}/status"
     caching = settings.model_copy(update={"status_cache_seconds": 3})
-    with TestClient(create_app(caching)) as cached_client:
+    clock = ManualClock()
+    cached_app = create_app(caching)
+    cached_app.state.status_cache.clock = clock
+    with TestClient(cached_app) as cached_client:
         first = cached_client.get(url, headers=viewer)
         move(session_factory, incident, members[0], ledger.SENT)
+        clock.advance(2.9)
         within = cached_client.get(url, headers=viewer)
         assert within.headers["etag"] == first.headers["etag"]  # served from memory
         assert client.get(url, headers=viewer).headers["etag"] != first.headers["etag"]
-        time.sleep(3.1)
+        clock.advance(0.2)
         after = cached_client.get(url, headers=viewer)
     assert after.headers["etag"] != first.headers["etag"]
     assert after.json()["deliveries"]["by_status"] == {"sent": 1, "pending": 1}
