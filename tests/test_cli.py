@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 
 from app import migrate
 from app.cli.main import cli
+from app.cli.supervisor import banner, run_environment
 from app.config import Settings, get_settings
 from app.models import ApiKey, AuditEntry, Member
 from tests.conftest import PUBLIC_WEBHOOK, assert_problem
@@ -367,3 +368,19 @@ def test_db_current_prints_the_head_revision(run: Run, settings: Settings):
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == ", ".join(sorted(heads))
     assert heads
+
+
+def test_run_points_the_ack_links_at_its_own_port_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rrmm run --port 8010`: the links in the emails reach that API, not port 8000;
+    an explicit `RRMM_PUBLIC_URL` (a proxy in front) still wins."""
+    monkeypatch.delenv("RRMM_PUBLIC_URL", raising=False)
+    settings = Settings(mode="embedded", var_dir=tmp_path)
+    env = run_environment(settings, host="127.0.0.1", port=8010, smtp_port=1025)
+    assert env["RRMM_PUBLIC_URL"] == "http://127.0.0.1:8010"
+    assert "http://127.0.0.1:8010/docs" in banner(settings, env, host="127.0.0.1", port=8010)
+    monkeypatch.setenv("RRMM_PUBLIC_URL", "https://alerts.example.org")
+    told = Settings(mode="embedded", var_dir=tmp_path)
+    env = run_environment(told, host="127.0.0.1", port=8010, smtp_port=1025)
+    assert env["RRMM_PUBLIC_URL"] == "https://alerts.example.org"

@@ -114,6 +114,30 @@ def embedded_environment(settings: Settings, smtp_port: int) -> dict[str, str]:
     return env
 
 
+def run_environment(settings: Settings, *, host: str, port: int, smtp_port: int) -> dict[str, str]:
+    """The children's environment for `rrmm run`: the links sent to members point at the
+    port the API listens on, unless `RRMM_PUBLIC_URL` says where they are served."""
+    env = embedded_environment(settings, smtp_port)
+    if "public_url" not in settings.model_fields_set:
+        reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        env["RRMM_PUBLIC_URL"] = f"http://{reachable}:{port}"
+    return env
+
+
+def banner(settings: Settings, env: dict[str, str], *, host: str, port: int) -> str:
+    """What a newcomer needs first: where the API is, where the mail goes, how to get a key."""
+    base = f"http://{host}:{port}"
+    return "\n".join(
+        [
+            f"RRMM is running: API {base}   docs {base}/docs",
+            f"  mail: caught by the local catcher on port {env['RRMM_SMTP_PORT']}, "
+            f"kept in {settings.var_dir / 'mail'}/*.eml",
+            f"  links in the briefings point at {env.get('RRMM_PUBLIC_URL', settings.public_url)}",
+            "  a key: rrmm keys create --name NAME --role operator   (Ctrl-C stops everything)",
+        ]
+    )
+
+
 def redis_socket_path(broker_url: str) -> Path | None:
     prefix = "redis+socket://"
     return Path(broker_url.removeprefix(prefix)) if broker_url.startswith(prefix) else None
@@ -172,7 +196,8 @@ def start_workers(supervisor: Supervisor, python: list[str], concurrency: int) -
 def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency: int) -> int:
     """Run everything until Ctrl-C / SIGTERM, or until a child dies. Returns an exit code."""
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(env=embedded_environment(settings, smtp_port))
+    env = run_environment(settings, host=host, port=port, smtp_port=smtp_port)
+    supervisor = Supervisor(env=env)
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -201,6 +226,7 @@ def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency
             docs=f"http://{host}:{port}/docs",
             mailbox=str(settings.var_dir / "mail"),
         )
+        print(banner(settings, env, host=host, port=port), flush=True)
         while not stop_requested:
             exited = supervisor.first_exited()
             if exited is not None:
