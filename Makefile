@@ -9,12 +9,13 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install lock browser deploy-tools test-image run demo test lint format bench-fanout bench-status bench-declare clean
+.PHONY: help install lock browser deploy-tools test-image run demo test test-fast lint format bench-fanout bench-status bench-declare clean
 
 help:
 	@echo "make run    run the whole service on the embedded default (port $(PORT))"
 	@echo "make demo   see it work: a synthetic network, an exercise, the live view"
 	@echo "make test   run the test suite (PostgreSQL/Redis if RRMM_TEST_*_URL are set)"
+	@echo "make test-fast  the suite without the tests that start a worker, a browser or rrmm run"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench-fanout  worker CPU per delivery vs the client libraries and the protocol floor"
 	@echo "make test-image   build the Dockerfile with buildah on a debootstrap base, run it (~5 min, root)"
@@ -72,6 +73,10 @@ deploy-tools:
 
 test: install browser deploy-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Everything not marked `slow` (no real worker, browser or `rrmm run`): minutes, not ~20.
+test-fast: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # The image built for real (tests/deploy/test_image.py, about 5 minutes, so not in `test`):
 # Debian's debootstrap makes the base, buildah builds the Dockerfile on it and runs it.

@@ -96,9 +96,27 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
+# Fixtures that start a real worker or a browser: a test that uses one is `slow` whether or
+# not it says so (`make test-fast` leaves those out).
+SLOW_FIXTURES = frozenset({"worker", "live_worker", "browser"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _clean_tables(request: pytest.FixtureRequest) -> None:
-    """Each test starts from empty tables (only tests that use the database pay for it)."""
+    """Each test starts from empty tables (only tests that use the database pay for it).
+
+    Emptied, not rolled back: most tests here commit for real and are read by other
+    processes and connections (the API's own engine behind TestClient, a Celery worker in a
+    subprocess, `rrmm` commands, a second API for concurrency), none of which can see, or
+    share, a transaction the test holds open. Deleting every row first is what works for
+    all of them, on both backends.
+    """
     if "engine" not in request.fixturenames:
         return
     engine: Engine = request.getfixturevalue("engine")

@@ -283,6 +283,7 @@ def test_operators_filter_and_page_through_the_current_answers(
     assert_problem(ack_client.get(f"/v1/incidents/{uuid.uuid4()}/acks", headers=api.headers), 404)
 
 
+@pytest.mark.slow
 def test_the_webhooks_ack_block_works_end_to_end(
     live: Live,
     live_api: Api,

@@ -81,6 +81,7 @@ def assert_page_headers(response: HttpResponse) -> None:
 # ---------------------------------------------------------------------------- a real browser
 
 
+@pytest.mark.slow
 def test_an_arabic_member_answers_from_the_email_in_a_real_browser(
     live: Live,
     live_api: Api,

@@ -14,6 +14,8 @@ from app.models import Delivery, Role
 from tests.conftest import make_client
 from tests.deliveries.conftest import declare_body, wait_final
 
+pytestmark = pytest.mark.slow  # a real worker
+
 
 @pytest.fixture
 def approving_client(settings: Settings, engine: Any) -> Iterator[TestClient]:

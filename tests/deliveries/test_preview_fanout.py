@@ -6,8 +6,12 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from app.models import Role
 from tests.deliveries.conftest import declare_body, wait_final
+
+pytestmark = pytest.mark.slow  # a real worker
 
 
 def _normalised(body: dict[str, Any]) -> dict[str, Any]:

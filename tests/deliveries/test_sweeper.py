@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.health.service import sweep_runs
@@ -15,6 +16,8 @@ from tests.deliveries.conftest import declare_body
 from tests.support.sinks import WebhookReceiver, wait_until
 from tests.support.worker import WorkerProcess
 from workers.celery_app import SEND_QUEUE
+
+pytestmark = pytest.mark.slow  # a real worker
 
 
 def runs(session_factory: sessionmaker[Session]) -> int:
