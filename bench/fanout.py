@@ -36,7 +36,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from typing import Any
 import httpx
 
 from app.config import Settings
+from app.netutil import NotReady, free_port, wait_until
 
 PYTHON = sys.executable
 DEFAULTS = Settings.model_fields
@@ -72,21 +72,6 @@ class BenchTimeout(BenchError):
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise BenchError(f"{what}: not within {timeout:.0f}s")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -418,7 +403,7 @@ def server_backend(database_url: str, broker_url: str) -> Backend:
     import redis
     from sqlalchemy.engine import make_url
 
-    from app.db import scratch_database
+    from tests.support.database import scratch_database
 
     if not broker_url.startswith("redis"):
         raise BenchError("--broker-url must be a redis:// URL")
@@ -608,7 +593,7 @@ def wait_for_worker(
             children.check_alive()
             return len(app.control.ping(timeout=1.0) or []) >= workers
 
-        wait_until(answers, timeout, "worker ping", every=0.5)
+        wait_until(answers, timeout, "worker ping", interval=0.5)
     finally:
         app.close()
 
@@ -1337,7 +1322,7 @@ def run_bench(
     except KeyboardInterrupt:
         log("interrupted")
         code = 130
-    except BenchError as exc:
+    except (BenchError, NotReady) as exc:
         log(f"failed: {exc}")
         for child in children.started:
             log(f"--- {child.name} log tail:\n{tail(child.log_path, 15)}")

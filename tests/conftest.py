@@ -28,9 +28,10 @@ from app import migrate
 from app.auth.service import Principal, create_key
 from app.cli.supervisor import redis_answers, redis_server_argv
 from app.config import Settings
-from app.db import create_db_engine, create_session_factory, scratch_database, session_scope
+from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Base, Role
+from tests.support.database import scratch_database
 from tests.support.sinks import SmtpSink, WebhookReceiver, sinks
 
 TEST_SECRET_KEY = secrets.token_hex(32)

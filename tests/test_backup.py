@@ -35,12 +35,14 @@ from typer.testing import CliRunner, Result
 from app.acks.tokens import signer_from_settings
 from app.cli.main import cli
 from app.config import Settings, get_settings
-from app.db import create_db_engine, scratch_database
+from app.db import create_db_engine
 from app.main import create_app
 from app.models import Base, Delivery, Role
+from app.netutil import wait_until
 from tests.deliveries.conftest import declare_body, wait_final
 from tests.deliveries.test_process_faults import broker_client
-from tests.support.sinks import SmtpSink, WebhookReceiver, wait_until
+from tests.support.database import scratch_database
+from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 

@@ -18,7 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from tests.test_run import alive, descendants, free_port, start_time
+from app.netutil import free_port
+from tests.support.processes import alive, descendants, start_time
 
 FINAL = {"sent", "failed", "skipped", "cancelled"}
 

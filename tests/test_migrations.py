@@ -18,8 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app import migrate
-from app.db import create_db_engine, scratch_database
+from app.db import create_db_engine
 from app.models import Base
+from tests.support.database import scratch_database
 
 MODEL_TABLES = set(Base.metadata.tables)
 # PostgreSQL is exercised whenever the run has one (CI always does).

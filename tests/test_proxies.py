@@ -4,7 +4,6 @@ a limiter whose storage is down lets answers through instead of failing them."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from ipaddress import ip_network
 from typing import Any
@@ -19,6 +18,7 @@ from app.clientaddr import resolve
 from app.config import Settings
 from app.main import create_app
 from app.models import Role
+from app.netutil import free_port
 from app.serving import uvicorn_options
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign
 from tests.conftest import assert_problem
@@ -124,13 +124,6 @@ def test_the_client_is_the_right_most_address_that_is_not_a_trusted_proxy() -> N
     ]
     assert resolve("2001:db8::5", forwarded, trusted) == "198.51.100.2"
     assert resolve("10.0.0.1", xff("203.0.113.7"), []) == "10.0.0.1"  # nothing trusted
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_answers_go_through_when_the_limiter_storage_is_down(

@@ -6,71 +6,20 @@ import email
 import os
 import signal
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.netutil import free_port, wait_until
+from tests.support.processes import alive, descendants
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout}s")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc (children start their own sessions)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
-def start_time(pid: int) -> int | None:
-    """When the process started (clock ticks since boot): with its pid, it names one
-    process even after the pid is reused."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -113,7 +62,7 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
         except httpx.HTTPError:
             return False
 
-    wait_for(ready, 90, "/readyz 200")
+    wait_until(ready, 90, "/readyz 200")
     body = httpx.get(f"{base}/readyz").json()
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["broker"] == "ok"
@@ -127,12 +76,12 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
             rows = connection.execute("SELECT worker FROM worker_heartbeats").fetchall()
             return any(worker.startswith("sweeper@") for (worker,) in rows)
 
-    wait_for(heartbeat_recorded, 60, "a worker heartbeat in the database")
+    wait_until(heartbeat_recorded, 60, "a worker heartbeat in the database")
 
     def worker_ready() -> bool:
         return bool(httpx.get(f"{base}/readyz").json()["checks"].get("workers") == "ok")
 
-    wait_for(worker_ready, 30, "/readyz reporting the worker")
+    wait_until(worker_ready, 30, "/readyz reporting the worker")
 
     # The local SMTP catcher keeps what it receives.
     message = EmailMessage()
@@ -143,7 +92,7 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
     with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
         smtp.send_message(message)
     mailbox = tmp_path / "var" / "mail"
-    wait_for(lambda: any(mailbox.glob("*.eml")), 10, "the caught message")
+    wait_until(lambda: any(mailbox.glob("*.eml")), 10, "the caught message")
     caught = email.message_from_bytes(next(mailbox.glob("*.eml")).read_bytes())
     assert caught["Subject"] == "caught?"
 
@@ -160,7 +109,7 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
     assert len(children) >= 5  # redis, smtp catcher, worker, sweeper (+ their pools), api
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 0
-    wait_for(lambda: not any(alive(pid) for pid in children), 15, "every child gone")
+    wait_until(lambda: not any(alive(pid) for pid in children), 15, "every child gone")
 
 
 def test_a_killed_run_takes_its_children_with_it(running):
@@ -172,9 +121,9 @@ def test_a_killed_run_takes_its_children_with_it(running):
         except httpx.HTTPError:
             return False
 
-    wait_for(ready, 90, "/healthz 200")
+    wait_until(ready, 90, "/healthz 200")
     children = descendants(process.pid)
     assert children
     process.kill()  # SIGKILL: no chance to clean up; PR_SET_PDEATHSIG must do it
     process.wait()
-    wait_for(lambda: not any(alive(pid) for pid in children), 30, "every orphan gone")
+    wait_until(lambda: not any(alive(pid) for pid in children), 30, "every orphan gone")

@@ -40,6 +40,7 @@ from app.config import Settings, default_database_url
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.logging import configure_logging
 from app.models import Role
+from app.netutil import free_port
 
 log = structlog.get_logger("rrmm.demo")
 MARKER = ".rrmm-demo"
@@ -71,12 +72,6 @@ def prepare_directory(directory: Path) -> None:
     directory.mkdir(parents=True)
     (directory / MARKER).write_text("made by `rrmm demo`; deleted by the next run\n")
     (directory / "logs").mkdir()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def check_port_free(port: int) -> None:

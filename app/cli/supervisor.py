@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import structlog
 
 from app import migrate
 from app.config import Settings
+from app.netutil import wait_until
 
 log = structlog.get_logger("rrmm.run")
 
@@ -141,15 +141,6 @@ def banner(settings: Settings, env: dict[str, str], *, host: str, port: int) -> 
 def redis_socket_path(broker_url: str) -> Path | None:
     prefix = "redis+socket://"
     return Path(broker_url.removeprefix(prefix)) if broker_url.startswith(prefix) else None
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
 
 
 def redis_server_argv(socket_path: Path, directory: Path) -> list[str]:

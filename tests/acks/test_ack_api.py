@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.models import Role
+from app.netutil import wait_until
 from tests.acks.conftest import (
     DEFAULT_RESPONSES,
     Api,
@@ -29,7 +30,7 @@ from tests.acks.conftest import (
     sign,
 )
 from tests.conftest import assert_problem, make_client
-from tests.support.sinks import WebhookReceiver, wait_until
+from tests.support.sinks import WebhookReceiver
 from tests.support.worker import WorkerProcess
 
 client_for = contextmanager(make_client)

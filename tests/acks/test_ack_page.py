@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.acks.tokens import AckTokenSigner
 from app.config import Settings
+from app.netutil import wait_until
 from tests.acks.conftest import (
     SECURITY_HEADERS,
     Api,
@@ -42,7 +43,7 @@ from tests.acks.conftest import (
 )
 from tests.conftest import assert_problem, make_client
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PNG_SIGNATURE
-from tests.support.sinks import SmtpSink, wait_until
+from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess
 
 BASE64URL = set(string.ascii_letters + string.digits + "-_")

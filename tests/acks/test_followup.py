@@ -30,10 +30,11 @@ from app.acks import followup
 from app.config import Settings
 from app.models import Ack, Briefing, Delivery, IncidentTimer, Role
 from app.models.base import utcnow
+from app.netutil import wait_until
 from tests.deliveries import conftest as delivery_fixtures
 from tests.deliveries.conftest import declare_body, wait_final
 from tests.support.clock import ManualClock
-from tests.support.sinks import CaughtMail, Hit, SmtpSink, WebhookReceiver, wait_until
+from tests.support.sinks import CaughtMail, Hit, SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import DISPATCH_TASK, create_publisher
 

@@ -27,8 +27,9 @@ from app.db import session_scope
 from app.incidents import timeline
 from app.models import IncidentEvent, IncidentTimer, OperatorNotice
 from app.models.base import utcnow
+from app.netutil import free_port, wait_until
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign
-from tests.support.sinks import HangingSmtpServer, SmtpSink, _MailHandler, free_port, wait_until
+from tests.support.sinks import HangingSmtpServer, SmtpSink, _MailHandler
 from tests.support.smtp_tls import TlsRelay, make_certificates
 
 OPERATOR = "ops@example.org"

@@ -10,8 +10,9 @@ from kombu import Connection, Queue
 
 from app.config import Settings
 from app.models import Role
+from app.netutil import wait_until
 from tests.conftest import make_client, member_payload
-from tests.support.sinks import SmtpSink, WebhookReceiver, wait_until
+from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 

@@ -26,6 +26,7 @@ from app.auth.service import Principal, create_key
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Role
+from app.netutil import free_port
 from tests.deliveries.conftest import declare_body
 from tests.deliveries.test_process_faults import (
     assert_everyone_reached,
@@ -34,7 +35,6 @@ from tests.deliveries.test_process_faults import (
     import_members,
     wait_partly_sent,
 )
-from tests.support.sinks import free_port
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.models import Delivery, Role
+from app.netutil import wait_until
 from tests.conftest import make_client
 from tests.deliveries.conftest import declare_body, wait_final
-from tests.support.sinks import wait_until
 from tests.support.worker import WorkerProcess
 
 

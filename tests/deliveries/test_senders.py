@@ -23,7 +23,8 @@ from app.deliveries.transport import (
     WebhookSender,
     wire_message,
 )
-from tests.support.sinks import SmtpSink, ThreadedHttpServer, free_port
+from app.netutil import free_port
+from tests.support.sinks import SmtpSink, ThreadedHttpServer
 
 # ---------------------------------------------------------------------------- SMTP relay
 

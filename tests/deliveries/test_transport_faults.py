@@ -27,10 +27,11 @@ from app.db import session_scope
 from app.deliveries.email import UnsafeHeader, safe_header_value
 from app.deliveries.transport import SendResult, WebhookRequest, WebhookSender
 from app.models import Member, Role
+from app.netutil import wait_until
 from app.security import SecretBox, new_webhook_secret
 from tests.conftest import assert_problem
 from tests.deliveries.conftest import briefing, declare_body, wait_final
-from tests.support.sinks import CaughtMail, HangingSmtpServer, SmtpSink, wait_until
+from tests.support.sinks import CaughtMail, HangingSmtpServer, SmtpSink
 from tests.support.timed_receiver import RequestTrap, TimedReceiver
 from tests.support.worker import FAST_CLOCKS, WorkerProcess, worker_environment
 from workers.celery_app import BEAT_QUEUE, SEND_QUEUE

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from app.netutil import free_port
 
 ROOT = Path(__file__).parents[2]
 TOOLS = ("buildah", "debootstrap")
@@ -49,13 +50,6 @@ PIP_MOUNTS = (
     "/opt/pypi-more",
     "/etc/ssl/certs/ca-certificates.crt",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class Buildah:

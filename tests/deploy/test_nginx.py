@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.main import create_app
 from app.models import Role
+from app.netutil import free_port
 from app.serving import uvicorn_options
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign
 from tests.conftest import assert_problem
@@ -53,13 +54,6 @@ PROXY = "127.0.0.2"  # nginx listens here and connects to the API from here
 FLOODER = "127.0.0.3"
 MEMBER = "127.0.0.4"
 JUNK = "A" * 42
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -9,7 +9,6 @@ import email.policy
 import json
 import socket
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,12 +19,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from app.netutil import free_port
 
 # ---------------------------------------------------------------------------- SMTP
 
@@ -263,15 +257,6 @@ class WebhookReceiver(ThreadedHttpServer):
             return web.Response(status=302, headers={"Location": "http://169.254.169.254/latest"})
         extra = {"Retry-After": route.retry_after} if route.retry_after else {}
         return web.Response(status=int(behaviour), text="ok", headers=extra)
-
-
-def wait_until(check: Any, timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def sinks() -> Iterator[tuple[SmtpSink, WebhookReceiver]]:
