@@ -9,13 +9,10 @@ on a private socket.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -32,9 +29,8 @@ from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Base, Role
 from tests.support.database import scratch_database
+from tests.support.factories import TEST_SECRET_KEY, make_client
 from tests.support.sinks import SmtpSink, WebhookReceiver, sinks
-
-TEST_SECRET_KEY = secrets.token_hex(32)
 
 
 @pytest.fixture(scope="session")
@@ -147,11 +143,6 @@ def db(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def make_client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
-
-
 @pytest.fixture
 def app(settings: Settings, engine: Engine) -> FastAPI:
     return create_app(settings)
@@ -214,48 +205,6 @@ def smtp(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> SmtpSink:
 @pytest.fixture
 def receiver(smtp_and_receiver: tuple[SmtpSink, WebhookReceiver]) -> WebhookReceiver:
     return smtp_and_receiver[1]
-
-
-# A public address literal: no DNS is needed (these machines resolve nothing outside).
-PUBLIC_WEBHOOK = "https://93.184.215.14/hooks/rrmm"
-
-
-def member_payload(**overrides: Any) -> dict[str, Any]:
-    """A valid member body; override any field (None removes it)."""
-    payload: dict[str, Any] = {
-        "network": "editors",
-        "name": "Leila Benali",
-        "organization": "Le Quotidien",
-        "title": "Editor-in-chief",
-        "country": "MA",
-        "languages": ["fr", "ar", "en"],
-        "themes": ["religious-hatred", "intercultural-dialogue"],
-        "tags": ["maghreb", "print"],
-        "email": f"leila.{uuid.uuid4().hex[:8]}@example.org",
-        "timezone": "Africa/Casablanca",
-        "quiet_hours": {"start": "22:00", "end": "07:00"},
-        "status": "active",
-        "consent": {"given_at": "2026-01-15T10:00:00+00:00", "method": "written"},
-    }
-    for key, value in overrides.items():
-        if value is None:
-            payload.pop(key, None)
-        else:
-            payload[key] = value
-    return payload
-
-
-def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    """The response is problem+json with this status (and names this field, if given)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    if field is not None:
-        fields = [e["field"] for e in body.get("errors", [])]
-        assert any(field in f for f in fields), (field, body)
-    return body
 
 
 @pytest.fixture

@@ -85,8 +85,7 @@ def test_two_hundred_dashboards_at_once_are_all_served(
     """200 concurrent status polls against one API process: every one is answered 200
     (before admission control, the threadpool and the database pool waited on each other
     and the requests ended in 500s after the pool's 30 s timeout)."""
-    from tests.conftest import member_payload
-    from tests.deliveries.conftest import declare_body
+    from tests.support.factories import declare_body, member_payload
 
     member = client.post("/v1/members", json=member_payload(), headers=operator)
     assert member.status_code == 201, member.text

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.models import ApiKey, AuditEntry, Role
 from app.pagination import encode_cursor
-from tests.conftest import PUBLIC_WEBHOOK, assert_problem, member_payload
+from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, member_payload
 
 
 def operator_key_id(db: Session) -> uuid.UUID:

@@ -39,9 +39,9 @@ from app.db import create_db_engine
 from app.main import create_app
 from app.models import Base, Delivery, Role
 from app.netutil import wait_until
-from tests.deliveries.conftest import declare_body, wait_final
 from tests.deliveries.test_process_faults import broker_client
 from tests.support.database import scratch_database
+from tests.support.factories import declare_body, wait_final
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import BEAT_QUEUE, SEND_QUEUE

@@ -19,7 +19,7 @@ from app.cli.main import cli
 from app.cli.supervisor import banner, run_environment
 from app.config import Settings, get_settings
 from app.models import ApiKey, AuditEntry, Member
-from tests.conftest import PUBLIC_WEBHOOK, assert_problem
+from tests.support.factories import PUBLIC_WEBHOOK, assert_problem
 
 Run = Callable[..., Result]
 

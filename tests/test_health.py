@@ -12,7 +12,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.health.service import record_heartbeat, record_sweep
 from app.models.base import utcnow
-from tests.conftest import make_client
+from tests.support.factories import make_client
 
 # Port 1 on the loopback: nothing listens there, so connecting fails at once.
 DEAD_DATABASE = "postgresql+psycopg://rrmm_user:db-pass-hunter2@127.0.0.1:1/rrmm_db"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 
 from app.logging import redact
-from tests.conftest import PUBLIC_WEBHOOK, member_payload
+from tests.support.factories import PUBLIC_WEBHOOK, member_payload
 
 
 def test_requests_log_no_contact_details_keys_or_secrets(client, operator, capfd):

@@ -25,8 +25,7 @@ from app.health.service import record_heartbeat, record_sweep
 from app.metrics import UNMATCHED
 from app.models import Delivery
 from app.models.base import utcnow
-from tests.conftest import assert_problem, make_client, member_payload
-from tests.deliveries.conftest import declare_body
+from tests.support.factories import assert_problem, declare_body, make_client, member_payload
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -14,7 +14,7 @@ from app.netguard import (
     is_public_address,
     refuse_non_public,
 )
-from tests.conftest import assert_problem, member_payload
+from tests.support.factories import assert_problem, member_payload
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from app.config import Settings
 from app.main import create_app
 from app.pagination import encode_cursor
-from tests.conftest import PUBLIC_WEBHOOK, member_payload
+from tests.support.factories import PUBLIC_WEBHOOK, member_payload
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 

@@ -24,7 +24,7 @@ from app.auth.service import Principal, create_key, revoke_key
 from app.db import session_scope
 from app.models import Role
 from app.security import new_api_key
-from tests.conftest import PUBLIC_WEBHOOK, assert_problem, member_payload
+from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, member_payload
 
 Route = tuple[str, str]
 

@@ -24,8 +24,14 @@ from app.config import Settings, get_settings
 from app.models import AuditEntry, Member, Role
 from app.security import SecretBox
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign
-from tests.conftest import PUBLIC_WEBHOOK, TEST_SECRET_KEY, make_client, member_payload
-from tests.deliveries.conftest import declare_body, wait_final
+from tests.support.factories import (
+    PUBLIC_WEBHOOK,
+    TEST_SECRET_KEY,
+    declare_body,
+    make_client,
+    member_payload,
+    wait_final,
+)
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 

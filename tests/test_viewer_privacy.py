@@ -45,8 +45,8 @@ from app.models import Briefing, Delivery, Role
 from app.models.base import utcnow
 from tests import test_roles
 from tests.acks.conftest import HttpResponse, encode_token, token_bytes
-from tests.conftest import assert_problem, member_payload
 from tests.incidents.test_status import move
+from tests.support.factories import assert_problem, member_payload
 from tests.test_roles import (
     ACK_PAGE,
     EXPECTED,

@@ -25,8 +25,7 @@ from app.deliveries import ledger
 from app.main import create_app
 from app.models import Delivery, Role
 from app.models.base import utcnow
-from tests.conftest import member_payload
-from tests.deliveries.conftest import briefing, declare_body
+from tests.support.factories import briefing, declare_body, member_payload
 from tests.support.live_server import serve
 
 PEOPLE = [  # (network, country, languages)

@@ -29,7 +29,7 @@ from tests.acks.conftest import (
     delivery_of,
     sign,
 )
-from tests.conftest import assert_problem, make_client
+from tests.support.factories import assert_problem, make_client
 from tests.support.sinks import WebhookReceiver
 from tests.support.worker import WorkerProcess
 

@@ -41,8 +41,8 @@ from tests.acks.conftest import (
     sign,
     token_bytes,
 )
-from tests.conftest import assert_problem, make_client
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PNG_SIGNATURE
+from tests.support.factories import assert_problem, make_client
 from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess
 

@@ -32,8 +32,8 @@ from app.models import Ack, Briefing, Delivery, IncidentTimer, Role
 from app.models.base import utcnow
 from app.netutil import wait_until
 from tests.deliveries import conftest as delivery_fixtures
-from tests.deliveries.conftest import declare_body, wait_final
 from tests.support.clock import ManualClock
+from tests.support.factories import declare_body, wait_final
 from tests.support.sinks import CaughtMail, Hit, SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import DISPATCH_TASK, create_publisher

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.deliveries import ledger
 from app.models import Role
 from tests.acks.conftest import Api, Live, delivery_of, sign
-from tests.conftest import PUBLIC_WEBHOOK, member_payload
 from tests.incidents.test_status import move
 from tests.support.browser import PNG_SIGNATURE, chromium
+from tests.support.factories import PUBLIC_WEBHOOK, member_payload
 
 WAIT_MS = 30_000  # the board polls every 2 s; a loaded CI machine gets plenty of slack
 PAGE_HEADERS = {

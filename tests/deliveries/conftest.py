@@ -10,8 +10,7 @@ from kombu import Connection, Queue
 
 from app.config import Settings
 from app.models import Role
-from app.netutil import wait_until
-from tests.conftest import make_client, member_payload
+from tests.support.factories import make_client, member_payload
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
@@ -73,47 +72,3 @@ def add_member(
         return body
 
     return create
-
-
-def briefing(**languages: str) -> dict[str, Any]:
-    return {
-        language: {
-            "subject": f"Subject in {language}",
-            "body": f"Body in {language}.\n\nSecond paragraph.",
-            "talking_points": [f"Point one ({language})", "Point two"],
-        }
-        for language in (languages or {"en": ""})
-    }
-
-
-def declare_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "title": "Tension after the cartoon publication",
-        "severity": "severe",
-        "urgency": "immediate",
-        "mode": "actual",
-        "countries": ["MA"],
-        "themes": ["religious-hatred"],
-        "audience": {"networks": ["editors", "personalities"]},
-        "briefing": briefing(en="", fr="", ar=""),
-    }
-    body.update(overrides)
-    return body
-
-
-def wait_final(
-    client: TestClient, headers: dict[str, str], incident_id: str, timeout: float = 60
-) -> dict[str, Any]:
-    """Poll the status until no delivery is pending, sending or retrying."""
-    state: dict[str, Any] = {}
-
-    def done() -> bool:
-        nonlocal state
-        state = client.get(f"/v1/incidents/{incident_id}/status", headers=headers).json()
-        by_status = state["deliveries"]["by_status"]
-        return sum(by_status.values()) > 0 and not any(
-            by_status.get(s, 0) for s in ("pending", "sending", "retrying")
-        )
-
-    wait_until(done, timeout, f"every delivery final (last status {state})", interval=0.3)
-    return state

@@ -11,8 +11,7 @@ from sqlalchemy import func, select
 
 from app.config import Settings
 from app.models import Delivery, Role
-from tests.conftest import make_client
-from tests.deliveries.conftest import declare_body, wait_final
+from tests.support.factories import declare_body, make_client, wait_final
 
 pytestmark = pytest.mark.slow  # a real worker
 

@@ -27,7 +27,6 @@ from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Role
 from app.netutil import free_port
-from tests.deliveries.conftest import declare_body
 from tests.deliveries.test_process_faults import (
     assert_everyone_reached,
     assert_one_sent_row_per_member_and_channel,
@@ -35,6 +34,7 @@ from tests.deliveries.test_process_faults import (
     import_members,
     wait_partly_sent,
 )
+from tests.support.factories import declare_body
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow

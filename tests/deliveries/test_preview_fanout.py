@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.models import Role
-from tests.deliveries.conftest import declare_body, wait_final
+from tests.support.factories import declare_body, wait_final
 
 pytestmark = pytest.mark.slow  # a real worker
 

@@ -26,8 +26,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.models import Delivery, Role
 from app.netutil import wait_until
-from tests.conftest import make_client
-from tests.deliveries.conftest import declare_body, wait_final
+from tests.support.factories import declare_body, make_client, wait_final
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess
 

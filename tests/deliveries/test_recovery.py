@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 
 from app.models import Briefing, Delivery, Role
 from app.netutil import wait_until
-from tests.deliveries.conftest import declare_body, wait_final
 from tests.deliveries.test_process_faults import (
     final_state,
     import_members,
 )
+from tests.support.factories import declare_body, wait_final
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from app.deliveries.transport import (
     SmtpSettings,
     is_loopback_host,
 )
-from tests.conftest import TEST_SECRET_KEY
+from tests.support.factories import TEST_SECRET_KEY
 from tests.support.smtp_tls import Certificates, TlsRelay, make_certificates
 
 USER, PASSWORD = "relay-user", "relay-password-never-in-clear"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.health.service import sweep_runs
 from app.models import Role
 from app.netutil import wait_until
-from tests.deliveries.conftest import declare_body
+from tests.support.factories import declare_body
 from tests.support.sinks import WebhookReceiver
 from tests.support.worker import WorkerProcess
 from workers.celery_app import SEND_QUEUE

@@ -29,8 +29,7 @@ from app.deliveries.transport import SendResult, WebhookRequest, WebhookSender
 from app.models import Member, Role
 from app.netutil import wait_until
 from app.security import SecretBox, new_webhook_secret
-from tests.conftest import assert_problem
-from tests.deliveries.conftest import briefing, declare_body, wait_final
+from tests.support.factories import assert_problem, briefing, declare_body, wait_final
 from tests.support.sinks import CaughtMail, HangingSmtpServer, SmtpSink
 from tests.support.timed_receiver import RequestTrap, TimedReceiver
 from tests.support.worker import FAST_CLOCKS, WorkerProcess, worker_environment

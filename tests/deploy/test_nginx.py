@@ -39,7 +39,7 @@ from app.models import Role
 from app.netutil import free_port
 from app.serving import uvicorn_options
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign
-from tests.conftest import assert_problem
+from tests.support.factories import assert_problem
 from tests.support.live_server import serve
 
 NGINX = shutil.which("nginx") or next(

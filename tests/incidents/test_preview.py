@@ -10,9 +10,8 @@ from sqlalchemy.orm import Session
 
 from app.models import Role
 from app.models.base import Base, utcnow
-from tests.conftest import assert_problem
-from tests.deliveries.conftest import briefing, declare_body
 from tests.incidents.test_incidents_api import declared, new_member
+from tests.support.factories import assert_problem, briefing, declare_body
 
 
 def row_counts(db: Session) -> dict[str, int]:

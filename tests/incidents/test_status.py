@@ -30,9 +30,8 @@ from app.deliveries import ledger
 from app.main import create_app
 from app.models import Delivery, Member, Role
 from app.models.base import utcnow
-from tests.conftest import PUBLIC_WEBHOOK, assert_problem
-from tests.deliveries.conftest import briefing, declare_body
 from tests.support.clock import ManualClock
+from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, briefing, declare_body
 
 Headers = dict[str, str]
 SECRET_COMMENT = "private remark about the editor-in-chief"

@@ -31,8 +31,7 @@ from app.models import (
     QuotaCounter,
     Role,
 )
-from tests.conftest import make_client, member_payload
-from tests.deliveries.conftest import briefing, declare_body
+from tests.support.factories import briefing, declare_body, make_client, member_payload
 
 CHUNK = 4
 LANGUAGE_LISTS = [["fr", "ar", "en"], ["ar"], ["fr-CA"], ["de"], ["en-GB", "fr"], ["es", "ar"]]

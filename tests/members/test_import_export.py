@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.models import AuditEntry, Member, Role
 from app.security import SecretBox
-from tests.conftest import PUBLIC_WEBHOOK, assert_problem, member_payload
+from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, member_payload
 
 HEADER = (
     "network,name,organization,title,country,languages,themes,tags,email,webhook_url,timezone,"

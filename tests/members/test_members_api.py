@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.models import Member
 from app.security import SecretBox
-from tests.conftest import PUBLIC_WEBHOOK, TEST_SECRET_KEY, assert_problem, member_payload
+from tests.support.factories import PUBLIC_WEBHOOK, TEST_SECRET_KEY, assert_problem, member_payload
 
 
 def create(client, headers, **overrides):

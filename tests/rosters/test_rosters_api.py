@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import Member, Role, Roster, RosterMember
-from tests.conftest import assert_problem, member_payload
+from tests.support.factories import assert_problem, member_payload
 
 
 def create_roster(
