@@ -12,7 +12,9 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -29,7 +31,7 @@ from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Base, Role
 from tests.support.database import scratch_database
-from tests.support.factories import TEST_SECRET_KEY, make_client
+from tests.support.factories import TEST_SECRET_KEY
 from tests.support.sinks import SmtpSink, WebhookReceiver, sinks
 
 
@@ -155,10 +157,28 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield client
 
 
+ClientFactory = Callable[..., TestClient]
+
+
 @pytest.fixture
-def private_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+def client_factory(settings: Settings, engine: Engine) -> Iterator[ClientFactory]:
+    """Clients of apps built with the suite's settings, changed as asked
+    (`client_factory(webhook_allow_private=True)`, or `client_factory(base=other_settings)`);
+    every one is closed after the test."""
+    with ExitStack() as stack:
+
+        def make(base: Settings | None = None, **changes: Any) -> TestClient:
+            built = (base or settings).model_copy(update=changes)
+            # raise_server_exceptions=False: a 500 is a response a test can assert on.
+            return stack.enter_context(TestClient(create_app(built), raise_server_exceptions=False))
+
+        yield make
+
+
+@pytest.fixture
+def private_client(client_factory: ClientFactory) -> TestClient:
     """A client of an app that allows private webhook addresses (dev and test setting)."""
-    yield from make_client(settings.model_copy(update={"webhook_allow_private": True}))
+    return client_factory(webhook_allow_private=True)
 
 
 @pytest.fixture

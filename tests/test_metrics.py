@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from app.health.service import record_heartbeat, record_sweep
 from app.metrics import UNMATCHED
 from app.models import Delivery
 from app.models.base import utcnow
-from tests.support.factories import assert_problem, declare_body, make_client, member_payload
+from tests.support.factories import assert_problem, declare_body, member_payload
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -290,8 +290,8 @@ TOKEN = "metrics-" + "7f3c9a1e5b2d4c6f8a0e1b3d5c7f9a2e"
 
 
 @pytest.fixture
-def guarded(settings: Settings, engine: Any) -> Iterator[TestClient]:
-    yield from make_client(settings.model_copy(update={"metrics_token": SecretStr(TOKEN)}))
+def guarded(client_factory: Callable[..., TestClient]) -> TestClient:
+    return client_factory(metrics_token=SecretStr(TOKEN))
 
 
 def test_with_a_token_set_metrics_need_it(guarded: TestClient) -> None:

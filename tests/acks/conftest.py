@@ -22,7 +22,7 @@ from app.acks.tokens import AckTokenSigner, signer_from_settings
 from app.config import Settings
 from app.main import create_app
 from app.models import Ack, Briefing, CurrentAck, Delivery, Role
-from tests.support.factories import make_client, member_payload
+from tests.support.factories import member_payload
 from tests.support.live_server import serve
 from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess, worker_environment
@@ -72,8 +72,8 @@ def ack_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def ack_client(ack_settings: Settings, engine: Any) -> Iterator[TestClient]:
-    yield from make_client(ack_settings)
+def ack_client(ack_settings: Settings, client_factory: Callable[..., TestClient]) -> TestClient:
+    return client_factory(base=ack_settings)
 
 
 # ---------------------------------------------------------------------------- API helpers

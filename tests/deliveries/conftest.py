@@ -10,7 +10,7 @@ from kombu import Connection, Queue
 
 from app.config import Settings
 from app.models import Role
-from tests.support.factories import make_client, member_payload
+from tests.support.factories import member_payload
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
 from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
@@ -25,9 +25,9 @@ def purge_broker(settings: Settings) -> None:
 
 
 @pytest.fixture
-def fanout_client(settings: Settings, engine: Any) -> Iterator[TestClient]:
+def fanout_client(client_factory: Callable[..., TestClient]) -> TestClient:
     """The API, allowed to target webhooks on 127.0.0.1 (the test receivers)."""
-    yield from make_client(settings.model_copy(update={"webhook_allow_private": True}))
+    return client_factory(webhook_allow_private=True)
 
 
 @pytest.fixture

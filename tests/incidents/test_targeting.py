@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from app.config import Settings
 from app.deliveries.content import choose_language
 from app.deliveries.quiet_hours import first_attempt_at
 from app.incidents import targeting
@@ -31,7 +30,7 @@ from app.models import (
     QuotaCounter,
     Role,
 )
-from tests.support.factories import briefing, declare_body, make_client, member_payload
+from tests.support.factories import briefing, declare_body, member_payload
 
 CHUNK = 4
 LANGUAGE_LISTS = [["fr", "ar", "en"], ["ar"], ["fr-CA"], ["de"], ["en-GB", "fr"], ["es", "ar"]]
@@ -40,8 +39,8 @@ ZONES = ["Africa/Casablanca", "Asia/Tokyo", "America/New_York"]
 
 
 @pytest.fixture
-def chunked(settings: Settings, engine: Any):
-    yield from make_client(settings.model_copy(update={"targeting_chunk_members": CHUNK}))
+def chunked(client_factory):
+    return client_factory(targeting_chunk_members=CHUNK)
 
 
 @pytest.fixture
