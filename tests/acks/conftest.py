@@ -22,7 +22,7 @@ from app.acks.tokens import AckTokenSigner, signer_from_settings
 from app.config import Settings
 from app.main import create_app
 from app.models import Ack, Briefing, CurrentAck, Delivery, Role
-from tests.support.factories import member_payload
+from tests.support.factories import declare_body, member_payload
 from tests.support.live_server import serve
 from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess, worker_environment
@@ -112,17 +112,13 @@ class Api:
         return body
 
     def declare(self, members: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "title": "Tension after the cartoon publication",
-            "severity": "severe",
-            "urgency": "immediate",
-            "mode": "actual",
-            "countries": ["MA"],
-            "themes": ["religious-hatred"],
-            "audience": {"member_ids": [m["id"] for m in members]},
-            "briefing": briefing("en", "fr", "ar"),
-            **overrides,
-        }
+        body = declare_body(
+            **{
+                "audience": {"member_ids": [m["id"] for m in members]},
+                "briefing": briefing("en", "fr", "ar"),
+                **overrides,
+            }
+        )
         response = self.client.post("/v1/incidents", json=body, headers=self.headers)
         assert response.status_code == 202, response.text
         incident: dict[str, Any] = response.json()
