@@ -119,14 +119,18 @@ def run_environment(settings: Settings, *, host: str, port: int, smtp_port: int)
     port the API listens on, unless `RRMM_PUBLIC_URL` says where they are served."""
     env = embedded_environment(settings, smtp_port)
     if "public_url" not in settings.model_fields_set:
-        reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
-        env["RRMM_PUBLIC_URL"] = f"http://{reachable}:{port}"
+        env["RRMM_PUBLIC_URL"] = f"http://{reachable_host(host)}:{port}"
     return env
+
+
+def reachable_host(host: str) -> str:
+    """The address to open for a server listening on `host` (all interfaces → loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
 
 
 def banner(settings: Settings, env: dict[str, str], *, host: str, port: int) -> str:
     """What a newcomer needs first: where the API is, where the mail goes, how to get a key."""
-    base = f"http://{host}:{port}"
+    base = f"http://{reachable_host(host)}:{port}"
     return "\n".join(
         [
             f"RRMM is running: API {base}   docs {base}/docs",
