@@ -36,9 +36,15 @@ MIN_SECRET_KEY_LENGTH = 32
 SmtpStartTls = Literal["off", "opportunistic", "required"]
 # Spellings of RRMM_SMTP_STARTTLS kept from when it was a boolean.
 _STARTTLS_BOOLEANS = {
-    "true": "required", "1": "required", "yes": "required", "on": "required",
-    "false": "off", "0": "off", "no": "off", "": "off",
-}  # fmt: skip
+    "true": "required",
+    "1": "required",
+    "yes": "required",
+    "on": "required",
+    "false": "off",
+    "0": "off",
+    "no": "off",
+    "": "off",
+}
 
 
 def default_var_dir() -> Path:

@@ -74,11 +74,6 @@ class Conflict(AppError):
     title = "Conflict"
 
 
-class PayloadTooLarge(AppError):
-    status = 413
-    title = "Payload too large"
-
-
 class UnsupportedMediaType(AppError):
     status = 415
     title = "Unsupported media type"
@@ -169,7 +164,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
         # The route template, never the path: `/ack/{token}` holds a live credential.
         route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
         log.exception("unhandled_error", path=route, method=request.method)

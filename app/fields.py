@@ -13,7 +13,6 @@ import pycountry
 from pydantic import AfterValidator, AwareDatetime, StringConstraints, WithJsonSchema
 
 Network = Literal["personalities", "editors"]
-NETWORKS: tuple[str, ...] = ("personalities", "editors")
 
 # The seven common priorities of the founding memorandum (see DESIGN.md).
 Theme = Literal[
@@ -27,7 +26,6 @@ Theme = Literal[
 ]
 THEMES: tuple[str, ...] = Theme.__args__  # type: ignore[attr-defined]
 
-MemberStatus = Literal["active", "paused"]
 ConsentMethod = Literal["written", "email", "online-form", "verbal", "contract"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

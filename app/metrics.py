@@ -30,19 +30,19 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.deliveries import ledger
 from app.errors import NotAuthenticated, Problem
 from app.health.service import last_sweep, sweep_runs, worker_health
 from app.incidents import timeline
 from app.models import AnswerCounter, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus, IncidentStatus, TimelineEventKind
 
 log = structlog.get_logger(__name__)
 
 FANOUT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-INCIDENT_STATUSES = ("mobilizing", "active", "resolved", "cancelled")
+INCIDENT_STATUSES = tuple(IncidentStatus)
 # Requests that matched no route (404s, 413s before routing): one label, never the path.
 UNMATCHED = "<unmatched>"
 
@@ -135,7 +135,7 @@ class DatabaseCollector(Collector):
         # Queue lag: how long the longest-waiting due row has waited (0 if none waits).
         waiting_since = session.scalar(
             select(func.min(func.coalesce(Delivery.next_attempt_at, Delivery.created_at))).where(
-                Delivery.status.in_((ledger.PENDING, ledger.RETRYING)),
+                Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)),
                 or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
             )
         )
@@ -164,7 +164,7 @@ class DatabaseCollector(Collector):
         yield from _fanout_histograms(session)
 
         incidents = GaugeMetricFamily("rrmm_incidents", "Incidents by status.", labels=["status"])
-        by_status = dict.fromkeys(INCIDENT_STATUSES, 0)
+        by_status: dict[str, int] = dict.fromkeys(INCIDENT_STATUSES, 0)
         for status, count in session.execute(
             select(Incident.status, func.count()).group_by(Incident.status)
         ):
@@ -211,7 +211,7 @@ def _fanout_histograms(session: Session) -> Iterable[Metric]:
     latency_count = 0
     durations: list[float] = []
     for (detail,) in session.execute(
-        select(IncidentEvent.detail).where(IncidentEvent.kind == timeline.FANOUT_FINISHED)
+        select(IncidentEvent.detail).where(IncidentEvent.kind == TimelineEventKind.FANOUT_FINISHED)
     ):
         for index, count in enumerate(detail.get("latency_buckets", [])[: len(latency_buckets)]):
             latency_buckets[index] += int(count)
@@ -225,11 +225,13 @@ def _fanout_histograms(session: Session) -> Iterable[Metric]:
     )
     latency.add_metric(
         [],
-        [(_bound(b), float(c)) for b, c in zip(timeline.LATENCY_BUCKETS, latency_buckets,
-                                               strict=True)]
+        [
+            (_bound(b), float(c))
+            for b, c in zip(timeline.LATENCY_BUCKETS, latency_buckets, strict=True)
+        ]
         + [("+Inf", float(latency_count))],
         latency_sum,
-    )  # fmt: skip
+    )
     yield latency
     duration = HistogramMetricFamily(
         "rrmm_fanout_duration_seconds",

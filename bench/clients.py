@@ -267,9 +267,16 @@ async def floor_emails(port: int, n: int, connections: int) -> Work:
             while (i := work.take()) is not None:
                 number = str(i).encode()
                 transaction = b"".join(
-                    (envelope, number, b"@bench.example.org>\r\nDATA\r\n", prefix, number,
-                     suffix, b".\r\n")
-                )  # fmt: skip
+                    (
+                        envelope,
+                        number,
+                        b"@bench.example.org>\r\nDATA\r\n",
+                        prefix,
+                        number,
+                        suffix,
+                        b".\r\n",
+                    )
+                )
                 codes = await asyncio.wait_for(peer.send(transaction, 4), TIMEOUT)
                 if codes == [250, 250, 354, 250]:
                     work.ok += 1
@@ -304,9 +311,8 @@ async def floor_webhooks(base: str, n: int, concurrency: int) -> Work:
             while (i := work.take()) is not None:
                 number = str(i).encode()
                 request = b"".join(
-                    (b"POST /floor/", number, b" HTTP/1.1\r\nWebhook-Id: bench_", number,
-                     after_id)
-                )  # fmt: skip
+                    (b"POST /floor/", number, b" HTTP/1.1\r\nWebhook-Id: bench_", number, after_id)
+                )
                 codes = await asyncio.wait_for(peer.send(request, 1), TIMEOUT)
                 if codes == [200]:
                     work.ok += 1

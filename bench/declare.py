@@ -58,9 +58,11 @@ def run(
         for size in args.sizes:
             log(f"importing up to {size} members")
             imported += import_members(
-                service.api, size - imported, f"http://127.0.0.1:{service.sinks.webhook_port}",
+                service.api,
+                size - imported,
+                f"http://127.0.0.1:{service.sinks.webhook_port}",
                 first=imported,
-            )  # fmt: skip
+            )
             latencies: list[float] = []
             targeted: set[int] = set()
             machine_before = machine_cpu()

@@ -53,12 +53,12 @@ import httpx
 
 from app.config import Settings
 from app.netutil import NotReady, free_port, wait_until
+from app.vocabulary import OPEN_DELIVERY_STATUSES
 
 PYTHON = sys.executable
 DEFAULTS = Settings.model_fields
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GRACE_SECONDS = 10.0
-OPEN_STATUSES = ("pending", "sending", "retrying")
 LANGUAGES = (["en"], ["fr"], ["ar"], ["fr", "en"], ["ar", "fr"])
 
 
@@ -529,16 +529,34 @@ def start_sinks(
     webhook_port, smtp_port, stats_port = free_port(), free_port(), free_port()
     webhook = children.start(
         "webhook-sink",
-        [PYTHON, "-m", "bench.sinks", "webhook", "--port", str(webhook_port),
-         "--latency", str(webhook_latency)],
+        [
+            PYTHON,
+            "-m",
+            "bench.sinks",
+            "webhook",
+            "--port",
+            str(webhook_port),
+            "--latency",
+            str(webhook_latency),
+        ],
         env,
-    )  # fmt: skip
+    )
     smtp = children.start(
         "smtp-sink",
-        [PYTHON, "-m", "bench.sinks", "smtp", "--port", str(smtp_port),
-         "--stats-port", str(stats_port), "--latency", str(smtp_latency)],
+        [
+            PYTHON,
+            "-m",
+            "bench.sinks",
+            "smtp",
+            "--port",
+            str(smtp_port),
+            "--stats-port",
+            str(stats_port),
+            "--latency",
+            str(smtp_latency),
+        ],
         env,
-    )  # fmt: skip
+    )
     sinks = Sinks(webhook_port, smtp_port, stats_port, webhook.process.pid, smtp.process.pid)
 
     def up() -> bool:
@@ -624,7 +642,7 @@ def counts(status: dict[str, Any]) -> dict[str, int]:
 
 
 def is_final(by_status: dict[str, int]) -> bool:
-    return sum(by_status.values()) > 0 and not any(by_status.get(s) for s in OPEN_STATUSES)
+    return sum(by_status.values()) > 0 and not any(by_status.get(s) for s in OPEN_DELIVERY_STATUSES)
 
 
 @contextmanager
@@ -640,8 +658,18 @@ def profiling(directory: Path | None, targets: dict[str, int], idle: bool) -> It
     directory.mkdir(parents=True, exist_ok=True)
     spies = []
     for name, pid in targets.items():
-        argv = [py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-                "--format", "raw", "--output", str(directory / f"{name}.txt")]  # fmt: skip
+        argv = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(directory / f"{name}.txt"),
+        ]
         if idle:
             argv.append("--idle")
         with (directory / f"{name}.py-spy.log").open("ab") as out:
@@ -775,8 +803,13 @@ def start_service(
     workers = getattr(args, "workers", 1)
     if with_worker:
         worker_argv = [
-            PYTHON, "-m", "app.cli", "worker", "--concurrency", str(args.worker_concurrency)
-        ]  # fmt: skip
+            PYTHON,
+            "-m",
+            "app.cli",
+            "worker",
+            "--concurrency",
+            str(args.worker_concurrency),
+        ]
         worker = children.start("worker", worker_argv, env)
         # More workers as on other hosts: same database and broker, each its own pool.
         extra_workers = [
@@ -856,10 +889,22 @@ def baseline_concurrency(args: argparse.Namespace) -> dict[str, int]:
 def run_client(kind: str, args: argparse.Namespace, sinks: Sinks) -> dict[str, Any]:
     """One baseline (bench/clients.py) in a process of its own; its JSON."""
     concurrency = baseline_concurrency(args)
-    argv = [PYTHON, "-m", "bench.clients", kind, "--webhook-base", sinks.webhook_base,
-            "--smtp-port", str(sinks.smtp_port), "--members", str(args.members),
-            "--webhook-concurrency", str(concurrency["webhook_concurrency"]),
-            "--smtp-connections", str(concurrency["smtp_connections"])]  # fmt: skip
+    argv = [
+        PYTHON,
+        "-m",
+        "bench.clients",
+        kind,
+        "--webhook-base",
+        sinks.webhook_base,
+        "--smtp-port",
+        str(sinks.smtp_port),
+        "--members",
+        str(args.members),
+        "--webhook-concurrency",
+        str(concurrency["webhook_concurrency"]),
+        "--smtp-connections",
+        str(concurrency["smtp_connections"]),
+    ]
     done = subprocess.run(
         argv,
         capture_output=True,
@@ -1096,13 +1141,17 @@ def run(
                     result[system] = worker_phase(
                         args, service, http, meter, worker_roots, children
                     )
-                log(f"worker: {result[system]['fanout_seconds']}s, "
-                    f"{result[system]['cpu_ms_per_delivery']} ms/delivery")  # fmt: skip
+                log(
+                    f"worker: {result[system]['fanout_seconds']}s, "
+                    f"{result[system]['cpu_ms_per_delivery']} ms/delivery"
+                )
             else:
                 kind = "library" if system == "library_baseline" else "floor"
                 result[system] = baseline_phase(kind, args, sinks, http, meter)
-                log(f"{system}: {result[system]['seconds']}s, "
-                    f"{result[system]['cpu_ms_per_delivery']} ms/delivery")  # fmt: skip
+                log(
+                    f"{system}: {result[system]['seconds']}s, "
+                    f"{result[system]['cpu_ms_per_delivery']} ms/delivery"
+                )
         result["ratio"] = round(
             result["worker"]["deliveries_per_second"]
             / max(result["library_baseline"]["deliveries_per_second"], 1e-9),
@@ -1250,9 +1299,11 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["delivery_batch_size"].default)
     parser.add_argument(
-        "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
         help="the worker's event loop (RRMM_WORKER_EVENT_LOOP)",
-    )  # fmt: skip
+    )
     parser.add_argument("--timeout", type=float, default=600, help="overall limit, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
 

@@ -44,10 +44,18 @@ def fill(session_factory: object, rows: int) -> tuple[list[SentJob], int]:
     now = utcnow()
     with session_scope(session_factory) as session:  # type: ignore[arg-type]
         incident = Incident(
-            reference=f"BENCH-{uuid.uuid4().hex[:8]}", title="bench", severity="high",
-            urgency="immediate", mode="alert", countries=[], themes=[], audience={},
-            channels=["email", "webhook"], responses=[], status="active",
-        )  # fmt: skip
+            reference=f"BENCH-{uuid.uuid4().hex[:8]}",
+            title="bench",
+            severity="high",
+            urgency="immediate",
+            mode="alert",
+            countries=[],
+            themes=[],
+            audience={},
+            channels=["email", "webhook"],
+            responses=[],
+            status="active",
+        )
         session.add(incident)
         session.flush()
         briefing = Briefing(

@@ -185,7 +185,7 @@ class SmtpSink(asyncio.Protocol):
         self.counters.connections += 1
         self.transport.write(self.greeting)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         if self.replies is not None:
             self.replies.cancel()
 
@@ -309,7 +309,7 @@ class HttpSink(asyncio.Protocol):
         self.replies = _Replies(self.transport, self.latency)
         self.counters.connections += 1
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         if self.replies is not None:
             self.replies.cancel()
 

@@ -67,6 +67,7 @@ from app.models import (
     QuotaCounter,
 )
 from app.models.base import utcnow, uuid7
+from app.vocabulary import DeliveryStatus
 from bench.fanout import (
     LANGUAGES,
     Backend,
@@ -580,10 +581,14 @@ def seed_incident(
         body["audience"] = {"networks": [ROSTER_NETWORK], "countries": [country]}
         body["followup"] = {
             "quotas": [
-                {"network": ROSTER_NETWORK, "languages": ["fr"], "responses": ["will_engage"],
-                 "min": max(1, members // 10)}
+                {
+                    "network": ROSTER_NETWORK,
+                    "languages": ["fr"],
+                    "responses": ["will_engage"],
+                    "min": max(1, members // 10),
+                }
             ]
-        }  # fmt: skip
+        }
         incident, _ = declare(
             session,
             IncidentCreate.model_validate(body),
@@ -595,19 +600,30 @@ def seed_incident(
         now = utcnow()
         mine = Delivery.incident_id == incident.id
         failed = ledger.transition(
-            session, where=mine & (Delivery.id % FAILED_ONE_IN == 0), from_status=ledger.PENDING,
-            to_status=ledger.FAILED,
-            values={"attempts": 1, "last_error": "bench: seeded failure"}, now=now,
-        )  # fmt: skip
+            session,
+            where=mine & (Delivery.id % FAILED_ONE_IN == 0),
+            from_status=DeliveryStatus.PENDING,
+            to_status=DeliveryStatus.FAILED,
+            values={"attempts": 1, "last_error": "bench: seeded failure"},
+            now=now,
+        )
         sent = ledger.transition(
-            session, where=mine, from_status=ledger.PENDING, to_status=ledger.SENT,
-            values={"attempts": 1, "sent_at": now}, now=now,
-        )  # fmt: skip
+            session,
+            where=mine,
+            from_status=DeliveryStatus.PENDING,
+            to_status=DeliveryStatus.SENT,
+            values={"attempts": 1, "sent_at": now},
+            now=now,
+        )
         answered = add_answers(session, incident.id, answered_share, rng)
         return Seeded(
-            incident.id, members, len(failed) + len(sent), len(failed), answered,
+            incident.id,
+            members,
+            len(failed) + len(sent),
+            len(failed),
+            answered,
             round(time.monotonic() - started, 2),
-        )  # fmt: skip
+        )
 
 
 def add_answers(session: Session, incident_id: uuid.UUID, share: float, rng: random.Random) -> int:
@@ -618,14 +634,24 @@ def add_answers(session: Session, incident_id: uuid.UUID, share: float, rng: ran
     incident = get_incident(session, incident_id)
     emails = list(
         session.execute(
-            select(Delivery.id, Delivery.member_id, Delivery.language, Delivery.sent_at,
-                   Member.network, Member.country, Member.languages)
+            select(
+                Delivery.id,
+                Delivery.member_id,
+                Delivery.language,
+                Delivery.sent_at,
+                Member.network,
+                Member.country,
+                Member.languages,
+            )
             .join(Member, Member.id == Delivery.member_id)
-            .where(Delivery.incident_id == incident_id, Delivery.channel == "email",
-                   Delivery.status == ledger.SENT)
+            .where(
+                Delivery.incident_id == incident_id,
+                Delivery.channel == "email",
+                Delivery.status == DeliveryStatus.SENT,
+            )
             .order_by(Delivery.id)
         )
-    )  # fmt: skip
+    )
     chosen = rng.sample(emails, round(share * len(emails)))
     answers = []
     for row in chosen:
@@ -648,28 +674,39 @@ def add_answers(session: Session, incident_id: uuid.UUID, share: float, rng: ran
             insert(ACKS),
             [
                 {
-                    "incident_id": incident_id, "member_id": row.member_id,
-                    "delivery_id": row.id, "response": response, "route": "page",
-                    "channel": "email", "briefing_version": 1, "language": row.language,
+                    "incident_id": incident_id,
+                    "member_id": row.member_id,
+                    "delivery_id": row.id,
+                    "response": response,
+                    "route": "page",
+                    "channel": "email",
+                    "briefing_version": 1,
+                    "language": row.language,
                     "answered_at": answered_at,
-                    "delay_seconds": (answered_at - row.sent_at).total_seconds(), "late": False,
+                    "delay_seconds": (answered_at - row.sent_at).total_seconds(),
+                    "late": False,
                     "event_seq": first_seq + start + offset,
                 }
                 for offset, (row, response, answered_at) in enumerate(
                     answers[start : start + _CHUNK]
                 )
             ],
-        )  # fmt: skip
+        )
     current = [
-        {"incident_id": incident_id, "member_id": a.member_id, "ack_id": a.id,
-         "response": a.response, "answered_at": a.answered_at,
-         "first_answered_at": a.answered_at}
+        {
+            "incident_id": incident_id,
+            "member_id": a.member_id,
+            "ack_id": a.id,
+            "response": a.response,
+            "answered_at": a.answered_at,
+            "first_answered_at": a.answered_at,
+        }
         for a in session.execute(
             select(Ack.id, Ack.member_id, Ack.response, Ack.answered_at).where(
                 Ack.incident_id == incident_id
             )
         )
-    ]  # fmt: skip
+    ]
     for start in range(0, len(current), _CHUNK):
         session.execute(insert(CURRENT_ACKS), current[start : start + _CHUNK])
     # The counters, as app.acks.service._count_answer moves them one answer at a time.
@@ -688,22 +725,33 @@ def add_answers(session: Session, incident_id: uuid.UUID, share: float, rng: ran
         and in_segment(quota, row.network, row.country, row.languages)
     )
     counters.add(
-        session, AnswerCounter,
-        [{"incident_id": incident_id, "response": r, "count": c, "updated_at": now}
-         for r, c in by_response.items()],
-        keys=("incident_id", "response"), sums=("count",), latest=("updated_at",),
-    )  # fmt: skip
+        session,
+        AnswerCounter,
+        [
+            {"incident_id": incident_id, "response": r, "count": c, "updated_at": now}
+            for r, c in by_response.items()
+        ],
+        keys=("incident_id", "response"),
+        sums=("count",),
+        latest=("updated_at",),
+    )
     counters.add(
-        session, AnswerDelayCounter,
+        session,
+        AnswerDelayCounter,
         [{"incident_id": incident_id, "bucket": b, "count": c} for b, c in by_bucket.items()],
-        keys=("incident_id", "bucket"), sums=("count",),
-    )  # fmt: skip
+        keys=("incident_id", "bucket"),
+        sums=("count",),
+    )
     counters.add(
-        session, QuotaCounter,
-        [{"incident_id": incident_id, "quota_index": i, "targeted": 0, "answered": c}
-         for i, c in by_quota.items()],
-        keys=("incident_id", "quota_index"), sums=("answered",),
-    )  # fmt: skip
+        session,
+        QuotaCounter,
+        [
+            {"incident_id": incident_id, "quota_index": i, "targeted": 0, "answered": c}
+            for i, c in by_quota.items()
+        ],
+        keys=("incident_id", "quota_index"),
+        sums=("answered",),
+    )
     return len(answers)
 
 
@@ -820,9 +868,12 @@ def roster_size(args: argparse.Namespace, service: Service, children: Children) 
         for label in ("small", "large"):
             log(f"seeding an incident of {sizes[label]} members")
             seeded[label] = seed_incident(
-                factory, members=sizes[label], country=countries[label],
-                answered_share=args.answered_share, rng=rng,
-            )  # fmt: skip
+                factory,
+                members=sizes[label],
+                country=countries[label],
+                answered_share=args.answered_share,
+                rng=rng,
+            )
             log(f"seeded in {seeded[label].seconds:.1f}s")
         mismatches = {}
         with factory() as session:
@@ -940,9 +991,14 @@ def run(
     load_at_start = os.getloadavg()
     http = httpx.Client(timeout=30)
     service = start_service(
-        args, tmp, children, backend_box, http,
-        api_workers=args.api_workers, with_worker=args.only != "roster",
-    )  # fmt: skip
+        args,
+        tmp,
+        children,
+        backend_box,
+        http,
+        api_workers=args.api_workers,
+        with_worker=args.only != "roster",
+    )
     result: dict[str, Any] = {
         "machine": {
             "nproc": os.cpu_count(),
@@ -997,15 +1053,26 @@ def _table(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str]]) 
 
 
 LOAD_COLUMNS = (
-    ("requests", "requests"), ("req/s", "requests_per_second"), ("p50 ms", "p50_ms"),
-    ("p90 ms", "p90_ms"), ("p99 ms", "p99_ms"), ("200", "ok_200"), ("304", "not_modified_304"),
-    ("errors", "errors"), ("API ms/req", "api_cpu_ms_per_request"),
-    ("client CPU", "client_cpu_share"), ("fan-out", "fanout_overlap"),
-)  # fmt: skip
+    ("requests", "requests"),
+    ("req/s", "requests_per_second"),
+    ("p50 ms", "p50_ms"),
+    ("p90 ms", "p90_ms"),
+    ("p99 ms", "p99_ms"),
+    ("200", "ok_200"),
+    ("304", "not_modified_304"),
+    ("errors", "errors"),
+    ("API ms/req", "api_cpu_ms_per_request"),
+    ("client CPU", "client_cpu_share"),
+    ("fan-out", "fanout_overlap"),
+)
 LATENCY_COLUMNS = (
-    ("requests", "requests"), ("req/s", "requests_per_second"), ("p50 ms", "p50_ms"),
-    ("p90 ms", "p90_ms"), ("p99 ms", "p99_ms"), ("errors", "errors"),
-)  # fmt: skip
+    ("requests", "requests"),
+    ("req/s", "requests_per_second"),
+    ("p50 ms", "p50_ms"),
+    ("p90 ms", "p90_ms"),
+    ("p99 ms", "p99_ms"),
+    ("errors", "errors"),
+)
 
 
 def _x(ratio: float | None) -> str:
@@ -1178,9 +1245,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--slice-seconds", type=float, help="one slice of polling (default 1, or 5 x --think)"
     )
     load.add_argument(
-        "--after-slice-seconds", type=float,
+        "--after-slice-seconds",
+        type=float,
         help="slices of the round after the fan-out (default 2, or 5 x --think; 0: none)",
-    )  # fmt: skip
+    )
     load.add_argument(
         "--max-load-seconds", type=float, default=120, help="stop adding rounds after this"
     )
@@ -1217,9 +1285,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.after_slice_seconds is None:
         args.after_slice_seconds = max(2.0, 5 * args.think)
     for name in (
-        "members", "pollers", "members_small", "members_large", "roster_requests",
-        "roster_concurrency", "api_workers",
-    ):  # fmt: skip
+        "members",
+        "pollers",
+        "members_small",
+        "members_large",
+        "roster_requests",
+        "roster_concurrency",
+        "api_workers",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.answered_share <= 1:

@@ -146,7 +146,7 @@ def db(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @pytest.fixture
-def app(settings: Settings, engine: Engine) -> FastAPI:
+def app(settings: Settings, engine: Engine) -> FastAPI:  # noqa: ARG001 (requested for its effect: a migrated database)
     return create_app(settings)
 
 
@@ -161,7 +161,7 @@ ClientFactory = Callable[..., TestClient]
 
 
 @pytest.fixture
-def client_factory(settings: Settings, engine: Engine) -> Iterator[ClientFactory]:
+def client_factory(settings: Settings, engine: Engine) -> Iterator[ClientFactory]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """Clients of apps built with the suite's settings, changed as asked
     (`client_factory(webhook_allow_private=True)`, or `client_factory(base=other_settings)`);
     every one is closed after the test."""

@@ -29,7 +29,7 @@ class Gate:
         self.opened = asyncio.Event()
         self.inside = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, _receive: Receive, send: Send) -> None:
         self.inside += 1
         if scope["path"] != "/fast":
             await self.opened.wait()
@@ -65,7 +65,7 @@ def test_requests_over_the_limit_wait_then_get_503_while_exempt_paths_pass() -> 
 
 
 @pytest.fixture
-def crowded_api(settings: Settings, engine: Any) -> Iterator[tuple[str, FastAPI]]:
+def crowded_api(settings: Settings, engine: Any) -> Iterator[tuple[str, FastAPI]]:  # noqa: ARG001 (requested for its effect: a migrated database)
     apps: list[FastAPI] = []
 
     def make_app(_: str) -> FastAPI:

@@ -84,8 +84,12 @@ def rrmm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The real CLI, in a process of its own (as an operator runs it next to the service)."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def libpq(url: str) -> str:
@@ -96,9 +100,7 @@ def libpq(url: str) -> str:
 def rows_of(engine: Engine, table: str) -> list[tuple[Any, ...]]:
     columns = Base.metadata.tables[table]
     with engine.connect() as connection:
-        return sorted(
-            (tuple(row) for row in connection.execute(select(columns))), key=repr
-        )  # fmt: skip
+        return sorted((tuple(row) for row in connection.execute(select(columns))), key=repr)
 
 
 def import_members(
@@ -108,14 +110,30 @@ def import_members(
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["network", "name", "country", "languages", "email", "webhook_url",
-         "consent_given_at", "consent_method"]
-    )  # fmt: skip
+        [
+            "network",
+            "name",
+            "country",
+            "languages",
+            "email",
+            "webhook_url",
+            "consent_given_at",
+            "consent_method",
+        ]
+    )
     for n in range(MEMBERS):
         writer.writerow(
-            ["editors", f"Member {n}", "MA", "en;fr", f"backup{n}@example.org",
-             receiver.url(f"/backup/{n}"), "2026-01-15T10:00:00+00:00", "written"]
-        )  # fmt: skip
+            [
+                "editors",
+                f"Member {n}",
+                "MA",
+                "en;fr",
+                f"backup{n}@example.org",
+                receiver.url(f"/backup/{n}"),
+                "2026-01-15T10:00:00+00:00",
+                "written",
+            ]
+        )
     response = client.post(
         "/v1/members/import",
         content=buffer.getvalue().encode(),
@@ -160,7 +178,7 @@ def purge(broker_url: str) -> None:
 
 
 @pytest.fixture
-def restored_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
+def restored_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database of the same kind as the test database."""
     server = os.environ.get("RRMM_TEST_DATABASE_URL")
     if server:
@@ -240,16 +258,26 @@ def test_a_backup_taken_during_a_fanout_restores_everything_and_resends_nothing_
             if postgres:
                 backup_path.parent.mkdir(parents=True)
                 dumped = subprocess.run(
-                    ["pg_dump", "-Fc", "--no-owner", "-f", str(backup_path),
-                     libpq(settings.database_url)],
-                    capture_output=True, text=True, timeout=120, check=False,
-                )  # fmt: skip
+                    [
+                        "pg_dump",
+                        "-Fc",
+                        "--no-owner",
+                        "-f",
+                        str(backup_path),
+                        libpq(settings.database_url),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
                 assert dumped.returncode == 0, dumped.stderr
             else:
                 made = rrmm(
                     cli_env(settings.database_url, settings, tmp_path / "cli"),
-                    "backup", str(backup_path),
-                )  # fmt: skip
+                    "backup",
+                    str(backup_path),
+                )
                 assert made.returncode == 0, made.stderr
                 assert f"deliveries {total}" in made.stdout, made.stdout
 
@@ -260,10 +288,19 @@ def test_a_backup_taken_during_a_fanout_restores_everything_and_resends_nothing_
         purge(settings.broker_url)
         if postgres:
             loaded = subprocess.run(
-                ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", libpq(restored_url),
-                 str(backup_path)],
-                capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
+                [
+                    "pg_restore",
+                    "--no-owner",
+                    "--exit-on-error",
+                    "--dbname",
+                    libpq(restored_url),
+                    str(backup_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             assert loaded.returncode == 0, loaded.stderr
         else:
             env = cli_env(restored_url, settings, tmp_path / "cli")
@@ -356,8 +393,9 @@ def test_backup_of_postgresql_points_to_pg_dump(settings: Settings, tmp_path: Pa
     assert not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.usefixtures("engine")
 def test_restore_refuses_a_database_in_use_and_keeps_the_one_it_replaces(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     sqlite_only(settings)
     env = cli_env(settings.database_url, settings, tmp_path)
@@ -373,12 +411,17 @@ def test_restore_refuses_a_database_in_use_and_keeps_the_one_it_replaces(
     assert invoke(target_env, "restore", str(backup_path)).exit_code == 0
     # Another process (here: a bare sqlite3 client) holds the database open.
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
-         "c.execute('select 1 from alembic_version').fetchall(); print('open', flush=True); "
-         "time.sleep(60)", str(target)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('select 1 from alembic_version').fetchall(); print('open', flush=True); "
+            "time.sleep(60)",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "open"

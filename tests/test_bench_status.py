@@ -7,9 +7,9 @@ import random
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.deliveries import ledger
 from app.incidents.status import incident_status
 from app.models import Ack, CurrentAck, Delivery, Incident, IncidentEvent, IncidentTarget
+from app.vocabulary import DeliveryStatus
 from bench.listeners import delivery_report
 from bench.status import check_counters, parse_args, percentile, read_in_process, seed_incident
 
@@ -37,9 +37,9 @@ def test_seeded_incidents_are_final_answered_and_counted(
                     .group_by(Delivery.status)
                 ).all()
             )
-            assert set(by_status) <= {ledger.SENT, ledger.FAILED}
+            assert set(by_status) <= {DeliveryStatus.SENT, DeliveryStatus.FAILED}
             assert sum(by_status.values()) == seeded.deliveries == 2 * seeded.members
-            assert by_status.get(ledger.FAILED, 0) == seeded.failed
+            assert by_status.get(DeliveryStatus.FAILED, 0) == seeded.failed
             answers = session.scalar(
                 select(func.count())
                 .select_from(CurrentAck)

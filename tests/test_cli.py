@@ -44,7 +44,7 @@ def cli_env(settings: Settings) -> dict[str, str | None]:
 
 
 @pytest.fixture
-def run(engine, cli_env: dict[str, str | None]) -> Iterator[Run]:
+def run(engine, cli_env: dict[str, str | None]) -> Iterator[Run]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """Invoke `rrmm ARGS…` with the test settings (read afresh from the environment)."""
     runner = CliRunner()
 

@@ -36,11 +36,28 @@ def test_demo_runs_the_whole_mechanism_and_stops_everything(tmp_path: Path):
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout.open("wb") as out_file, stderr.open("wb") as err_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "demo", "--members", "40", "--exit",
-             "--port", str(port), "--var", str(demo_dir), "--reminder-after", "5",
-             "--timeout", "240"],
-            cwd=tmp_path, env=clean_env(), stdout=out_file, stderr=err_file,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "demo",
+                "--members",
+                "40",
+                "--exit",
+                "--port",
+                str(port),
+                "--var",
+                str(demo_dir),
+                "--reminder-after",
+                "5",
+                "--timeout",
+                "240",
+            ],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=out_file,
+            stderr=err_file,
+        )
     seen: set[int] = set()
     started: dict[int, int | None] = {}
     try:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -50,7 +51,8 @@ def test_readyz_when_everything_answers(client):
     }
 
 
-def test_readyz_when_the_broker_is_unreachable(settings, engine):
+@pytest.mark.usefixtures("engine")
+def test_readyz_when_the_broker_is_unreachable(settings):
     with client_for(settings.model_copy(update={"broker_url": DEAD_BROKER})) as client:
         response = client.get("/readyz")
 
@@ -114,7 +116,8 @@ def test_the_sweeper_row_is_not_a_worker(client, session_factory):
     assert client.get("/readyz").json()["checks"]["workers"] == "none"
 
 
-def test_readyz_requires_a_worker_when_configured(settings, engine, session_factory):
+@pytest.mark.usefixtures("engine")
+def test_readyz_requires_a_worker_when_configured(settings, session_factory):
     strict = settings.model_copy(update={"ready_requires_worker": True})
     with client_for(strict) as client:
         none = client.get("/readyz")

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -107,9 +106,9 @@ def test_free_text_in_logs_loses_tokens_keys_and_sql_parameters() -> None:
     assert "INSERT INTO acks" in scrubbed  # the statement itself stays: it is the clue
 
 
+@pytest.mark.usefixtures("engine")
 def test_comment_rules_are_the_same_on_the_page_and_the_json_route(
     settings: Settings,
-    engine: Any,
     auth: Callable[[Role], dict[str, str]],
     session_factory: sessionmaker[Session],
 ) -> None:
@@ -141,8 +140,9 @@ def test_comment_rules_are_the_same_on_the_page_and_the_json_route(
         assert invalid.status_code == 404
 
 
+@pytest.mark.usefixtures("engine")
 def test_rrmm_api_logs_no_raw_path_query_or_peer_address(
-    settings: Settings, engine: Engine, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
     """`rrmm api` as deployed: uvicorn's own access lines (raw path, query string, peer
     address) are replaced by ours, and its records are rendered like ours."""

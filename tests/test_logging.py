@@ -24,8 +24,16 @@ def test_requests_log_no_contact_details_keys_or_secrets(client, operator, capfd
     out, err = capfd.readouterr()
     logs = out + err
     assert '"path": "/v1/members"' in logs  # the access log did run
-    for needle in (email, "very.private", PUBLIC_WEBHOOK, "93.184.215.14", secret,
-                   operator["Authorization"].split()[1], "rrmm_wrong-key", "bad@@x"):  # fmt: skip
+    for needle in (
+        email,
+        "very.private",
+        PUBLIC_WEBHOOK,
+        "93.184.215.14",
+        secret,
+        operator["Authorization"].split()[1],
+        "rrmm_wrong-key",
+        "bad@@x",
+    ):
         assert needle not in logs, needle
 
 

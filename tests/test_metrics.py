@@ -25,6 +25,7 @@ from app.health.service import record_heartbeat, record_sweep
 from app.metrics import UNMATCHED
 from app.models import Delivery
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus
 from tests.support.factories import assert_problem, declare_body, member_payload
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -133,9 +134,13 @@ def test_business_gauges_follow_the_database(
         first, second = rows
         # One sent (and answered), one still pending and waiting for two minutes.
         ledger.transition(
-            session, where=Delivery.id == first.id, from_status=ledger.PENDING,
-            to_status=ledger.SENT, values={"sent_at": now}, now=now,
-        )  # fmt: skip
+            session,
+            where=Delivery.id == first.id,
+            from_status=DeliveryStatus.PENDING,
+            to_status=DeliveryStatus.SENT,
+            values={"sent_at": now},
+            now=now,
+        )
         session.execute(
             update(Delivery)
             .where(Delivery.id == second.id)
@@ -222,10 +227,13 @@ def test_fanout_latency_and_duration_histograms(
         # Sent 3 s and 40 s after the briefing was created.
         for delivery_id, delay in zip(rows, (3, 40), strict=True):
             ledger.transition(
-                session, where=Delivery.id == delivery_id, from_status=ledger.PENDING,
-                to_status=ledger.SENT, values={"sent_at": created + timedelta(seconds=delay)},
+                session,
+                where=Delivery.id == delivery_id,
+                from_status=DeliveryStatus.PENDING,
+                to_status=DeliveryStatus.SENT,
+                values={"sent_at": created + timedelta(seconds=delay)},
                 now=utcnow(),
-            )  # fmt: skip
+            )
     assert timeline.record_finished_fanouts(session_factory) == 1
 
     _, after = scrape(client)

@@ -145,13 +145,16 @@ def early_incidents_table() -> Any:
     from app.models.base import JSONList, UTCDateTime
 
     return sa.table(
-        "incidents", *(sa.column(c) for c in (
-            "reference", "title", "severity", "urgency", "mode", "status")),
-        sa.column("id", sa.Uuid()), sa.column("declared_at", UTCDateTime()),
+        "incidents",
+        *(sa.column(c) for c in ("reference", "title", "severity", "urgency", "mode", "status")),
+        sa.column("id", sa.Uuid()),
+        sa.column("declared_at", UTCDateTime()),
         sa.column("updated_at", UTCDateTime()),
-        *(sa.column(c, JSONList) for c in (
-            "countries", "themes", "audience", "channels", "responses", "followup")),
-    )  # fmt: skip
+        *(
+            sa.column(c, JSONList)
+            for c in ("countries", "themes", "audience", "channels", "responses", "followup")
+        ),
+    )
 
 
 def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
@@ -186,74 +189,138 @@ def test_status_counters_and_timeline_are_backfilled(fresh_database_url):
         with Session(engine) as session, session.begin():
             session.execute(
                 sa.insert(old_incidents).values(
-                    id=incident_id, reference="RRMM-2026-0001", title="t", severity="severe",
-                    urgency="immediate", mode="actual", status="active", declared_at=now,
-                    updated_at=now, countries=[], themes=[], audience={}, channels=["email"],
-                    responses=["will_engage"], followup={"quotas": [quota]},
+                    id=incident_id,
+                    reference="RRMM-2026-0001",
+                    title="t",
+                    severity="severe",
+                    urgency="immediate",
+                    mode="actual",
+                    status="active",
+                    declared_at=now,
+                    updated_at=now,
+                    countries=[],
+                    themes=[],
+                    audience={},
+                    channels=["email"],
+                    responses=["will_engage"],
+                    followup={"quotas": [quota]},
                 )
-            )  # fmt: skip
+            )
             members = [
                 Member(
-                    network=network, name=f"M{n}", country="MA", languages=["fr"], themes=[],
-                    tags=[], email=f"m{n}@example.org", timezone="UTC", consent_given_at=now,
+                    network=network,
+                    name=f"M{n}",
+                    country="MA",
+                    languages=["fr"],
+                    themes=[],
+                    tags=[],
+                    email=f"m{n}@example.org",
+                    timezone="UTC",
+                    consent_given_at=now,
                     consent_method="written",
                 )
                 for n, network in enumerate(("editors", "personalities"))
-            ]  # fmt: skip
+            ]
             session.add_all(members)
             session.flush()
             # Core, with the columns of that revision (the models have more now).
             old_briefings = sa.table(
-                "briefings", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
-                sa.column("version", sa.Integer()), sa.column("kind"),
-                sa.column("languages", JSONList), sa.column("content", JSONList),
+                "briefings",
+                sa.column("id", sa.Integer()),
+                sa.column("incident_id", sa.Uuid()),
+                sa.column("version", sa.Integer()),
+                sa.column("kind"),
+                sa.column("languages", JSONList),
+                sa.column("content", JSONList),
                 sa.column("created_at", UTCDateTime()),
-            )  # fmt: skip
+            )
             briefing_id = session.execute(
-                sa.insert(old_briefings).values(
-                    incident_id=incident_id, version=1, kind="declared", languages=["en"],
-                    content={}, created_at=now,
-                ).returning(old_briefings.c.id)
-            ).scalar_one()  # fmt: skip
+                sa.insert(old_briefings)
+                .values(
+                    incident_id=incident_id,
+                    version=1,
+                    kind="declared",
+                    languages=["en"],
+                    content={},
+                    created_at=now,
+                )
+                .returning(old_briefings.c.id)
+            ).scalar_one()
             session.add_all(
                 IncidentTarget(incident_id=incident_id, member_id=m.id) for m in members
             )
             old_deliveries = sa.table(
-                "deliveries", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
-                sa.column("briefing_id", sa.Integer()), sa.column("member_id", sa.Uuid()),
+                "deliveries",
+                sa.column("id", sa.Integer()),
+                sa.column("incident_id", sa.Uuid()),
+                sa.column("briefing_id", sa.Integer()),
+                sa.column("member_id", sa.Uuid()),
                 *(sa.column(c) for c in ("channel", "language", "status", "attempts")),
-                sa.column("created_at", UTCDateTime()), sa.column("updated_at", UTCDateTime()),
-            )  # fmt: skip
+                sa.column("created_at", UTCDateTime()),
+                sa.column("updated_at", UTCDateTime()),
+            )
             delivery_id = session.execute(
-                sa.insert(old_deliveries).values(
-                    incident_id=incident_id, briefing_id=briefing_id, member_id=members[0].id,
-                    channel="email", language="en", status="pending", attempts=0,
-                    created_at=now, updated_at=now,
-                ).returning(old_deliveries.c.id)
-            ).scalar_one()  # fmt: skip
+                sa.insert(old_deliveries)
+                .values(
+                    incident_id=incident_id,
+                    briefing_id=briefing_id,
+                    member_id=members[0].id,
+                    channel="email",
+                    language="en",
+                    status="pending",
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(old_deliveries.c.id)
+            ).scalar_one()
             answered_at = now + timedelta(seconds=30)
             # Core, with the columns of that revision (the model has `event_seq` now).
             acks = sa.table(
-                "acks", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
-                sa.column("member_id", sa.Uuid()), sa.column("answered_at", UTCDateTime()),
-                *(sa.column(c) for c in (
-                    "delivery_id", "response", "route", "channel", "briefing_version",
-                    "language", "late")),
-            )  # fmt: skip
+                "acks",
+                sa.column("id", sa.Integer()),
+                sa.column("incident_id", sa.Uuid()),
+                sa.column("member_id", sa.Uuid()),
+                sa.column("answered_at", UTCDateTime()),
+                *(
+                    sa.column(c)
+                    for c in (
+                        "delivery_id",
+                        "response",
+                        "route",
+                        "channel",
+                        "briefing_version",
+                        "language",
+                        "late",
+                    )
+                ),
+            )
             ack_id = session.execute(
-                sa.insert(acks).values(
-                    incident_id=incident_id, member_id=members[0].id, delivery_id=delivery_id,
-                    response="will_engage", route="api", channel="email", briefing_version=1,
-                    language="en", answered_at=answered_at, late=False,
-                ).returning(acks.c.id)
-            ).scalar_one()  # fmt: skip
+                sa.insert(acks)
+                .values(
+                    incident_id=incident_id,
+                    member_id=members[0].id,
+                    delivery_id=delivery_id,
+                    response="will_engage",
+                    route="api",
+                    channel="email",
+                    briefing_version=1,
+                    language="en",
+                    answered_at=answered_at,
+                    late=False,
+                )
+                .returning(acks.c.id)
+            ).scalar_one()
             session.add(
                 CurrentAck(
-                    incident_id=incident_id, member_id=members[0].id, ack_id=ack_id,
-                    response="will_engage", answered_at=answered_at,
+                    incident_id=incident_id,
+                    member_id=members[0].id,
+                    ack_id=ack_id,
+                    response="will_engage",
+                    answered_at=answered_at,
                     first_answered_at=answered_at,
                 )
-            )  # fmt: skip
+            )
 
         migrate.upgrade(fresh_database_url)
 
@@ -299,36 +366,56 @@ def test_versions_followed_by_an_update_are_marked_superseded(fresh_database_url
     now = utcnow()
     incidents = early_incidents_table()
     briefings = sa.table(
-        "briefings", sa.column("id", sa.Integer()), sa.column("incident_id", sa.Uuid()),
-        sa.column("version", sa.Integer()), sa.column("kind"),
-        sa.column("languages", JSONList), sa.column("content", JSONList),
+        "briefings",
+        sa.column("id", sa.Integer()),
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("version", sa.Integer()),
+        sa.column("kind"),
+        sa.column("languages", JSONList),
+        sa.column("content", JSONList),
         sa.column("created_at", UTCDateTime()),
-    )  # fmt: skip
+    )
     incident_id = uuid7()
     kinds = ["declared", "reminder", "updated", "updated", "resolved"]
     try:
         with engine.begin() as connection:
             connection.execute(
                 sa.insert(incidents).values(
-                    id=incident_id, reference="RRMM-2026-0001", title="t", severity="severe",
-                    urgency="immediate", mode="actual", status="resolved", declared_at=now,
-                    updated_at=now, countries=[], themes=[], audience={}, channels=["email"],
-                    responses=["acknowledged"], followup={},
+                    id=incident_id,
+                    reference="RRMM-2026-0001",
+                    title="t",
+                    severity="severe",
+                    urgency="immediate",
+                    mode="actual",
+                    status="resolved",
+                    declared_at=now,
+                    updated_at=now,
+                    countries=[],
+                    themes=[],
+                    audience={},
+                    channels=["email"],
+                    responses=["acknowledged"],
+                    followup={},
                 )
-            )  # fmt: skip
+            )
             for version, kind in enumerate(kinds, start=1):
                 connection.execute(
                     sa.insert(briefings).values(
-                        incident_id=incident_id, version=version, kind=kind, languages=["en"],
-                        content={}, created_at=now + timedelta(minutes=version),
+                        incident_id=incident_id,
+                        version=version,
+                        kind=kind,
+                        languages=["en"],
+                        content={},
+                        created_at=now + timedelta(minutes=version),
                     )
-                )  # fmt: skip
+                )
         migrate.upgrade(fresh_database_url)
         with engine.connect() as connection:
             after = sa.table(
-                "briefings", sa.column("version", sa.Integer()),
+                "briefings",
+                sa.column("version", sa.Integer()),
                 sa.column("superseded_at", UTCDateTime()),
-            )  # fmt: skip
+            )
             rows = connection.execute(
                 sa.select(after.c.version, after.c.superseded_at).order_by(after.c.version)
             ).all()

@@ -51,7 +51,7 @@ def answer(client: httpx.Client, token: str, **headers: str) -> httpx.Response:
 @pytest.fixture
 def briefed(
     settings: Settings,
-    engine: Any,
+    engine: Any,  # noqa: ARG001 (requested for its effect: a migrated database)
     auth: Callable[[Role], dict[str, str]],
     session_factory: sessionmaker[Session],
 ) -> str:
@@ -161,8 +161,10 @@ def test_answers_go_through_when_the_limiter_storage_is_down(
 def test_trusted_proxies_are_read_as_a_list_of_networks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RRMM_TRUSTED_PROXIES", "127.0.0.2/32, 10.0.0.0/8,2001:db8::/32")
     assert [str(n) for n in Settings(mode="embedded").trusted_proxies] == [
-        "127.0.0.2/32", "10.0.0.0/8", "2001:db8::/32",
-    ]  # fmt: skip
+        "127.0.0.2/32",
+        "10.0.0.0/8",
+        "2001:db8::/32",
+    ]
     monkeypatch.setenv("RRMM_TRUSTED_PROXIES", '["192.168.0.0/16"]')
     assert [str(n) for n in Settings(mode="embedded").trusted_proxies] == ["192.168.0.0/16"]
     monkeypatch.setenv("RRMM_TRUSTED_PROXIES", "")

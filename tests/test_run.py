@@ -35,13 +35,23 @@ def running(
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
     api_port, smtp_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "run", "--port", str(api_port),
-         "--smtp-port", str(smtp_port), "--concurrency", "1"],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "run",
+            "--port",
+            str(api_port),
+            "--smtp-port",
+            str(smtp_port),
+            "--concurrency",
+            "1",
+        ],
         cwd=tmp_path,
         env=embedded_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         yield process, api_port, smtp_port
     finally:
@@ -99,8 +109,12 @@ def test_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path, running, e
     # The quick start: a key made by the CLI in the same directory works on the API.
     created = subprocess.run(
         [sys.executable, "-m", "app.cli", "keys", "create", "--name", "me", "--role", "operator"],
-        cwd=tmp_path, env=embedded_env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=embedded_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = created.stdout.strip()
     listed = httpx.get(f"{base}/v1/members", headers={"Authorization": f"Bearer {key}"})
     assert listed.status_code == 200, listed.text

@@ -139,7 +139,7 @@ def test_the_previous_key_is_read_from_the_environment_and_empty_means_unset(mon
 
 
 @pytest.fixture
-def run(engine, settings: Settings) -> Iterator[Run]:
+def run(engine, settings: Settings) -> Iterator[Run]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """`rrmm ARGS…` in-process, its settings read afresh from the environment given."""
     runner = CliRunner()
     base = {
@@ -242,8 +242,9 @@ def test_secrets_rotate_refuses_a_placeholder_previous_key(run: Run):
 # ---------------------------------------------------------------------------- the real API
 
 
+@pytest.mark.usefixtures("engine")
 def test_an_old_ack_link_is_accepted_while_the_previous_key_is_set_and_refused_after(
-    settings: Settings, engine: Any, auth: Callable[[Role], dict[str, str]], session_factory
+    settings: Settings, auth: Callable[[Role], dict[str, str]], session_factory
 ):
     old_settings = ack_settings_from(settings)
     with client_for(old_settings) as client:
@@ -273,9 +274,9 @@ def test_an_old_ack_link_is_accepted_while_the_previous_key_is_set_and_refused_a
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("engine")
 def test_a_worker_signs_webhooks_with_secrets_stored_under_the_previous_key(
     settings: Settings,
-    engine: Any,
     auth: Callable[[Role], dict[str, str]],
     smtp: SmtpSink,
     receiver: WebhookReceiver,

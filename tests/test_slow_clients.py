@@ -31,7 +31,7 @@ def slow_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def live_url(slow_settings: Settings, engine: Any) -> Iterator[str]:
+def live_url(slow_settings: Settings, engine: Any) -> Iterator[str]:  # noqa: ARG001 (requested for its effect: a migrated database)
     with serve(lambda _: create_app(slow_settings), **uvicorn_options(slow_settings)) as url:
         yield url
 

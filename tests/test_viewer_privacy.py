@@ -40,9 +40,9 @@ from app.acks import followup
 from app.acks.tokens import AckTokenSigner
 from app.config import Settings
 from app.db import session_scope
-from app.deliveries import ledger
 from app.models import Briefing, Delivery, Role
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus
 from tests import test_roles
 from tests.acks.conftest import HttpResponse, encode_token, token_bytes
 from tests.incidents.test_status import move
@@ -376,18 +376,26 @@ def seeded(
         created = _ok(client.post("/v1/members", json=person.payload, headers=operator), 201)
         members[person.key] = created
         secrets.add(
-            created["id"], created["name"], created["organization"], created["title"],
-            created["email"], created["webhook_url"], created.get("webhook_secret"),
-            created["consent"].get("note"), *person.private,
-        )  # fmt: skip
+            created["id"],
+            created["name"],
+            created["organization"],
+            created["title"],
+            created["email"],
+            created["webhook_url"],
+            created.get("webhook_secret"),
+            created["consent"].get("note"),
+            *person.private,
+        )
         if created["email"]:
             local, domain = created["email"].split("@")
             secrets.add(local, domain)
 
     roster = _ok(client.post("/v1/rosters", json=ROSTER, headers=operator), 201)
     escalation = _ok(client.post("/v1/rosters", json=ESCALATION_ROSTER, headers=operator), 201)
-    for target, keys in ((roster, ("arabic", "french", "english", "paused")),
-                         (escalation, ("escalation",))):  # fmt: skip
+    for target, keys in (
+        (roster, ("arabic", "french", "english", "paused")),
+        (escalation, ("escalation",)),
+    ):
         _ok(
             client.post(
                 f"/v1/rosters/{target['id']}/members",
@@ -432,26 +440,42 @@ def seeded(
     assert active["targeted"] == 4  # the paused member is in the roster but not targeted
 
     arabic, french, english = (members[k] for k in ("arabic", "french", "english"))
-    move(session_factory, active, french, ledger.SENT, channel="email")
-    move(session_factory, active, english, ledger.SENT, channel="email")
-    move(session_factory, active, english, ledger.FAILED, channel="webhook",
-         error="ConnectError: 93.184.216.34:8443 refused (thistlewood-desk)")  # fmt: skip
-    move(session_factory, active, arabic, ledger.FAILED, channel="email",
-         error="550 a.zaytouni@alfajr-newsroom.example.org: mailbox unavailable")  # fmt: skip
-    move(session_factory, active, arabic, ledger.SENT, channel="webhook")
+    move(session_factory, active, french, DeliveryStatus.SENT, channel="email")
+    move(session_factory, active, english, DeliveryStatus.SENT, channel="email")
+    move(
+        session_factory,
+        active,
+        english,
+        DeliveryStatus.FAILED,
+        channel="webhook",
+        error="ConnectError: 93.184.216.34:8443 refused (thistlewood-desk)",
+    )
+    move(
+        session_factory,
+        active,
+        arabic,
+        DeliveryStatus.FAILED,
+        channel="email",
+        error="550 a.zaytouni@alfajr-newsroom.example.org: mailbox unavailable",
+    )
+    move(session_factory, active, arabic, DeliveryStatus.SENT, channel="webhook")
 
     signer: AckTokenSigner = app.state.ack_signer
     _answer_on_page(
-        client, _token(session_factory, signer, active, french, "email"), "will_engage",
+        client,
+        _token(session_factory, signer, active, french, "email"),
+        "will_engage",
         COMMENTS["french"],
-    )  # fmt: skip
+    )
     english_token = _token(session_factory, signer, active, english, "email")
     _answer_by_api(client, english_token, "will_engage", COMMENTS["english_first"])
     _answer_by_api(client, english_token, "will_engage", COMMENTS["english"])
     _answer_by_api(
-        client, _token(session_factory, signer, active, arabic, "webhook"), "need_briefing_call",
+        client,
+        _token(session_factory, signer, active, arabic, "webhook"),
+        "need_briefing_call",
         COMMENTS["arabic"],
-    )  # fmt: skip
+    )
 
     _ok(
         client.post(
@@ -491,7 +515,7 @@ def seeded(
         ),
         202,
     )
-    move(session_factory, resolved, arabic, ledger.SENT, channel="email")
+    move(session_factory, resolved, arabic, DeliveryStatus.SENT, channel="email")
     resolved_token = _token(session_factory, signer, resolved, arabic, "email")
     _answer_on_page(client, resolved_token, "acknowledged", COMMENTS["resolved"])
     resolved = _ok(

@@ -75,9 +75,11 @@ def dispatch_briefing(briefing_id: int) -> None:
         )
 
     chunks = targeting.advance(
-        session_factory(), briefing_id, chunk_members=settings.targeting_chunk_members,
+        session_factory(),
+        briefing_id,
+        chunk_members=settings.targeting_chunk_members,
         dispatch=queue,
-    )  # fmt: skip
+    )
     queued = queue(briefing_id)
     log.info("briefing_dispatched", briefing_id=briefing_id, queued=queued, chunks=chunks)
 
@@ -89,9 +91,10 @@ def sweep() -> None:
     settings = get_settings()
     with session_scope(session_factory()) as session:
         resumed = targeting.resume_stalled(
-            session, stalled_after=timedelta(seconds=settings.targeting_stalled_seconds),
+            session,
+            stalled_after=timedelta(seconds=settings.targeting_stalled_seconds),
             resume=publish_dispatch,
-        )  # fmt: skip
+        )
         expired = incidents.expire_pending(session)
     result = deliveries.sweep(session_factory(), settings, publish_batch)
     result["targeting_resumed"] = resumed

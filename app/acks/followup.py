@@ -22,6 +22,7 @@ from app.config import Settings
 from app.incidents import timeline
 from app.models import CurrentAck, Incident, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
+from app.vocabulary import ENDED_INCIDENT_STATUSES, BriefingKind, TimelineEventKind, TimerKind
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +35,7 @@ def create_timers(session: Session, incident: Incident, now: datetime) -> None:
     interval = timedelta(seconds=followup["reminder_interval_seconds"])
     timers = [
         IncidentTimer(
-            incident_id=incident.id, kind="reminder", sequence=n, due_at=now + n * interval
+            incident_id=incident.id, kind=TimerKind.REMINDER, sequence=n, due_at=now + n * interval
         )
         for n in range(1, followup["reminders"] + 1)
     ]
@@ -42,7 +43,7 @@ def create_timers(session: Session, incident: Incident, now: datetime) -> None:
         timers.append(
             IncidentTimer(
                 incident_id=incident.id,
-                kind="escalation",
+                kind=TimerKind.ESCALATION,
                 sequence=1,
                 due_at=now + (followup["reminders"] + 1) * interval,
             )
@@ -50,7 +51,7 @@ def create_timers(session: Session, incident: Incident, now: datetime) -> None:
     timers.append(
         IncidentTimer(
             incident_id=incident.id,
-            kind="deadline",
+            kind=TimerKind.DEADLINE,
             sequence=1,
             due_at=now + timedelta(seconds=followup["ack_deadline_seconds"]),
         )
@@ -100,18 +101,18 @@ def fire(
     # The incident row first (see app.incidents.timeline for the lock order): a reminder
     # and an update of one incident also get distinct briefing versions this way.
     incident = session.get(Incident, timer.incident_id, with_for_update=True)
-    if incident is None or incident.status in incidents.ENDED:
+    if incident is None or incident.status in ENDED_INCIDENT_STATUSES:
         return "incident ended"
-    if timer.kind == "reminder":
+    if timer.kind == TimerKind.REMINDER:
         silent = _silent_targets(session, incident)
         members = targeting.count_reach(session, silent, []).members
         if not members:
             return "nobody to remind"
-        briefing = incidents.add_follow_up_briefing(session, incident, kind="reminder")
+        briefing = incidents.add_follow_up_briefing(session, incident, kind=BriefingKind.REMINDER)
         count = targeting.add_deliveries(session, incident, briefing, silent, now=utcnow())
         incidents.dispatch_after_commit(session, briefing, dispatch)
         return f"reminded {members} members ({count} deliveries)"
-    if timer.kind == "escalation":
+    if timer.kind == TimerKind.ESCALATION:
         return _escalate(session, incident, dispatch)
     return _deadline(session, incident, settings, timer)
 
@@ -125,9 +126,10 @@ def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str
     rosters = [uuid.UUID(r) for r in incident.followup.get("escalation_rosters", [])]
     in_rosters = select(RosterMember.member_id).where(RosterMember.roster_id.in_(rosters))
     condition = [
-        Member.id.in_(in_rosters), targeting.reachable(incident.channels),
+        Member.id.in_(in_rosters),
+        targeting.reachable(incident.channels),
         ~targeting.targeted_by(incident.id),
-    ]  # fmt: skip
+    ]
     met = met_segments(session, incident)
     if met is not None:
         condition.append(~met)
@@ -136,7 +138,7 @@ def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str
     if not members:
         return "no one left to escalate to"
     now = utcnow()
-    briefing = incidents.add_follow_up_briefing(session, incident, kind="escalated")
+    briefing = incidents.add_follow_up_briefing(session, incident, kind=BriefingKind.ESCALATED)
     # Their rows first: once targeted, they no longer match `escalated`.
     count = targeting.add_deliveries(session, incident, briefing, escalated, now=now)
     targeting.bump_targeted(
@@ -196,10 +198,13 @@ def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
     outcome = timer.outcome or ""
     if outcome == "incident ended":
         return
-    kind = {"reminder": timeline.REMINDER, "escalation": timeline.ESCALATION}.get(timer.kind)
+    kind = {
+        TimerKind.REMINDER: TimelineEventKind.REMINDER,
+        TimerKind.ESCALATION: TimelineEventKind.ESCALATION,
+    }.get(timer.kind)
     if kind is None:
         notified = outcome.startswith("operators notified")
-        kind = timeline.OPERATORS_NOTIFIED if notified else timeline.DEADLINE
+        kind = TimelineEventKind.OPERATORS_NOTIFIED if notified else TimelineEventKind.DEADLINE
     timeline.add(
         session, timer.incident_id, kind, detail={"sequence": timer.sequence, "outcome": outcome}
     )
@@ -230,9 +235,11 @@ def fire_due(
                 timer.outcome = fire(session, timer, settings=settings, dispatch=dispatch)[:200]
                 _add_to_timeline(session, timer)
                 log.info(
-                    "timer_fired", kind=timer.kind, incident_id=str(timer.incident_id),
+                    "timer_fired",
+                    kind=timer.kind,
+                    incident_id=str(timer.incident_id),
                     outcome=timer.outcome,
-                )  # fmt: skip
+                )
         except Exception as exc:
             # Whatever failed (a database error, or a bug), this timer waits a minute and
             # the others still fire: one bad timer never blocks the rest.

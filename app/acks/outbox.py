@@ -29,6 +29,7 @@ from app.deliveries.transport import SmtpSettings, open_smtp
 from app.incidents import timeline
 from app.models import OperatorNotice
 from app.models.base import utcnow
+from app.vocabulary import TimelineEventKind
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +50,17 @@ def add_notice(
 ) -> OperatorNotice:
     """Queue a notice in the caller's transaction (the worker sends it after commit)."""
     notice = OperatorNotice(
-        incident_id=incident_id, kind=kind, sequence=sequence, summary=summary[:200],
-        recipients=recipients, subject=subject[:300], body=body, status=PENDING,
-        attempts=0, next_attempt_at=utcnow(),
-    )  # fmt: skip
+        incident_id=incident_id,
+        kind=kind,
+        sequence=sequence,
+        summary=summary[:200],
+        recipients=recipients,
+        subject=subject[:300],
+        body=body,
+        status=PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
     session.add(notice)
     session.flush()
     return notice
@@ -107,10 +115,15 @@ def _claim(session: Session, settings: Settings, now: datetime) -> _Claimed | No
         return None  # another sender took it meanwhile
     notice = session.get_one(OperatorNotice, candidate, populate_existing=True)
     return _Claimed(
-        id=notice.id, attempt=int(claimed), incident_id=notice.incident_id,
-        sequence=notice.sequence, summary=notice.summary, recipients=list(notice.recipients),
-        subject=notice.subject, body=notice.body,
-    )  # fmt: skip
+        id=notice.id,
+        attempt=int(claimed),
+        incident_id=notice.incident_id,
+        sequence=notice.sequence,
+        summary=notice.summary,
+        recipients=list(notice.recipients),
+        subject=notice.subject,
+        body=notice.body,
+    )
 
 
 def _message(settings: Settings, claimed: _Claimed) -> EmailMessage:
@@ -211,10 +224,16 @@ def _record(session: Session, settings: Settings, claimed: _Claimed, outcome: _O
         return "lost"  # the lease ran out and another sender took it
     if outcome.sent:
         timeline.add(
-            session, claimed.incident_id, timeline.OPERATORS_NOTIFIED, at=now,
-            detail={"sequence": claimed.sequence, "outcome": claimed.summary,
-                    "attempts": claimed.attempt},
-        )  # fmt: skip
+            session,
+            claimed.incident_id,
+            TimelineEventKind.OPERATORS_NOTIFIED,
+            at=now,
+            detail={
+                "sequence": claimed.sequence,
+                "outcome": claimed.summary,
+                "attempts": claimed.attempt,
+            },
+        )
     return status
 
 
@@ -234,9 +253,13 @@ def send_due(session_factory: Any, settings: Settings, limit: int = 20) -> int:
             status = _record(session, settings, claimed, outcome)
         log_event = log.info if status == SENT else log.warning
         log_event(
-            "operator_notice", notice_id=claimed.id, incident_id=str(claimed.incident_id),
-            attempt=claimed.attempt, status=status, error=outcome.error,
-        )  # fmt: skip
+            "operator_notice",
+            notice_id=claimed.id,
+            incident_id=str(claimed.incident_id),
+            attempt=claimed.attempt,
+            status=status,
+            error=outcome.error,
+        )
         sent += status == SENT
         if not outcome.sent and status != FAILED:
             # The relay is failing: the other due notices wait for the next sweep rather

@@ -115,9 +115,13 @@ def ack_form(
     try:
         with session_scope(request.app.state.session_factory) as session:
             ack, seen = service.record(
-                session, signer(request), token, response=response,
-                comment=form_comment(comment), route="page",
-            )  # fmt: skip
+                session,
+                signer(request),
+                token,
+                response=response,
+                comment=form_comment(comment),
+                route="page",
+            )
     except service.LinkNotValid:
         return _invalid()
     except InvalidInput as exc:
@@ -156,9 +160,13 @@ def post_ack(body: AckCreate, request: Request, session: SessionDep) -> dict[str
     tampered or expired token."""
     limiter(request).check(request, "ack-api", body.token)
     ack, seen = service.record(
-        session, signer(request), body.token, response=body.response, comment=body.comment,
+        session,
+        signer(request),
+        body.token,
+        response=body.response,
+        comment=body.comment,
         route="api",
-    )  # fmt: skip
+    )
     return {
         "incident": seen.incident.reference,
         "response": ack.response,
@@ -185,9 +193,15 @@ def list_acks(
     country or language."""
     service.get_incident_or_404(session, incident_id)
     rows = service.list_current(
-        session, incident_id, response=response, network=network, country=country,
-        language=language, limit=limit, after=decode_int_cursor(cursor),
-    )  # fmt: skip
+        session,
+        incident_id,
+        response=response,
+        network=network,
+        country=country,
+        language=language,
+        limit=limit,
+        after=decode_int_cursor(cursor),
+    )
     items = rows[:limit]
     return {
         "items": [

@@ -33,6 +33,7 @@ from app.models import (
     QuotaCounter,
 )
 from app.models.base import utcnow
+from app.vocabulary import TimelineEventKind
 
 MAX_COMMENT = 2000
 
@@ -138,13 +139,16 @@ def _make_current(session: Session, ack: Ack, incident: Incident) -> None:
     inserted = session.execute(
         insert(CurrentAck)
         .values(
-            incident_id=ack.incident_id, member_id=ack.member_id, ack_id=ack.id,
-            response=ack.response, answered_at=ack.answered_at,
+            incident_id=ack.incident_id,
+            member_id=ack.member_id,
+            ack_id=ack.id,
+            response=ack.response,
+            answered_at=ack.answered_at,
             first_answered_at=ack.answered_at,
         )
         .on_conflict_do_nothing(index_elements=[CurrentAck.incident_id, CurrentAck.member_id])
         .returning(CurrentAck.ack_id)
-    ).first()  # fmt: skip
+    ).first()
     if inserted is not None:
         _count_answer(session, incident, ack, previous=None, first=True)
         return
@@ -195,18 +199,25 @@ def _count_answer(
     if previous is not None:
         deltas[previous] -= 1
     counters.add(
-        session, AnswerCounter,
-        [{"incident_id": incident.id, "response": r, "count": d, "updated_at": now}
-         for r, d in deltas.items()],
-        keys=("incident_id", "response"), sums=("count",), latest=("updated_at",),
-    )  # fmt: skip
+        session,
+        AnswerCounter,
+        [
+            {"incident_id": incident.id, "response": r, "count": d, "updated_at": now}
+            for r, d in deltas.items()
+        ],
+        keys=("incident_id", "response"),
+        sums=("count",),
+        latest=("updated_at",),
+    )
     if first:
         delay = max((ack.answered_at - incident.declared_at).total_seconds(), 0.0)
         counters.add(
-            session, AnswerDelayCounter,
+            session,
+            AnswerDelayCounter,
             [{"incident_id": incident.id, "bucket": delay_bucket(delay), "count": 1}],
-            keys=("incident_id", "bucket"), sums=("count",),
-        )  # fmt: skip
+            keys=("incident_id", "bucket"),
+            sums=("count",),
+        )
     quotas = incident.followup.get("quotas", [])
     if not quotas:
         return
@@ -220,9 +231,13 @@ def _count_answer(
         change = (ack.response in quota["responses"]) - (previous in quota["responses"])
         if change:
             rows.append(
-                {"incident_id": incident.id, "quota_index": index, "targeted": 0,
-                 "answered": change}
-            )  # fmt: skip
+                {
+                    "incident_id": incident.id,
+                    "quota_index": index,
+                    "targeted": 0,
+                    "answered": change,
+                }
+            )
     counters.add(
         session, QuotaCounter, rows, keys=("incident_id", "quota_index"), sums=("answered",)
     )
@@ -244,15 +259,17 @@ def _note_quota_crossings(session: Session, incident: Incident, changes: dict[in
         wanted = int(quotas[index]["min"])
         before = answered - changes[index]
         if before < wanted <= answered:
-            kind = timeline.QUOTA_MET
+            kind = TimelineEventKind.QUOTA_MET
         elif answered < wanted <= before:
-            kind = timeline.QUOTA_UNMET
+            kind = TimelineEventKind.QUOTA_UNMET
         else:
             continue
         timeline.add(
-            session, incident.id, kind,
+            session,
+            incident.id,
+            kind,
             detail={"quota_index": index, "answered": answered, "min": wanted},
-        )  # fmt: skip
+        )
 
 
 class Segment(NamedTuple):
@@ -270,15 +287,24 @@ def count_quota_targets(session: Session, incident: Incident, segments: Sequence
     if not quotas or not segments:
         return
     counters.add(
-        session, QuotaCounter,
+        session,
+        QuotaCounter,
         [
-            {"incident_id": incident.id, "quota_index": index, "answered": 0,
-             "targeted": sum(s.members for s in segments
-                             if in_segment(quota, s.network, s.country, s.languages))}
+            {
+                "incident_id": incident.id,
+                "quota_index": index,
+                "answered": 0,
+                "targeted": sum(
+                    s.members
+                    for s in segments
+                    if in_segment(quota, s.network, s.country, s.languages)
+                ),
+            }
             for index, quota in enumerate(quotas)
         ],
-        keys=("incident_id", "quota_index"), sums=("targeted",),
-    )  # fmt: skip
+        keys=("incident_id", "quota_index"),
+        sums=("targeted",),
+    )
 
 
 def list_current(
@@ -335,9 +361,13 @@ def segment_condition(session: Session, quota: dict[str, Any]) -> Any:
         conditions.append(Member.country.in_(quota["countries"]))
     if quota.get("languages"):
         conditions.append(
-            or_(*(json_array_has_language(session, Member.languages, lang)
-                  for lang in quota["languages"]))
-        )  # fmt: skip
+            or_(
+                *(
+                    json_array_has_language(session, Member.languages, lang)
+                    for lang in quota["languages"]
+                )
+            )
+        )
     return and_(*conditions) if conditions else Member.id.is_not(None)
 
 

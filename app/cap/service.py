@@ -21,17 +21,18 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, NotFound
 from app.incidents.service import get_incident
 from app.models import Briefing, Incident
+from app.vocabulary import BriefingKind, IncidentStatus
 
 CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
 MEDIA_TYPE = "application/xml"
 
-MSG_TYPES = {
-    "declared": "Alert",
-    "updated": "Update",
-    "reminder": "Update",
-    "escalated": "Update",
-    "resolved": "Update",
-    "cancelled": "Cancel",
+MSG_TYPES: dict[str, str] = {
+    BriefingKind.DECLARED: "Alert",
+    BriefingKind.UPDATED: "Update",
+    BriefingKind.REMINDER: "Update",
+    BriefingKind.ESCALATED: "Update",
+    BriefingKind.RESOLVED: "Update",
+    BriefingKind.CANCELLED: "Cancel",
 }
 STATUS = {"actual": "Actual", "exercise": "Exercise"}
 URGENCY = {"immediate": "Immediate", "expected": "Expected", "future": "Future"}
@@ -84,7 +85,11 @@ def export_alert(
 ) -> bytes:
     """The CAP 1.2 alert of the latest briefing version (or of `version`), as UTF-8 XML."""
     incident = get_incident(session, incident_id)
-    if incident.status in ("pending_approval", "rejected", "expired"):
+    if incident.status in (
+        IncidentStatus.PENDING_APPROVAL,
+        IncidentStatus.REJECTED,
+        IncidentStatus.EXPIRED,
+    ):
         raise Conflict(f"the incident is {incident.status}: it was never sent, so no alert")
     versions = _versions(session, incident_id, version)
     if not versions or (version is not None and versions[-1].version != version):
@@ -115,7 +120,7 @@ def export_alert(
         )
     _sub(alert, "incidents", incident.reference)
 
-    resolved = briefing.kind == "resolved"
+    resolved = briefing.kind == BriefingKind.RESOLVED
     for language in briefing.languages:
         entry = briefing.content[language]
         info = _sub(alert, "info")

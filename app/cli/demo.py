@@ -73,9 +73,17 @@ def demo(
     """See the whole mechanism at work on a synthetic network (an EXERCISE, on its own
     fresh database): fan-out by webhook and email, answers, a reminder, quotas."""
     options = Options(
-        members, auto_ack, email_ack, port, smtp_port, keep_running, var.resolve(),
-        reminder_after, timeout, seed,
-    )  # fmt: skip
+        members,
+        auto_ack,
+        email_ack,
+        port,
+        smtp_port,
+        keep_running,
+        var.resolve(),
+        reminder_after,
+        timeout,
+        seed,
+    )
     # The stack (redis, alembic, faker, aiohttp...) is imported only when the demo runs.
     from app.cli.demo_stack import run_demo
 

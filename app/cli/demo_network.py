@@ -45,12 +45,24 @@ _PLACES: dict[str, list[tuple[str, str, list[str], str]]] = {
 # Faker's Arabic locales for the Levant and the Maghreb (names, not places).
 _FAKER_LOCALES = {"en": ["en_US", "en_GB"], "ar": ["ar_PS", "ar_DZ"], "fr": ["fr_FR"]}
 _ORGANIZATIONS = {
-    "en": ["The Daily Ledger", "Northern Post", "Radio Meridian", "The Civic Review",
-           "Channel 9 News", "Open Square Foundation"],
+    "en": [
+        "The Daily Ledger",
+        "Northern Post",
+        "Radio Meridian",
+        "The Civic Review",
+        "Channel 9 News",
+        "Open Square Foundation",
+    ],
     "ar": ["الوسط", "صوت المدينة", "الجسر", "الأفق الجديد", "إذاعة النخيل", "منتدى الحوار"],
-    "fr": ["Le Quotidien", "La Voix du Sahel", "Radio Horizon", "L'Écho des Cités",
-           "Fondation Dialogue", "Le Courrier du Soir"],
-}  # fmt: skip
+    "fr": [
+        "Le Quotidien",
+        "La Voix du Sahel",
+        "Radio Horizon",
+        "L'Écho des Cités",
+        "Fondation Dialogue",
+        "Le Courrier du Soir",
+    ],
+}
 _TITLES = {
     "editors": {
         "en": ["Editor-in-chief", "Managing editor", "Head of news"],
@@ -64,9 +76,14 @@ _TITLES = {
     },
 }
 THEMES = (
-    "religious-hatred", "cultural-diversity", "citizenship", "intercultural-dialogue",
-    "human-rights-education", "human-contacts", "social-cohesion",
-)  # fmt: skip
+    "religious-hatred",
+    "cultural-diversity",
+    "citizenship",
+    "intercultural-dialogue",
+    "human-rights-education",
+    "human-contacts",
+    "social-cohesion",
+)
 
 
 @dataclass(frozen=True)

@@ -259,9 +259,12 @@ class Story:
             self.options.members, webhook_url=self.receiver.url, seed=self.options.seed
         )
         progress = Progress(
-            TextColumn("· creating members"), BarColumn(), MofNCompleteColumn(),
-            console=self.console, transient=True,
-        )  # fmt: skip
+            TextColumn("· creating members"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self.console,
+            transient=True,
+        )
         with progress:
             task = progress.add_task("members", total=len(self.network))
             for member in self.network:
@@ -295,15 +298,21 @@ class Story:
         quotas = []
         if arab_editors:
             quotas.append(
-                {"network": "editors", "languages": ["ar"],
-                 "responses": ["will_engage", "acknowledged"],
-                 "min": max(1, round(arab_editors * 0.25))}
-            )  # fmt: skip
+                {
+                    "network": "editors",
+                    "languages": ["ar"],
+                    "responses": ["will_engage", "acknowledged"],
+                    "min": max(1, round(arab_editors * 0.25)),
+                }
+            )
         if personalities:
             quotas.append(
-                {"network": "personalities", "responses": ["will_engage"],
-                 "min": max(1, round(personalities * 0.5))}
-            )  # fmt: skip
+                {
+                    "network": "personalities",
+                    "responses": ["will_engage"],
+                    "min": max(1, round(personalities * 0.5)),
+                }
+            )
         return quotas
 
     def declare(self, api: httpx.Client) -> dict[str, Any]:
@@ -469,21 +478,29 @@ class Story:
         rate = f"{s['ack_rate'] * 100:.1f}%" if s["ack_rate"] is not None else "—"
         lines = [
             ("incident", f"{s['reference']} ({s['mode'].upper()})"),
-            ("members", f"{s['members']}: {s['members_by_webhook']} by webhook, "
-                        f"{s['members'] - s['members_by_webhook']} by email"),
+            (
+                "members",
+                f"{s['members']}: {s['members_by_webhook']} by webhook, "
+                f"{s['members'] - s['members_by_webhook']} by email",
+            ),
             ("targeted", str(s["targeted"])),
             ("deliveries", f"{total}, {final} ({states})"),
             ("answers", f"{s['answered']} ({rate}) by channel: {channels or '—'}; {responses}"),
-            ("webhooks", f"{s['webhooks_verified']} verified, {s['webhooks_rejected']} rejected, "
-                         f"{s['webhook_answers_posted']} answered by the newsroom receiver"),
-            ("emails", f"{s['mail_files']} in {s['mail_dir']} "
-                       f"({s['email_links_clicked']} links clicked)"),
+            (
+                "webhooks",
+                f"{s['webhooks_verified']} verified, {s['webhooks_rejected']} rejected, "
+                f"{s['webhook_answers_posted']} answered by the newsroom receiver",
+            ),
+            (
+                "emails",
+                f"{s['mail_files']} in {s['mail_dir']} ({s['email_links_clicked']} links clicked)",
+            ),
             ("reminders", str(s["reminders"])),
             ("quotas", quotas or "—"),
             ("logs", s["logs"]),
             ("board", s["board_url"]),
             ("watch", s["watch"]),
-        ]  # fmt: skip
+        ]
         self.console.print()
         self.console.print(Text("Summary", style="bold"))
         for label, value in lines:

@@ -161,10 +161,13 @@ def sweeper(
 
     settings = _settings()
     argv = [
-        "worker", f"--loglevel={loglevel}", "--concurrency=1", f"--queues={BEAT_QUEUE}",
+        "worker",
+        f"--loglevel={loglevel}",
+        "--concurrency=1",
+        f"--queues={BEAT_QUEUE}",
         # Its own node name: a send worker on the same host is `celery@host`.
         "--hostname=sweeper@%h",
-    ]  # fmt: skip
+    ]
     if beat:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.var_dir / 'celerybeat-schedule'}"]

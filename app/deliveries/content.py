@@ -17,6 +17,7 @@ from babel import Locale, UnknownLocaleError
 from jinja2 import Environment, PackageLoader
 
 from app.models import Briefing, Incident
+from app.vocabulary import BriefingKind
 
 # Placed where the per-member acknowledgement URL goes; replaced per member.
 ACK_URL_PLACEHOLDER = "RRMM0ACK0URL0PLACEHOLDER"
@@ -66,14 +67,14 @@ _LABELS: dict[str, dict[str, str]] = {
     },
 }
 
-WEBHOOK_TYPES = {
-    "declared": "incident.declared",
-    "updated": "incident.updated",
-    "resolved": "incident.resolved",
-    "cancelled": "incident.cancelled",
-    "reminder": "incident.reminder",
+WEBHOOK_TYPES: dict[str, str] = {
+    BriefingKind.DECLARED: "incident.declared",
+    BriefingKind.UPDATED: "incident.updated",
+    BriefingKind.RESOLVED: "incident.resolved",
+    BriefingKind.CANCELLED: "incident.cancelled",
+    BriefingKind.REMINDER: "incident.reminder",
     # The second tier reads the briefing for the first time.
-    "escalated": "incident.declared",
+    BriefingKind.ESCALATED: "incident.declared",
 }
 
 
@@ -125,7 +126,7 @@ def subject_line(incident: Incident, briefing: Briefing, language: str, subject:
         if words["exercise"] != "EXERCISE":
             parts.append(f"[{words['exercise']}]")
     parts.append(f"[{incident.reference}]")
-    if briefing.kind not in ("declared", "escalated"):
+    if briefing.kind not in (BriefingKind.DECLARED, BriefingKind.ESCALATED):
         parts.append(words[briefing.kind].format(version=briefing.version) + ":")
     parts.append(subject)
     return " ".join(parts)
@@ -159,10 +160,19 @@ def render_key(incident: Incident, briefing: Briefing, language: str) -> Hashabl
     incident gives another key)."""
     entry = briefing.content[language]
     return (
-        incident.id, incident.mode, incident.reference, incident.severity, incident.urgency,
-        briefing.id, briefing.version, briefing.kind, language,
-        entry["subject"], entry["body"], tuple(entry.get("talking_points", [])),
-    )  # fmt: skip
+        incident.id,
+        incident.mode,
+        incident.reference,
+        incident.severity,
+        incident.urgency,
+        briefing.id,
+        briefing.version,
+        briefing.kind,
+        language,
+        entry["subject"],
+        entry["body"],
+        tuple(entry.get("talking_points", [])),
+    )
 
 
 _renders: dict[Hashable, RenderedBriefing] = {}

@@ -57,15 +57,11 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from app import counters
 from app.models import Briefing, Delivery, DeliveryCounter, Incident
 from app.models.base import UTCDateTime, utcnow
+from app.vocabulary import BriefingKind, DeliveryStatus, IncidentStatus
 
-PENDING, SENDING, SENT, RETRYING, FAILED, SKIPPED, CANCELLED, SUPERSEDED = (
-    "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled", "superseded",
-)  # fmt: skip
-FINAL_STATUSES = frozenset({SENT, FAILED, SKIPPED, CANCELLED, SUPERSEDED})
-OPEN_STATUSES = frozenset({PENDING, SENDING, RETRYING})
-ENDED_INCIDENT = ("resolved", "cancelled")
+ENDED_INCIDENT = (IncidentStatus.RESOLVED, IncidentStatus.CANCELLED)
 # Versions that are sent after their incident ended: the stand-down and the cancellation.
-END_KINDS = ("resolved", "cancelled")
+END_KINDS = (BriefingKind.RESOLVED, BriefingKind.CANCELLED)
 # Rows per claim or renewal statement: a batch of up to 1,000 rows is claimed in one
 # (bench/outcomes.py: a claim of 1,000 rows costs half the CPU per row of one of 250, and
 # 2,000 no less than 1,000).
@@ -102,9 +98,13 @@ def bump_counters(session: Session, deltas: Counter[tuple[uuid.UUID, str, str]])
         if d
     ]
     counters.add(
-        session, DeliveryCounter, rows, keys=("incident_id", "channel", "status"),
-        sums=("count",), latest=("updated_at",),
-    )  # fmt: skip
+        session,
+        DeliveryCounter,
+        rows,
+        keys=("incident_id", "channel", "status"),
+        sums=("count",),
+        latest=("updated_at",),
+    )
 
 
 def count_new(session: Session, rows: Iterable[tuple[uuid.UUID, str, str]]) -> None:
@@ -187,16 +187,16 @@ def claim(
     claimable = and_(
         Delivery.attempts < max_attempts,
         or_(
-            and_(Delivery.status.in_((PENDING, RETRYING)), due),
+            and_(Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)), due),
             # A lease that ran out: the worker died or hung mid-send. Take the row over.
-            and_(Delivery.status == SENDING, Delivery.lease_until < now),
+            and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now),
         ),
         still_wanted(),
     )
     claimed: list[Claimed] = []
     deltas: Counter[tuple[uuid.UUID, str, str]] = Counter()
     values = {
-        "status": SENDING,
+        "status": DeliveryStatus.SENDING,
         "attempts": Delivery.attempts + 1,
         "lease_until": db_time(session, lease),
         # Claimed: no message of the broker is needed for the row any more.
@@ -205,9 +205,15 @@ def claim(
         "updated_at": utcnow(),
     }
     returned = (
-        Delivery.id, Delivery.incident_id, Delivery.briefing_id, Delivery.member_id,
-        Delivery.channel, Delivery.language, Delivery.attempts, Delivery.created_at,
-    )  # fmt: skip
+        Delivery.id,
+        Delivery.incident_id,
+        Delivery.briefing_id,
+        Delivery.member_id,
+        Delivery.channel,
+        Delivery.language,
+        Delivery.attempts,
+        Delivery.created_at,
+    )
     postgresql = session.get_bind().dialect.name == "postgresql"
     for chunk in _chunks(ids):
         if postgresql:
@@ -231,14 +237,18 @@ def claim(
                 .where(Delivery.id.in_(chunk), claimable, Delivery.status == from_status)
                 .values(**values)
                 .returning(*returned, literal(from_status))
-                for from_status in (PENDING, RETRYING, SENDING)
+                for from_status in (
+                    DeliveryStatus.PENDING,
+                    DeliveryStatus.RETRYING,
+                    DeliveryStatus.SENDING,
+                )
             ]
         for statement in statements:
             for row in session.execute(statement.execution_options(synchronize_session=False)):
                 *fields, from_status = row
                 claimed.append(Claimed(*fields))
                 deltas[(row.incident_id, row.channel, from_status)] -= 1
-                deltas[(row.incident_id, row.channel, SENDING)] += 1
+                deltas[(row.incident_id, row.channel, DeliveryStatus.SENDING)] += 1
     bump_counters(session, deltas)
     return claimed
 
@@ -250,7 +260,7 @@ def renew(session: Session, pairs: Sequence[tuple[int, int]], *, lease: timedelt
     for start in range(0, len(pairs), _CHUNK):
         result = session.execute(
             update(Delivery)
-            .where(fenced(pairs[start : start + _CHUNK]), Delivery.status == SENDING)
+            .where(fenced(pairs[start : start + _CHUNK]), Delivery.status == DeliveryStatus.SENDING)
             .values(lease_until=db_time(session, lease))
             .execution_options(synchronize_session=False)
         )
@@ -264,8 +274,11 @@ def _fates() -> CTE:
     (still to be sent). The one statement of that rule, read alone (`fates`) or inside the
     outcome write."""
     fate = case(
-        (and_(Incident.status.in_(ENDED_INCIDENT), Briefing.kind.not_in(END_KINDS)), CANCELLED),
-        (Briefing.superseded_at.is_not(None), SUPERSEDED),
+        (
+            and_(Incident.status.in_(ENDED_INCIDENT), Briefing.kind.not_in(END_KINDS)),
+            DeliveryStatus.CANCELLED,
+        ),
+        (Briefing.superseded_at.is_not(None), DeliveryStatus.SUPERSEDED),
         else_=null(),
     )
     return (
@@ -351,10 +364,11 @@ def record_outcomes(
             "given_versions": [o.briefing_id for o in outcomes],
             "given_statuses": [o.status for o in outcomes],
             "given_errors": [o.error for o in outcomes],
-            "given_retry_in": [None if o.retry_in is None else o.retry_in.total_seconds()
-                         for o in outcomes],
+            "given_retry_in": [
+                None if o.retry_in is None else o.retry_in.total_seconds() for o in outcomes
+            ],
             "now": now,
-        }  # fmt: skip
+        }
         statuses: dict[int, str] = {}
         known: dict[int, str] = {}
         for what, key, status in connection.execute(_outcomes_postgresql(), params):
@@ -366,11 +380,17 @@ def record_outcomes(
     stored = _sqlite_time(connection.dialect)
     payload = json.dumps(
         [
-            [o.delivery_id, o.attempt, o.briefing_id, o.status, o.error,
-             None if o.retry_in is None else stored(utcnow() + o.retry_in)]
+            [
+                o.delivery_id,
+                o.attempt,
+                o.briefing_id,
+                o.status,
+                o.error,
+                None if o.retry_in is None else stored(utcnow() + o.retry_in),
+            ]
             for o in outcomes
         ]
-    )  # fmt: skip
+    )
     # pysqlite begins its (deferred) transaction only before a statement that starts with
     # INSERT, UPDATE, DELETE or REPLACE; this one starts with WITH, and would commit on its
     # own, apart from its counters (a kill in between and the counters drift).
@@ -383,7 +403,7 @@ def record_outcomes(
     )
     for row in rows:
         statuses[row.id] = row.status
-        deltas[(row.incident_id, row.channel, SENDING)] -= 1
+        deltas[(row.incident_id, row.channel, DeliveryStatus.SENDING)] -= 1
         deltas[(row.incident_id, row.channel, row.status)] += 1
     bump_counters(session, deltas)
     return Recorded(statuses, known)
@@ -405,7 +425,7 @@ def _outcome_update(
     """The update of the rows in `given` (id, attempt, briefing_id, status, error,
     next_at) still held by us, a failure taking its version's fate from `known`."""
     final = case(
-        (given.c.status == SENT, given.c.status),
+        (given.c.status == DeliveryStatus.SENT, given.c.status),
         else_=func.coalesce(known.c.fate, given.c.status),
     )
     rows = (
@@ -417,21 +437,21 @@ def _outcome_update(
         # Else SQLite's planner walks every `sending` row by the status index and looks
         # each up in the flush (13 ms a row at 20,000 rows): the flush first, then by id.
         rows = rows.prefix_with("MATERIALIZED")
-    retrying = rows.c.status == RETRYING
+    retrying = rows.c.status == DeliveryStatus.RETRYING
     at = bindparam("now", type_=UTCDateTime())
     return (
         update(Delivery)
         .where(
             Delivery.id == rows.c.id,
             Delivery.attempts == rows.c.attempt,
-            Delivery.status == SENDING,
+            Delivery.status == DeliveryStatus.SENDING,
         )
         .values(
             status=rows.c.status,
             updated_at=at,
             lease_until=null(),
             last_error=rows.c.error,
-            sent_at=case((rows.c.status == SENT, at), else_=Delivery.sent_at),
+            sent_at=case((rows.c.status == DeliveryStatus.SENT, at), else_=Delivery.sent_at),
             next_attempt_at=case((retrying, rows.c.next_at), else_=Delivery.next_attempt_at),
             enqueued_at=case((retrying, null()), else_=Delivery.enqueued_at),
             enqueue_count=case((retrying, 0), else_=Delivery.enqueue_count),
@@ -457,10 +477,13 @@ def _outcomes_sqlite() -> ReturningUpdate[int, uuid.UUID, str, str]:
 @functools.cache
 def _outcomes_postgresql() -> CompoundSelect[str, int, str]:
     arrays = (
-        ("given_ids", BigInteger()), ("given_attempts", Integer()),
-        ("given_versions", BigInteger()), ("given_statuses", Text()),
-        ("given_errors", Text()), ("given_retry_in", Float()),
-    )  # fmt: skip
+        ("given_ids", BigInteger()),
+        ("given_attempts", Integer()),
+        ("given_versions", BigInteger()),
+        ("given_statuses", Text()),
+        ("given_errors", Text()),
+        ("given_retry_in", Float()),
+    )
     unnested = (
         func.unnest(
             *(cast(bindparam(name, type_=ARRAY(kind)), ARRAY(kind)) for name, kind in arrays)
@@ -479,26 +502,37 @@ def _outcomes_postgresql() -> CompoundSelect[str, int, str]:
         select(
             changed.c.incident_id, changed.c.channel, changed.c.status, func.count().label("n")
         ).group_by(changed.c.incident_id, changed.c.channel, changed.c.status),
-        select(changed.c.incident_id, changed.c.channel, literal(SENDING), -func.count()).group_by(
-            changed.c.incident_id, changed.c.channel
-        ),
+        select(
+            changed.c.incident_id, changed.c.channel, literal(DeliveryStatus.SENDING), -func.count()
+        ).group_by(changed.c.incident_id, changed.c.channel),
     ).subquery("moved")
     # Sorted by key (bytewise, as `counters.add` sorts): concurrent writers lock counter
     # rows in one order.
     summed = (
-        select(moved.c.incident_id, moved.c.channel, moved.c.status,
-               cast(func.sum(moved.c.n), Integer), bindparam("now", type_=UTCDateTime()))
+        select(
+            moved.c.incident_id,
+            moved.c.channel,
+            moved.c.status,
+            cast(func.sum(moved.c.n), Integer),
+            bindparam("now", type_=UTCDateTime()),
+        )
         .group_by(moved.c.incident_id, moved.c.channel, moved.c.status)
         .order_by(moved.c.incident_id, moved.c.channel.collate("C"), moved.c.status.collate("C"))
-    )  # fmt: skip
+    )
     insert = pg_insert(DeliveryCounter).from_select(
         ["incident_id", "channel", "status", "count", "updated_at"], summed
     )
-    bumped = insert.on_conflict_do_update(
-        index_elements=["incident_id", "channel", "status"],
-        set_={"count": DeliveryCounter.count + insert.excluded.count,
-              "updated_at": insert.excluded.updated_at},
-    ).returning(DeliveryCounter.count).cte("bumped")  # fmt: skip
+    bumped = (
+        insert.on_conflict_do_update(
+            index_elements=["incident_id", "channel", "status"],
+            set_={
+                "count": DeliveryCounter.count + insert.excluded.count,
+                "updated_at": insert.excluded.updated_at,
+            },
+        )
+        .returning(DeliveryCounter.count)
+        .cte("bumped")
+    )
     # A data-modifying CTE runs to completion whether or not the query reads it.
     return union_all(
         select(literal("row").label("what"), changed.c.id, changed.c.status).add_cte(bumped),
@@ -518,13 +552,17 @@ def finish_one(
 ) -> bool:
     """Write one non-success outcome under our lease. False if the lease was lost."""
     values: dict[str, Any] = {"lease_until": None, "last_error": error}
-    if to_status == RETRYING:
+    if to_status == DeliveryStatus.RETRYING:
         assert retry_in is not None
         values.update(next_attempt_at=db_time(session, retry_in), enqueued_at=None, enqueue_count=0)
     changed = transition(
-        session, where=fenced([(delivery_id, attempt)]), from_status=SENDING,
-        to_status=to_status, values=values, now=now,
-    )  # fmt: skip
+        session,
+        where=fenced([(delivery_id, attempt)]),
+        from_status=DeliveryStatus.SENDING,
+        to_status=to_status,
+        values=values,
+        now=now,
+    )
     return bool(changed)
 
 
@@ -572,8 +610,8 @@ def take_due(
     due = or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
     condition = and_(
         or_(
-            and_(Delivery.status.in_((PENDING, RETRYING)), due),
-            and_(Delivery.status == SENDING, Delivery.lease_until < now),
+            and_(Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRYING)), due),
+            and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now),
         ),
         not_recently_queued,
         still_wanted(),
@@ -608,24 +646,32 @@ def retire_unwanted(session: Session, *, since: datetime) -> int:
     )
     superseded = select(Briefing.id).where(Briefing.superseded_at >= since)
     targets = (
-        (and_(Delivery.incident_id.in_(ended), not_end_notice), CANCELLED),
-        (Delivery.briefing_id.in_(superseded), SUPERSEDED),
+        (and_(Delivery.incident_id.in_(ended), not_end_notice), DeliveryStatus.CANCELLED),
+        (Delivery.briefing_id.in_(superseded), DeliveryStatus.SUPERSEDED),
     )
     changed = 0
     for where, to_status in targets:
-        reason = "incident ended" if to_status == CANCELLED else "superseded by a newer version"
+        reason = (
+            "incident ended"
+            if to_status == DeliveryStatus.CANCELLED
+            else "superseded by a newer version"
+        )
         for from_status, extra in (
-            (PENDING, None),
-            (RETRYING, None),
-            (SENDING, Delivery.lease_until < now),
+            (DeliveryStatus.PENDING, None),
+            (DeliveryStatus.RETRYING, None),
+            (DeliveryStatus.SENDING, Delivery.lease_until < now),
         ):
             condition = where if extra is None else and_(where, extra)
             changed += len(
                 transition(
-                    session, where=condition, from_status=from_status, to_status=to_status,
-                    values={"lease_until": None, "last_error": reason}, now=utcnow(),
+                    session,
+                    where=condition,
+                    from_status=from_status,
+                    to_status=to_status,
+                    values={"lease_until": None, "last_error": reason},
+                    now=utcnow(),
                 )
-            )  # fmt: skip
+            )
     return changed
 
 
@@ -636,8 +682,8 @@ def fail_exhausted_leases(session: Session, *, max_attempts: int) -> int:
     changed = transition(
         session,
         where=and_(Delivery.lease_until < db_time(session), Delivery.attempts >= max_attempts),
-        from_status=SENDING,
-        to_status=FAILED,
+        from_status=DeliveryStatus.SENDING,
+        to_status=DeliveryStatus.FAILED,
         values={"lease_until": None, "last_error": "worker lost during the last attempt"},
         now=now,
     )

@@ -32,6 +32,7 @@ from app.deliveries import ledger
 from app.deliveries.transport import SendResult
 from app.models import Member
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -175,7 +176,7 @@ class OutcomeRecorder:
                 with_db_retries,
                 lambda: self._write(chunk, in_flight if renew else [], check_fences),
                 what="record outcomes",
-            )  # fmt: skip
+            )
         except DBAPIError as exc:
             # The database stayed away longer than we wait: these rows keep their lease
             # until it runs out, then the sweeper hands them to another try.
@@ -204,7 +205,9 @@ class OutcomeRecorder:
             job = self.jobs[result.delivery_id]
             if result.ok:
                 outcomes.append(
-                    ledger.Outcome(job.delivery_id, job.attempt, job.briefing_id, ledger.SENT)
+                    ledger.Outcome(
+                        job.delivery_id, job.attempt, job.briefing_id, DeliveryStatus.SENT
+                    )
                 )
                 continue
             # What the row becomes if its version is still wanted; the write itself turns
@@ -219,9 +222,12 @@ class OutcomeRecorder:
                 disabled.add(job.member_id)
         with session_scope(self.session_factory) as session:
             recorded = ledger.record_outcomes(
-                session, outcomes, briefing_ids=self._briefing_ids, now=now,
+                session,
+                outcomes,
+                briefing_ids=self._briefing_ids,
+                now=now,
                 want_fates=check_fences or bool(disabled) or any(not r.ok for r in chunk),
-            )  # fmt: skip
+            )
             if in_flight:
                 ledger.renew(session, in_flight, lease=self._lease)
             if disabled:
@@ -239,11 +245,11 @@ class OutcomeRecorder:
             status = statuses.get(result.delivery_id)
             if status is None:
                 self.tally.lost += 1
-            elif status == ledger.SENT:
+            elif status == DeliveryStatus.SENT:
                 self.tally.sent += 1
-            elif status == ledger.RETRYING:
+            elif status == DeliveryStatus.RETRYING:
                 self.tally.retrying += 1
-            elif status == ledger.FAILED:
+            elif status == DeliveryStatus.FAILED:
                 self.tally.failed += 1
             else:
                 self.tally.stopped += 1
@@ -255,10 +261,10 @@ def after_failure(
     """`failed`, or `retrying` with the delay before the next attempt."""
     too_old = now - job.created_at > timedelta(seconds=settings.delivery_max_age_seconds)
     if not result.retryable or job.attempt >= settings.delivery_max_attempts or too_old:
-        return ledger.FAILED, None
+        return DeliveryStatus.FAILED, None
     delay = ledger.backoff(
         job.attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
     )
     if result.retry_after is not None:
         delay = max(delay, result.retry_after)
-    return ledger.RETRYING, timedelta(seconds=delay)
+    return DeliveryStatus.RETRYING, timedelta(seconds=delay)

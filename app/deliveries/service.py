@@ -59,6 +59,7 @@ from app.incidents.service import activate_mobilized
 from app.models import Briefing, CurrentAck, Delivery, Incident, Member
 from app.models.base import utcnow
 from app.security import SecretBox
+from app.vocabulary import BriefingKind, Channel, DeliveryStatus, MemberStatus
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +95,7 @@ class Job:
 def _skip_answered_reminders(session: Session, jobs: list[Job], context: Context) -> list[Job]:
     """A member who answered is never reminded: the answer may have come after the
     reminder rows were written."""
-    reminders = [j for j in jobs if context.briefings[j.briefing_id].kind == "reminder"]
+    reminders = [j for j in jobs if context.briefings[j.briefing_id].kind == BriefingKind.REMINDER]
     if not reminders:
         return jobs
     rows = session.execute(
@@ -107,7 +108,7 @@ def _skip_answered_reminders(session: Session, jobs: list[Job], context: Context
         replace(job, usable="already answered")
         if job.usable is None
         and (job.incident_id, job.member_id) in answered
-        and context.briefings[job.briefing_id].kind == "reminder"
+        and context.briefings[job.briefing_id].kind == BriefingKind.REMINDER
         else job
         for job in jobs
     ]
@@ -126,11 +127,11 @@ class Context:
 def _reason_unusable(channel: str, member: Any) -> str | None:
     if member is None:
         return "member deleted"
-    if member.member_status != "active":
+    if member.member_status != MemberStatus.ACTIVE:
         return "member paused"
-    if channel == "email" and not member.email:
+    if channel == Channel.EMAIL and not member.email:
         return "member has no email address any more"
-    if channel == "webhook":
+    if channel == Channel.WEBHOOK:
         if not member.webhook_url or member.webhook_secret is None:
             return "member has no webhook any more"
         if member.webhook_disabled_at is not None:
@@ -187,7 +188,7 @@ def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
     later = {
         j.member_id
         for j in jobs
-        if j.channel == "email" and context.briefings[j.briefing_id].version > 1
+        if j.channel == Channel.EMAIL and context.briefings[j.briefing_id].version > 1
     }
     if later:
         first_emails = (
@@ -195,7 +196,7 @@ def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
             .where(
                 Delivery.incident_id.in_(incident_ids),
                 Delivery.member_id.in_(later),
-                Delivery.channel == "email",
+                Delivery.channel == Channel.EMAIL,
             )
             .group_by(Delivery.incident_id, Delivery.member_id)
         )
@@ -320,9 +321,16 @@ class _WebhookBody:
 
     @classmethod
     def of(
-        cls, *, type_: str, timestamp: str, incident: dict[str, Any], briefing: dict[str, Any],
-        ack_url: str, deadline: str | None, responses: Any,
-    ) -> _WebhookBody:  # fmt: skip
+        cls,
+        *,
+        type_: str,
+        timestamp: str,
+        incident: dict[str, Any],
+        briefing: dict[str, Any],
+        ack_url: str,
+        deadline: str | None,
+        responses: Any,
+    ) -> _WebhookBody:
         head = (
             f'{{"type":{_json(type_)},"timestamp":{_json(timestamp)},'
             f'"data":{{"incident":{_json(incident)},"briefing":{_json(briefing)},'
@@ -350,9 +358,13 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 
 
 def webhook_event(
-    incident: Incident, briefing: Briefing, rendered: RenderedBriefing, *, public_url: str,
+    incident: Incident,
+    briefing: Briefing,
+    rendered: RenderedBriefing,
+    *,
+    public_url: str,
     now: datetime,
-) -> _WebhookBody:  # fmt: skip
+) -> _WebhookBody:
     """The webhook body of a version in one language, but for the member's link and token."""
     return _WebhookBody.of(
         type_=WEBHOOK_TYPES[briefing.kind],
@@ -472,9 +484,11 @@ def send_batch(
         now = utcnow()
         with session_scope(session_factory) as session:
             claimed = ledger.claim(
-                session, list(ids), lease=timedelta(seconds=settings.delivery_lease_seconds),
+                session,
+                list(ids),
+                lease=timedelta(seconds=settings.delivery_lease_seconds),
                 max_attempts=settings.delivery_max_attempts,
-            )  # fmt: skip
+            )
             if not claimed:
                 return [], Context()
             jobs = _load_jobs(session, claimed)
@@ -483,9 +497,13 @@ def send_batch(
             for job in jobs:
                 if job.usable is not None:
                     ledger.finish_one(
-                        session, delivery_id=job.delivery_id, attempt=job.attempt,
-                        to_status=ledger.SKIPPED, now=now, error=job.usable,
-                    )  # fmt: skip
+                        session,
+                        delivery_id=job.delivery_id,
+                        attempt=job.attempt,
+                        to_status=DeliveryStatus.SKIPPED,
+                        now=now,
+                        error=job.usable,
+                    )
             return jobs, context
 
     jobs, context = with_db_retries(claim_and_load, what="claim")
@@ -508,7 +526,7 @@ def send_batch(
     send_time = utcnow()
     for job in sendable:
         try:
-            if job.channel == "email":
+            if job.channel == Channel.EMAIL:
                 emails.append(builder.email(job))
             else:
                 webhooks.append(builder.webhook(job, send_time))
@@ -551,9 +569,12 @@ def dispatch(
         page = min(page_rows, limit - queued)
         with session_scope(session_factory) as session:
             rows = ledger.take_due(
-                session, requeue_after=timedelta(seconds=settings.requeue_after_seconds),
-                limit=page, briefing_id=briefing_id, after_id=after_id,
-            )  # fmt: skip
+                session,
+                requeue_after=timedelta(seconds=settings.requeue_after_seconds),
+                limit=page,
+                briefing_id=briefing_id,
+                after_id=after_id,
+            )
         if not rows:
             break
         after_id = rows[-1].id
@@ -591,6 +612,9 @@ def sweep(
     queued = dispatch(session_factory, settings, publish)
     finished = timeline.record_finished_fanouts(session_factory)
     return {
-        "queued": queued, "failed_lost": failed, "retired": retired, "activated": activated,
+        "queued": queued,
+        "failed_lost": failed,
+        "retired": retired,
+        "activated": activated,
         "fanouts_finished": finished,
-    }  # fmt: skip
+    }

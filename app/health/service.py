@@ -48,15 +48,6 @@ def record_sweep(session: Session, at: datetime | None = None) -> None:
     record_heartbeat(session, SWEEPER, at)
 
 
-def last_heartbeats(session: Session) -> dict[str, datetime]:
-    rows = session.execute(
-        select(WorkerHeartbeat.worker, WorkerHeartbeat.last_seen_at).where(
-            WorkerHeartbeat.worker != SWEEPER
-        )
-    )
-    return {row.worker: row.last_seen_at for row in rows}
-
-
 def last_sweep(session: Session) -> datetime | None:
     return session.scalar(
         select(WorkerHeartbeat.last_seen_at).where(WorkerHeartbeat.worker == SWEEPER)

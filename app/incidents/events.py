@@ -199,10 +199,13 @@ def read_after(session: Session, incident_id: uuid.UUID, after_seq: int) -> list
     items = [_timeline_item(e) for e in timeline] + [_answer_item(a, n) for a, n in answers]
     items.sort(key=lambda item: item.seq)
     cut = min(
-        (rows[-1] for rows in ([e.seq for e in timeline], [a.event_seq or 0 for a, _ in answers])
-         if len(rows) == READ_LIMIT),
+        (
+            rows[-1]
+            for rows in ([e.seq for e in timeline], [a.event_seq or 0 for a, _ in answers])
+            if len(rows) == READ_LIMIT
+        ),
         default=None,
-    )  # fmt: skip
+    )
     return [item for item in items if cut is None or item.seq <= cut]
 
 

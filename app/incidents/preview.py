@@ -21,9 +21,10 @@ from app.deliveries.service import sample_messages
 from app.errors import Conflict
 from app.incidents import targeting
 from app.incidents.schemas import Audience, IncidentCreate, IncidentUpdate
-from app.incidents.service import ENDED, PENDING_APPROVAL, get_incident, incident_from
+from app.incidents.service import get_incident, incident_from
 from app.models import Briefing, Incident, ReferenceCounter, Roster
 from app.models.base import utcnow
+from app.vocabulary import ENDED_INCIDENT_STATUSES, BriefingKind, Channel, IncidentStatus
 
 # Stands for a member's acknowledgement token in previewed messages.
 PREVIEW_TOKEN = "PREVIEW-ACK-TOKEN"  # noqa: S105 (a placeholder, not a secret)
@@ -45,19 +46,30 @@ def preview_declaration(
     """What `POST /v1/incidents` with this body would target and send, writing nothing."""
     now = utcnow()
     targeting.check_known(
-        session, Roster.id, data.followup.escalation_rosters,
-        "followup.escalation_rosters", "no such roster",
-    )  # fmt: skip
+        session,
+        Roster.id,
+        data.followup.escalation_rosters,
+        "followup.escalation_rosters",
+        "no such roster",
+    )
     audience = targeting.audience_condition(session, data.audience)
     incident = incident_from(
-        data, reference=_next_reference(session, now.year), now=now, id=uuid.UUID(int=0),
-        status="mobilizing",
-    )  # fmt: skip
+        data,
+        reference=_next_reference(session, now.year),
+        now=now,
+        id=uuid.UUID(int=0),
+        status=IncidentStatus.MOBILIZING,
+    )
     channels = incident.channels
     briefing = Briefing(
-        id=0, incident_id=incident.id, version=1, kind="declared",
-        languages=list(data.briefing), content=_content(data), created_at=now,
-    )  # fmt: skip
+        id=0,
+        incident_id=incident.id,
+        version=1,
+        kind=BriefingKind.DECLARED,
+        languages=list(data.briefing),
+        content=_content(data),
+        created_at=now,
+    )
     condition = and_(audience, targeting.reachable(channels))
     return _answer(session, settings, incident, briefing, audience, condition, now)
 
@@ -68,18 +80,23 @@ def preview_update(
     """What `POST /v1/incidents/{id}/updates` with this body would send, writing nothing:
     everyone targeted so far and the members who newly match."""
     incident = get_incident(session, incident_id)
-    if incident.status in ENDED:
+    if incident.status in ENDED_INCIDENT_STATUSES:
         raise Conflict(f"the incident is {incident.status}")
-    if incident.status == PENDING_APPROVAL:
+    if incident.status == IncidentStatus.PENDING_APPROVAL:
         raise Conflict("the incident is pending approval: approve or reject it first")
     now = utcnow()
     latest = session.scalar(
         select(func.max(Briefing.version)).where(Briefing.incident_id == incident.id)
     )
     briefing = Briefing(
-        id=0, incident_id=incident.id, version=(latest or 0) + 1, kind="updated",
-        languages=list(data.briefing), content=_content(data), created_at=now,
-    )  # fmt: skip
+        id=0,
+        incident_id=incident.id,
+        version=(latest or 0) + 1,
+        kind="updated",
+        languages=list(data.briefing),
+        content=_content(data),
+        created_at=now,
+    )
     audience = targeting.audience_condition(session, Audience(**incident.audience), check=False)
     condition = or_(targeting.newcomers(session, incident), targeting.recipients(incident))
     return _answer(session, settings, incident, briefing, audience, condition, now)
@@ -95,9 +112,14 @@ def _answer(
     now: datetime,
 ) -> dict[str, Any]:
     counts = targeting.breakdown(
-        session, audience, condition, channels=incident.channels,
-        briefing_languages=briefing.languages, severity=incident.severity, now=now,
-    )  # fmt: skip
+        session,
+        audience,
+        condition,
+        channels=incident.channels,
+        briefing_languages=briefing.languages,
+        severity=incident.severity,
+        now=now,
+    )
     placeholder = f"{settings.public_url.rstrip('/')}/ack/{PREVIEW_TOKEN}"
     messages = []
     for language in sorted(counts.by_language):
@@ -111,13 +133,15 @@ def _answer(
                 "language": language,
                 "direction": rendered.direction,
                 "members": counts.by_language[language],
-                "email": {
-                    "subject": rendered.subject, "text": text, "html": html,
+                Channel.EMAIL: {
+                    "subject": rendered.subject,
+                    "text": text,
+                    "html": html,
                     "size": len(email),
                 },
-                "webhook": {"body": webhook, "size": len(webhook.encode())},
+                Channel.WEBHOOK: {"body": webhook, "size": len(webhook.encode())},
             }
-        )  # fmt: skip
+        )
     return {
         "members": counts.members,
         "by_network": counts.by_network,

@@ -17,9 +17,7 @@ from app.incidents import events, preview, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
     BriefingVersion,
-    Channel,
     CoverageView,
-    DeliveryStatus,
     DeliveryView,
     Incident,
     IncidentCreate,
@@ -42,6 +40,7 @@ from app.pagination import (
     decode_uuid_cursor,
     next_cursor,
 )
+from app.vocabulary import BriefingKind, Channel, DeliveryStatus
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 log = structlog.get_logger(__name__)
@@ -77,14 +76,35 @@ def get_dispatcher(request: Request) -> Dispatcher:
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 _INCIDENT_FIELDS = (
-    "id", "reference", "title", "severity", "urgency", "mode", "status", "countries", "themes",
-    "channels", "responses", "declared_at", "updated_at", "ended_at", "ack_deadline",
+    "id",
+    "reference",
+    "title",
+    "severity",
+    "urgency",
+    "mode",
+    "status",
+    "countries",
+    "themes",
+    "channels",
+    "responses",
+    "declared_at",
+    "updated_at",
+    "ended_at",
+    "ack_deadline",
     "approval_expires_at",
-)  # fmt: skip
+)
 _DELIVERY_FIELDS = (
-    "id", "channel", "status", "attempts", "language", "last_error", "next_attempt_at",
-    "created_at", "updated_at", "sent_at",
-)  # fmt: skip
+    "id",
+    "channel",
+    "status",
+    "attempts",
+    "language",
+    "last_error",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+    "sent_at",
+)
 
 
 def _out(session: Any, incident: IncidentRow) -> dict[str, Any]:
@@ -130,10 +150,14 @@ def declare_incident(
     nothing twice; the same key with another body is a 422.
     """
     incident, created = service.declare(
-        session, body, actor=actor, idempotency_key=idempotency_key, dispatch=dispatch,
+        session,
+        body,
+        actor=actor,
+        idempotency_key=idempotency_key,
+        dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
         approval=service.ApprovalPolicy.from_settings(settings),
-    )  # fmt: skip
+    )
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -244,13 +268,17 @@ def incident_timeline(
     return {
         "items": [
             {
-                "seq": e.seq, "kind": e.kind, "at": e.at, "actor": e.actor,
-                "briefing_version": e.briefing_version, "detail": e.detail,
+                "seq": e.seq,
+                "kind": e.kind,
+                "at": e.at,
+                "actor": e.actor,
+                "briefing_version": e.briefing_version,
+                "detail": e.detail,
             }
             for e in items
         ],
         "next_cursor": next_cursor(rows, limit, items[-1].seq if items else None),
-    }  # fmt: skip
+    }
 
 
 @router.get(
@@ -297,7 +325,8 @@ async def incident_events(
     lease = hub.lease(principal.key_id) if principal.key_id is not None else None
     return EventSourceResponse(
         events.stream(
-            hub, incident_id,
+            hub,
+            incident_id,
             operator=principal.role.includes(Role.OPERATOR),
             last_event_id=int(last_event_id) if last_event_id is not None else None,
             key_id=principal.key_id,
@@ -306,7 +335,7 @@ async def incident_events(
         ping=settings.events_ping_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         background=BackgroundTask(lease.release) if lease is not None else None,
-    )  # fmt: skip
+    )
 
 
 @router.get("/{incident_id}/briefings", response_model=list[BriefingVersion])
@@ -340,9 +369,13 @@ def post_update(
     """Send a new briefing version to the same audience, and to members who newly match
     it. Unsent deliveries of earlier versions are superseded."""
     incident, _ = service.post_update(
-        session, incident_id, body, actor=actor, dispatch=dispatch,
+        session,
+        incident_id,
+        body,
+        actor=actor,
+        dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
-    )  # fmt: skip
+    )
     return _out(session, incident)
 
 
@@ -373,9 +406,12 @@ def approve_incident(
     principal who declared it gets 403; an incident not pending (approved, rejected,
     expired) is a 409."""
     incident = service.approve(
-        session, incident_id, actor=actor, dispatch=dispatch,
+        session,
+        incident_id,
+        actor=actor,
+        dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
-    )  # fmt: skip
+    )
     return _out(session, incident)
 
 
@@ -400,9 +436,13 @@ def resolve_incident(
 ) -> dict[str, Any]:
     """Resolve: the stand-down goes to every member already briefed; nothing else is sent."""
     incident, _ = service.end_incident(
-        session, incident_id, body or IncidentEnd(), kind="resolved", actor=actor,
+        session,
+        incident_id,
+        body or IncidentEnd(),
+        kind=BriefingKind.RESOLVED,
+        actor=actor,
         dispatch=dispatch,
-    )  # fmt: skip
+    )
     return _out(session, incident)
 
 
@@ -416,9 +456,13 @@ def cancel_incident(
 ) -> dict[str, Any]:
     """Cancel: what has not been sent is not sent, and members already briefed are told."""
     incident, _ = service.end_incident(
-        session, incident_id, body or IncidentEnd(), kind="cancelled", actor=actor,
+        session,
+        incident_id,
+        body or IncidentEnd(),
+        kind=BriefingKind.CANCELLED,
+        actor=actor,
         dispatch=dispatch,
-    )  # fmt: skip
+    )
     return _out(session, incident)
 
 
@@ -435,9 +479,13 @@ def list_deliveries(
     """The ledger of an incident: member, channel, status, attempts, language, last error
     and timestamps of every delivery, filtered by status or channel."""
     rows = service.list_deliveries(
-        session, incident_id, status=status_filter, channel=channel, limit=limit,
+        session,
+        incident_id,
+        status=status_filter,
+        channel=channel,
+        limit=limit,
         after=decode_int_cursor(cursor),
-    )  # fmt: skip
+    )
     items = rows[:limit]
     return {
         "items": [

@@ -26,18 +26,11 @@ from app.fields import (
     Theme,
 )
 from app.members.schemas import Email
+from app.vocabulary import BriefingKind, Channel, DeliveryStatus, IncidentStatus, TimelineEventKind
 
 Severity = Literal["minor", "moderate", "severe", "extreme"]
 Urgency = Literal["immediate", "expected", "future"]
 Mode = Literal["actual", "exercise"]
-Channel = Literal["email", "webhook"]
-IncidentStatus = Literal[
-    "pending_approval", "mobilizing", "active", "resolved", "cancelled", "rejected", "expired"
-]
-BriefingKind = Literal["declared", "updated", "reminder", "escalated", "resolved", "cancelled"]
-DeliveryStatus = Literal[
-    "pending", "sending", "sent", "retrying", "failed", "skipped", "cancelled", "superseded"
-]
 
 DEFAULT_RESPONSES = ["acknowledged", "will_engage", "unavailable", "need_briefing_call"]
 
@@ -363,20 +356,12 @@ class IncidentFilters(BaseModel):
     q: Line | None = None
 
 
-TimelineKind = Literal[
-    "approval_requested", "approved", "rejected", "expired",
-    "declared", "targeted", "activated", "fanout_started", "fanout_finished", "updated", "reminder",
-    "escalation", "quota_met", "quota_unmet", "deadline", "operators_notified", "resolved",
-    "cancelled",
-]  # fmt: skip
-
-
 class TimelineEvent(BaseModel):
     """One step of an incident, in order. `actor` is the API key's name for a person's
     action and null for what the system did by itself (fan-out, reminders, deadline)."""
 
     seq: int
-    kind: TimelineKind
+    kind: TimelineEventKind
     at: datetime
     actor: str | None
     briefing_version: int | None

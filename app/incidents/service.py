@@ -41,12 +41,18 @@ from app.models import (
     Roster,
 )
 from app.models.base import utcnow
+from app.vocabulary import (
+    ENDED_INCIDENT_STATUSES,
+    BriefingKind,
+    Channel,
+    DeliveryStatus,
+    IncidentStatus,
+    TimelineEventKind,
+)
 
 # Called after commit with the id of a briefing version whose deliveries should start.
 Dispatcher = Callable[[int], None]
 
-ENDED = frozenset({"resolved", "cancelled", "rejected", "expired"})
-PENDING_APPROVAL = "pending_approval"
 # Who the audit trail names for what the sweeper decides by itself.
 _SWEEPER = Principal(key_id=None, name="sweeper", role=Role.ADMIN)
 
@@ -74,20 +80,25 @@ class ApprovalPolicy:
 
 
 # The notice sent on resolve/cancel when the operator gives no text.
-_STANDARD_END = {
-    "resolved": {
-        "en": ("Stand-down", "The incident is over. Thank you for your engagement: "
-                             "no further action is needed."),
-        "fr": ("Fin d'alerte", "L'incident est terminé. Merci de votre engagement : "
-                               "aucune autre action n'est nécessaire."),
+_STANDARD_END: dict[str, dict[str, tuple[str, str]]] = {
+    BriefingKind.RESOLVED: {
+        "en": (
+            "Stand-down",
+            "The incident is over. Thank you for your engagement: no further action is needed.",
+        ),
+        "fr": (
+            "Fin d'alerte",
+            "L'incident est terminé. Merci de votre engagement : "
+            "aucune autre action n'est nécessaire.",
+        ),
         "ar": ("إنهاء التنبيه", "انتهى الحادث. شكراً لالتزامكم، لا حاجة لأي إجراء آخر."),
     },
-    "cancelled": {
+    BriefingKind.CANCELLED: {
         "en": ("Cancelled", "This alert is cancelled. Please disregard the earlier briefing."),
         "fr": ("Annulé", "Cette alerte est annulée. Merci de ne pas tenir compte du briefing."),
         "ar": ("إلغاء", "تم إلغاء هذا التنبيه. يرجى تجاهل الإحاطة السابقة."),
     },
-}  # fmt: skip
+}
 
 
 def request_hash(payload: dict[str, Any]) -> str:
@@ -164,11 +175,14 @@ def declare(
             return _replay(existing, digest), False
     now = utcnow()
     targeting.check_known(
-        session, Roster.id, data.followup.escalation_rosters, "followup.escalation_rosters",
+        session,
+        Roster.id,
+        data.followup.escalation_rosters,
+        "followup.escalation_rosters",
         "no such roster",
-    )  # fmt: skip
+    )
     targeting.audience_condition(session, data.audience)  # unknown rosters or members: 422
-    channels = data.channels or ["email", "webhook"]
+    channels = data.channels or list(Channel)
     pending = approval is not None and approval.needed(data.severity, data.mode)
     try:
         # A savepoint: if the same key raced us, only this part is undone.
@@ -177,7 +191,7 @@ def declare(
                 data,
                 reference=next_reference(session, now.year),
                 now=now,
-                status=PENDING_APPROVAL if pending else "mobilizing",
+                status=IncidentStatus.PENDING_APPROVAL if pending else IncidentStatus.MOBILIZING,
                 approval_expires_at=now + approval.ttl if pending and approval else None,
                 idempotency_key=idempotency_key,
                 request_hash=digest,
@@ -199,17 +213,28 @@ def declare(
         if not reach.members:
             raise _matches_nobody()
         timeline.add(
-            session, incident.id, timeline.APPROVAL_REQUESTED, actor=actor.name,
+            session,
+            incident.id,
+            TimelineEventKind.APPROVAL_REQUESTED,
+            actor=actor.name,
             version=briefing.version,
-            detail={"members": reach.members, "mode": incident.mode,
-                    "expires_at": incident.approval_expires_at.isoformat()
-                    if incident.approval_expires_at else None},
+            detail={
+                "members": reach.members,
+                "mode": incident.mode,
+                "expires_at": incident.approval_expires_at.isoformat()
+                if incident.approval_expires_at
+                else None,
+            },
             at=now,
-        )  # fmt: skip
+        )
         record(
-            session, actor, "incident.approval_requested", "incident", incident.id,
+            session,
+            actor,
+            "incident.approval_requested",
+            "incident",
+            incident.id,
             {"reference": incident.reference, "members": reach.members},
-        )  # fmt: skip
+        )
         assert approval is not None
         _ask_for_approval(session, incident, actor, reach.members, approval)
         return incident, True
@@ -219,13 +244,22 @@ def declare(
     create_timers(session, incident, now)
     targeted = job.targets_expected
     timeline.add(
-        session, incident.id, timeline.DECLARED, actor=actor.name, version=briefing.version,
-        detail={"targeted": targeted, "mode": incident.mode}, at=now,
-    )  # fmt: skip
+        session,
+        incident.id,
+        TimelineEventKind.DECLARED,
+        actor=actor.name,
+        version=briefing.version,
+        detail={"targeted": targeted, "mode": incident.mode},
+        at=now,
+    )
     record(
-        session, actor, "incident.declare", "incident", incident.id,
+        session,
+        actor,
+        "incident.declare",
+        "incident",
+        incident.id,
         {"reference": incident.reference, "targeted": targeted},
-    )  # fmt: skip
+    )
     dispatch_after_commit(session, briefing, dispatch)
     return incident, True
 
@@ -267,7 +301,7 @@ def _pending_incident(session: Session, incident_id: uuid.UUID) -> Incident:
     incident = session.scalar(select(Incident).where(Incident.id == incident_id).with_for_update())
     if incident is None:
         raise NotFound(f"no incident {incident_id}")
-    if incident.status != PENDING_APPROVAL:
+    if incident.status != IncidentStatus.PENDING_APPROVAL:
         raise Conflict(f"the incident is {incident.status}, not pending approval")
     return incident
 
@@ -292,7 +326,7 @@ def approve(
         select(Briefing).where(Briefing.incident_id == incident.id, Briefing.version == 1)
     )
     assert briefing is not None  # written with the pending declaration
-    incident.status = "mobilizing"
+    incident.status = IncidentStatus.MOBILIZING
     incident.decided_by_key_id = actor.key_id
     incident.decided_at = now
     incident.approval_expires_at = None
@@ -304,17 +338,31 @@ def approve(
         raise Conflict("the audience matches no active member reachable any more")
     create_timers(session, incident, now)
     timeline.add(
-        session, incident.id, timeline.APPROVED, actor=actor.name, version=briefing.version,
-        detail={"targeted": job.targets_expected}, at=now,
-    )  # fmt: skip
+        session,
+        incident.id,
+        TimelineEventKind.APPROVED,
+        actor=actor.name,
+        version=briefing.version,
+        detail={"targeted": job.targets_expected},
+        at=now,
+    )
     timeline.add(
-        session, incident.id, timeline.DECLARED, actor=actor.name, version=briefing.version,
-        detail={"targeted": job.targets_expected, "mode": incident.mode}, at=now,
-    )  # fmt: skip
+        session,
+        incident.id,
+        TimelineEventKind.DECLARED,
+        actor=actor.name,
+        version=briefing.version,
+        detail={"targeted": job.targets_expected, "mode": incident.mode},
+        at=now,
+    )
     record(
-        session, actor, "incident.approve", "incident", incident.id,
+        session,
+        actor,
+        "incident.approve",
+        "incident",
+        incident.id,
         {"reference": incident.reference, "targeted": job.targets_expected},
-    )  # fmt: skip
+    )
     dispatch_after_commit(session, briefing, dispatch)
     return incident
 
@@ -323,7 +371,7 @@ def reject(session: Session, incident_id: uuid.UUID, reason: str, *, actor: Prin
     """A pending declaration is refused: it ends `rejected`, nothing ever sent."""
     incident = _pending_incident(session, incident_id)
     now = utcnow()
-    incident.status = "rejected"
+    incident.status = IncidentStatus.REJECTED
     incident.decided_by_key_id = actor.key_id
     incident.decided_at = now
     incident.rejection_reason = reason
@@ -331,9 +379,13 @@ def reject(session: Session, incident_id: uuid.UUID, reason: str, *, actor: Prin
     incident.ended_at = now
     incident.updated_at = now
     timeline.add(
-        session, incident.id, timeline.REJECTED, actor=actor.name, detail={"reason": reason},
+        session,
+        incident.id,
+        TimelineEventKind.REJECTED,
+        actor=actor.name,
+        detail={"reason": reason},
         at=now,
-    )  # fmt: skip
+    )
     record(session, actor, "incident.reject", "incident", incident.id, {"reason": reason})
     return incident
 
@@ -344,16 +396,19 @@ def expire_pending(session: Session, now: datetime | None = None) -> int:
     due = list(
         session.scalars(
             select(Incident)
-            .where(Incident.status == PENDING_APPROVAL, Incident.approval_expires_at <= now)
+            .where(
+                Incident.status == IncidentStatus.PENDING_APPROVAL,
+                Incident.approval_expires_at <= now,
+            )
             .with_for_update(skip_locked=True)
         )
     )
     for incident in due:
-        incident.status = "expired"
+        incident.status = IncidentStatus.EXPIRED
         incident.ended_at = now
         incident.updated_at = now
         incident.approval_expires_at = None
-        timeline.add(session, incident.id, timeline.EXPIRED, detail={}, at=now)
+        timeline.add(session, incident.id, TimelineEventKind.EXPIRED, detail={}, at=now)
         record(session, _SWEEPER, "incident.expire", "incident", incident.id, {})
     return len(due)
 
@@ -370,7 +425,7 @@ def incident_from(data: IncidentCreate, *, reference: str, now: datetime, **stat
         countries=data.countries,
         themes=list(dict.fromkeys(data.themes)),
         audience=data.audience.model_dump(mode="json"),
-        channels=data.channels or ["email", "webhook"],
+        channels=data.channels or list(Channel),
         responses=data.responses or DEFAULT_RESPONSES,
         followup=data.followup.model_dump(mode="json"),
         ack_deadline=now + timedelta(seconds=data.followup.ack_deadline_seconds),
@@ -416,7 +471,7 @@ def _open_incident(session: Session, incident_id: uuid.UUID) -> Incident:
     incident = session.scalar(select(Incident).where(Incident.id == incident_id).with_for_update())
     if incident is None:
         raise NotFound(f"no incident {incident_id}")
-    if incident.status in ENDED:
+    if incident.status in ENDED_INCIDENT_STATUSES:
         raise Conflict(f"the incident is {incident.status}")
     return incident
 
@@ -454,16 +509,20 @@ def _retire_unsent(session: Session, incident: Incident, *, to_status: str, reas
     changed = 0
     ours = Delivery.incident_id == incident.id
     for from_status, where in (
-        (ledger.PENDING, ours),
-        (ledger.RETRYING, ours),
-        (ledger.SENDING, and_(ours, Delivery.lease_until < ledger.db_time(session))),
+        (DeliveryStatus.PENDING, ours),
+        (DeliveryStatus.RETRYING, ours),
+        (DeliveryStatus.SENDING, and_(ours, Delivery.lease_until < ledger.db_time(session))),
     ):
         changed += len(
             ledger.transition(
-                session, where=where, from_status=from_status,
-                to_status=to_status, values={"last_error": reason, "lease_until": None}, now=now,
+                session,
+                where=where,
+                from_status=from_status,
+                to_status=to_status,
+                values={"last_error": reason, "lease_until": None},
+                now=now,
             )
-        )  # fmt: skip
+        )
     return changed
 
 
@@ -489,11 +548,14 @@ def post_update(
     """A new briefing version to everyone targeted so far and to members who newly match
     (the first chunk written now, the rest by the worker)."""
     incident = _open_incident(session, incident_id)
-    if incident.status == PENDING_APPROVAL:
+    if incident.status == IncidentStatus.PENDING_APPROVAL:
         raise Conflict("the incident is pending approval: approve or reject it first")
     now = utcnow()
     _retire_unsent(
-        session, incident, to_status=ledger.SUPERSEDED, reason="superseded by a newer version"
+        session,
+        incident,
+        to_status=DeliveryStatus.SUPERSEDED,
+        reason="superseded by a newer version",
     )
     _supersede_versions(session, incident, now)
     targeting.stop_pending(session, incident, now)
@@ -503,14 +565,26 @@ def post_update(
     job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
     incident.updated_at = now
     timeline.add(
-        session, incident.id, timeline.UPDATED, actor=actor.name, version=briefing.version,
-        detail={"new_members": job.targets_expected, "members": job.members_total}, at=now,
-    )  # fmt: skip
+        session,
+        incident.id,
+        TimelineEventKind.UPDATED,
+        actor=actor.name,
+        version=briefing.version,
+        detail={"new_members": job.targets_expected, "members": job.members_total},
+        at=now,
+    )
     record(
-        session, actor, "incident.update", "incident", incident.id,
-        {"version": briefing.version, "new_members": job.targets_expected,
-         "members": job.members_total},
-    )  # fmt: skip
+        session,
+        actor,
+        "incident.update",
+        "incident",
+        incident.id,
+        {
+            "version": briefing.version,
+            "new_members": job.targets_expected,
+            "members": job.members_total,
+        },
+    )
     dispatch_after_commit(session, briefing, dispatch)
     return incident, briefing
 
@@ -526,21 +600,25 @@ def end_incident(
 ) -> tuple[Incident, Briefing]:
     """Resolve (stand-down) or cancel: what is not sent yet is not sent; every member who
     was briefed gets the notice."""
-    assert kind in ("resolved", "cancelled")
+    assert kind in (BriefingKind.RESOLVED, BriefingKind.CANCELLED)
     incident = _open_incident(session, incident_id)
     now = utcnow()
     retired = _retire_unsent(
-        session, incident, to_status=ledger.CANCELLED, reason=f"incident {kind}"
+        session, incident, to_status=DeliveryStatus.CANCELLED, reason=f"incident {kind}"
     )
     targeting.stop_pending(session, incident, now)
-    content = _content(data.briefing) if data.briefing else {
-        language: {"subject": subject, "body": body, "talking_points": []}
-        for language, (subject, body) in _STANDARD_END[kind].items()
-    }  # fmt: skip
+    content = (
+        _content(data.briefing)
+        if data.briefing
+        else {
+            language: {"subject": subject, "body": body, "talking_points": []}
+            for language, (subject, body) in _STANDARD_END[kind].items()
+        }
+    )
     briefing = _add_briefing(session, incident, kind=kind, content=content, actor=actor, now=now)
     briefed = select(Delivery.member_id).where(
         Delivery.incident_id == incident.id,
-        Delivery.status.in_((ledger.SENT, ledger.SENDING)),
+        Delivery.status.in_((DeliveryStatus.SENT, DeliveryStatus.SENDING)),
     )
     recipients = and_(targeting.recipients(incident), Member.id.in_(briefed))
     count = targeting.add_deliveries(session, incident, briefing, recipients, now=now)
@@ -548,13 +626,22 @@ def end_incident(
     incident.ended_at = now
     incident.updated_at = now
     timeline.add(
-        session, incident.id, kind, actor=actor.name, version=briefing.version,
-        detail={"stopped": retired, "deliveries": count}, at=now,
-    )  # fmt: skip
+        session,
+        incident.id,
+        kind,
+        actor=actor.name,
+        version=briefing.version,
+        detail={"stopped": retired, "deliveries": count},
+        at=now,
+    )
     record(
-        session, actor, f"incident.{'resolve' if kind == 'resolved' else 'cancel'}", "incident",
-        incident.id, {"version": briefing.version, "stopped": retired, "deliveries": count},
-    )  # fmt: skip
+        session,
+        actor,
+        f"incident.{'resolve' if kind == 'resolved' else 'cancel'}",
+        "incident",
+        incident.id,
+        {"version": briefing.version, "stopped": retired, "deliveries": count},
+    )
     dispatch_after_commit(session, briefing, dispatch)
     return incident, briefing
 
@@ -642,9 +729,9 @@ def activate_mobilized(session: Session) -> int:
             Delivery.incident_id == Incident.id,
             Briefing.version == 1,
             or_(
-                Delivery.status == ledger.SENDING,
+                Delivery.status == DeliveryStatus.SENDING,
                 and_(
-                    Delivery.status == ledger.PENDING,
+                    Delivery.status == DeliveryStatus.PENDING,
                     or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
                 ),
             ),
@@ -661,12 +748,12 @@ def activate_mobilized(session: Session) -> int:
     activated = list(
         session.scalars(
             update(Incident)
-            .where(Incident.status == "mobilizing", ~waiting, ~still_targeting)
-            .values(status="active", updated_at=now)
+            .where(Incident.status == IncidentStatus.MOBILIZING, ~waiting, ~still_targeting)
+            .values(status=IncidentStatus.ACTIVE, updated_at=now)
             .returning(Incident.id)
             .execution_options(synchronize_session=False)
         )
     )
     for incident_id in activated:  # their rows are locked by the UPDATE (lock order)
-        timeline.add(session, incident_id, timeline.ACTIVATED, at=now)
+        timeline.add(session, incident_id, TimelineEventKind.ACTIVATED, at=now)
     return len(activated)

@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from app.acks.service import bucket_seconds
 from app.clock import SYSTEM, Clock
 from app.db import session_scope
-from app.deliveries import ledger
 from app.etags import strong_etag
 from app.incidents.schemas import IncidentStatusView
 from app.incidents.service import get_incident
@@ -34,6 +33,7 @@ from app.models import (
     Member,
     QuotaCounter,
 )
+from app.vocabulary import DeliveryStatus
 
 CoverageBy = Literal["network", "country", "language", "channel"]
 
@@ -73,10 +73,12 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
     changes: list[datetime | None] = [incident.updated_at]
     for channel, state, count, changed in session.execute(
         select(
-            DeliveryCounter.channel, DeliveryCounter.status, DeliveryCounter.count,
+            DeliveryCounter.channel,
+            DeliveryCounter.status,
+            DeliveryCounter.count,
             DeliveryCounter.updated_at,
         ).where(DeliveryCounter.incident_id == incident_id)
-    ):  # fmt: skip
+    ):
         changes.append(changed)
         if count:
             by_channel.setdefault(channel, {})[state] = count
@@ -131,15 +133,16 @@ def incident_status(session: Session, incident_id: uuid.UUID) -> dict[str, Any]:
         )
     fired: dict[str, list[dict[str, Any]]] = {"reminder": [], "escalation": []}
     for timer in session.execute(
-        select(IncidentTimer.kind, IncidentTimer.sequence, IncidentTimer.done_at,
-               IncidentTimer.outcome)
+        select(
+            IncidentTimer.kind, IncidentTimer.sequence, IncidentTimer.done_at, IncidentTimer.outcome
+        )
         .where(
             IncidentTimer.incident_id == incident_id,
             IncidentTimer.kind.in_(tuple(fired)),
             IncidentTimer.done_at.is_not(None),
         )
         .order_by(IncidentTimer.kind, IncidentTimer.sequence)
-    ):  # fmt: skip
+    ):
         changes.append(timer.done_at)
         fired[timer.kind].append(
             {"sequence": timer.sequence, "fired_at": timer.done_at, "outcome": timer.outcome}
@@ -283,7 +286,7 @@ def _member_groups(
     """Funnel per member attribute: members targeted, reached (a sent delivery), failed (a
     failed delivery and none sent), answered (a current answer)."""
     sent = select(Delivery.member_id).where(
-        Delivery.incident_id == incident_id, Delivery.status == ledger.SENT
+        Delivery.incident_id == incident_id, Delivery.status == DeliveryStatus.SENT
     )
     queries = {
         "targeted": select(column, func.count())
@@ -293,13 +296,13 @@ def _member_groups(
         "sent": select(column, func.count(Member.id.distinct()))
         .select_from(Delivery)
         .join(Member, Member.id == Delivery.member_id)
-        .where(Delivery.incident_id == incident_id, Delivery.status == ledger.SENT),
+        .where(Delivery.incident_id == incident_id, Delivery.status == DeliveryStatus.SENT),
         "failed": select(column, func.count(Member.id.distinct()))
         .select_from(Delivery)
         .join(Member, Member.id == Delivery.member_id)
         .where(
             Delivery.incident_id == incident_id,
-            Delivery.status == ledger.FAILED,
+            Delivery.status == DeliveryStatus.FAILED,
             Delivery.member_id.not_in(sent),
         ),
         "answered": select(column, func.count())
@@ -322,15 +325,15 @@ def _delivery_groups(
         other.incident_id == incident_id,
         other.member_id == Delivery.member_id,
         getattr(other, by) == column,
-        other.status == ledger.SENT,
+        other.status == DeliveryStatus.SENT,
     )
     members = func.count(Delivery.member_id.distinct())
     mine: ColumnElement[bool] = Delivery.incident_id == incident_id
     queries = {
         "targeted": select(column, members).where(mine),
-        "sent": select(column, members).where(mine, Delivery.status == ledger.SENT),
+        "sent": select(column, members).where(mine, Delivery.status == DeliveryStatus.SENT),
         "failed": select(column, members).where(
-            and_(mine, Delivery.status == ledger.FAILED, ~also_sent)
+            and_(mine, Delivery.status == DeliveryStatus.FAILED, ~also_sent)
         ),
         "answered": select(getattr(Ack, by), func.count())
         .select_from(CurrentAck)

@@ -68,6 +68,7 @@ from app.models import (
     RosterMember,
 )
 from app.models.base import UTCDateTime, utcnow
+from app.vocabulary import Channel, DeliveryStatus, IncidentStatus, MemberStatus, TimelineEventKind
 
 log = structlog.get_logger(__name__)
 
@@ -75,17 +76,18 @@ _CHECK_CHUNK = 500
 
 # A member is reachable on a channel when the channel has an address to send to.
 REACHES: dict[str, ColumnElement[bool]] = {
-    "email": and_(Member.email.is_not(None), Member.email != ""),
-    "webhook": and_(
-        Member.webhook_url.is_not(None), Member.webhook_url != "",
+    Channel.EMAIL: and_(Member.email.is_not(None), Member.email != ""),
+    Channel.WEBHOOK: and_(
+        Member.webhook_url.is_not(None),
+        Member.webhook_url != "",
         Member.webhook_disabled_at.is_(None),
     ),
-}  # fmt: skip
+}
 
 
 def reachable(channels: Sequence[str]) -> ColumnElement[bool]:
     """Active members whom at least one of `channels` can reach."""
-    return and_(Member.status == "active", or_(*(REACHES[c] for c in channels)))
+    return and_(Member.status == MemberStatus.ACTIVE, or_(*(REACHES[c] for c in channels)))
 
 
 def targeted_by(incident_id: uuid.UUID) -> ColumnElement[bool]:
@@ -95,9 +97,12 @@ def targeted_by(incident_id: uuid.UUID) -> ColumnElement[bool]:
 
 
 def check_known(
-    session: Session, column: Any, ids: Sequence[uuid.UUID], field: str,
+    session: Session,
+    column: Any,
+    ids: Sequence[uuid.UUID],
+    field: str,
     reason: str,
-) -> None:  # fmt: skip
+) -> None:
     """Every id exists, else a 422 naming the unknown ones."""
     known: set[uuid.UUID] = set()
     for start in range(0, len(ids), _CHECK_CHUNK):
@@ -134,15 +139,19 @@ def audience_condition(
         sources.append(Member.network.in_(audience.networks))
     if audience.member_ids:
         sources.append(Member.id.in_(audience.member_ids))
-    parts = [Member.status == "active", or_(*sources)]
+    parts = [Member.status == MemberStatus.ACTIVE, or_(*sources)]
     if audience.countries:
         parts.append(Member.country.in_(audience.countries))
     if audience.languages:
         # "fr" also finds members who read "fr-CA", as the language choice does.
         parts.append(
-            or_(*(json_array_has_language(session, Member.languages, lang)
-                  for lang in audience.languages))
-        )  # fmt: skip
+            or_(
+                *(
+                    json_array_has_language(session, Member.languages, lang)
+                    for lang in audience.languages
+                )
+            )
+        )
     for column, values in ((Member.themes, audience.themes), (Member.tags, audience.tags)):
         if values:
             parts.append(or_(*(json_array_contains(session, column, v) for v in values)))
@@ -236,11 +245,16 @@ def breakdown(
         select(func.count()).select_from(Member).where(audience, ~reachable(channels))
     )
     return Breakdown(
-        members=sum(by_network.values()), by_network=dict(by_network),
-        by_country=dict(by_country), by_language=dict(by_language),
-        by_channel=dict(by_channel), fallback=dict(fell_back), deferred=deferred,
-        deferred_until=until, unreachable=int(unreachable or 0),
-    )  # fmt: skip
+        members=sum(by_network.values()),
+        by_network=dict(by_network),
+        by_country=dict(by_country),
+        by_language=dict(by_language),
+        by_channel=dict(by_channel),
+        fallback=dict(fell_back),
+        deferred=deferred,
+        deferred_until=until,
+        unreachable=int(unreachable or 0),
+    )
 
 
 def _segments(session: Session, condition: ColumnElement[bool]) -> list[Segment]:
@@ -286,7 +300,7 @@ def _next_members(
         walks.append(
             select(IncidentTarget.member_id)
             .join(Member, Member.id == IncidentTarget.member_id)
-            .where(IncidentTarget.incident_id == incident.id, Member.status == "active")
+            .where(IncidentTarget.incident_id == incident.id, Member.status == MemberStatus.ACTIVE)
         )
     found: set[uuid.UUID] = set()
     for walk in walks:
@@ -395,17 +409,27 @@ def first_attempt(
         at = first_attempt_at(now, severity, zone, start, end)
         if at is not None:
             same = and_(
-                Member.timezone == zone, Member.quiet_hours_start == start,
+                Member.timezone == zone,
+                Member.quiet_hours_start == start,
                 Member.quiet_hours_end == end,
-            )  # fmt: skip
+            )
             whens.append((same, literal(at, UTCDateTime)))
     return case(*whens, else_=null()) if whens else null()
 
 
 _DELIVERY_COLUMNS = [
-    "incident_id", "briefing_id", "member_id", "channel", "status", "language", "attempts",
-    "enqueue_count", "next_attempt_at", "created_at", "updated_at",
-]  # fmt: skip
+    "incident_id",
+    "briefing_id",
+    "member_id",
+    "channel",
+    "status",
+    "language",
+    "attempts",
+    "enqueue_count",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+]
 
 
 def add_deliveries(
@@ -423,18 +447,25 @@ def add_deliveries(
     counts: Counter[tuple[uuid.UUID, str, str]] = Counter()
     for channel in incident.channels:
         rows = select(
-            literal(incident.id, Uuid), literal(briefing.id, BigInteger), Member.id,
-            literal(channel, String), literal(ledger.PENDING, String), language,
-            literal(0, Integer), literal(0, Integer), not_before, literal(now, UTCDateTime),
+            literal(incident.id, Uuid),
+            literal(briefing.id, BigInteger),
+            Member.id,
+            literal(channel, String),
+            literal(DeliveryStatus.PENDING, String),
+            language,
+            literal(0, Integer),
+            literal(0, Integer),
+            not_before,
             literal(now, UTCDateTime),
-        ).where(condition, REACHES[channel])  # fmt: skip
+            literal(now, UTCDateTime),
+        ).where(condition, REACHES[channel])
         result = session.execute(
             insert(Delivery)
             .from_select(_DELIVERY_COLUMNS, rows, include_defaults=False)
             # SQLAlchemy keeps an INSERT's row count only when asked.
             .execution_options(preserve_rowcount=True)
         )
-        counts[(incident.id, channel, ledger.PENDING)] += result.rowcount  # type: ignore[attr-defined]
+        counts[(incident.id, channel, DeliveryStatus.PENDING)] += result.rowcount  # type: ignore[attr-defined]
     ledger.bump_counters(session, counts)
     return sum(counts.values())
 
@@ -450,7 +481,7 @@ def newcomers(session: Session, incident: Incident) -> ColumnElement[bool]:
 
 def recipients(incident: Incident) -> ColumnElement[bool]:
     """Who a declared or updated version goes to, once the newcomers are targeted."""
-    return and_(Member.status == "active", targeted_by(incident.id))
+    return and_(Member.status == MemberStatus.ACTIVE, targeted_by(incident.id))
 
 
 def start(
@@ -477,10 +508,16 @@ def start(
         ).one()
         total, expected = int(row[0]), int(row[1])
     job = BriefingTargeting(
-        briefing_id=briefing.id, incident_id=incident.id, members_total=total,
-        members_done=0, targets_expected=expected, targets_added=0, rows_written=0,
-        started_at=now, touched_at=now,
-    )  # fmt: skip
+        briefing_id=briefing.id,
+        incident_id=incident.id,
+        members_total=total,
+        members_done=0,
+        targets_expected=expected,
+        targets_added=0,
+        rows_written=0,
+        started_at=now,
+        touched_at=now,
+    )
     session.add(job)
     bump_targeted(session, incident.id, expected)
     session.expire(incident, ["targeted"])
@@ -499,7 +536,10 @@ def _write_chunk(
     now: datetime,
 ) -> None:
     """The next member-id range: its newcomers targeted, then its rows written."""
-    if incident.status in ("resolved", "cancelled") or briefing.superseded_at is not None:
+    if (
+        incident.status in (IncidentStatus.RESOLVED, IncidentStatus.CANCELLED)
+        or briefing.superseded_at is not None
+    ):
         _finish(session, incident, briefing, job, now, stopped=True)
         return
     first = job.members_done == 0
@@ -521,7 +561,7 @@ def _write_chunk(
             job.targets_added += add_targets(
                 session, incident, _one_of(session, Member.id, new), now
             )
-        everyone = and_(_one_of(session, Member.id, ids), Member.status == "active")
+        everyone = and_(_one_of(session, Member.id, ids), Member.status == MemberStatus.ACTIVE)
         job.rows_written += add_deliveries(session, incident, briefing, everyone, now=now)
         job.members_done += len(ids)
         job.after_member_id = ids[-1]
@@ -550,11 +590,19 @@ def _finish(
         return  # written whole in the request: its declared/updated event says it all
     seconds = round((now - job.started_at).total_seconds(), 3)
     timeline.add(
-        session, incident.id, timeline.TARGETED, version=briefing.version,
-        detail={"members": job.members_done, "new_members": job.targets_added,
-                "deliveries": job.rows_written, "seconds": seconds, "stopped": stopped},
+        session,
+        incident.id,
+        TimelineEventKind.TARGETED,
+        version=briefing.version,
+        detail={
+            "members": job.members_done,
+            "new_members": job.targets_added,
+            "deliveries": job.rows_written,
+            "seconds": seconds,
+            "stopped": stopped,
+        },
         at=now,
-    )  # fmt: skip
+    )
 
 
 def stop_pending(session: Session, incident: Incident, now: datetime) -> int:

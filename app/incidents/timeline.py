@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.deliveries import ledger
 from app.models import (
     Briefing,
     BriefingTargeting,
@@ -33,26 +32,7 @@ from app.models import (
     IncidentEvent,
 )
 from app.models.base import utcnow
-
-# Kinds, in the order an incident usually goes through them.
-APPROVAL_REQUESTED = "approval_requested"  # a declaration waits for a second principal
-APPROVED = "approved"
-REJECTED = "rejected"
-EXPIRED = "expired"
-DECLARED = "declared"
-TARGETED = "targeted"  # a declared or updated version's targets and rows are all written
-ACTIVATED = "activated"  # every first delivery due has had its first attempt
-FANOUT_STARTED = "fanout_started"
-FANOUT_FINISHED = "fanout_finished"
-UPDATED = "updated"
-REMINDER = "reminder"
-ESCALATION = "escalation"
-QUOTA_MET = "quota_met"
-QUOTA_UNMET = "quota_unmet"
-DEADLINE = "deadline"
-OPERATORS_NOTIFIED = "operators_notified"
-RESOLVED = "resolved"
-CANCELLED = "cancelled"
+from app.vocabulary import OPEN_DELIVERY_STATUSES, TimelineEventKind
 
 # Delivery latency (from the briefing version's creation to the message leaving) is
 # counted per finished fan-out in these buckets (seconds), for the /metrics histogram.
@@ -126,11 +106,15 @@ def add_once(
         with session.begin_nested():
             session.add(
                 IncidentEvent(
-                    incident_id=incident_id, seq=take_seq(session, incident_id), kind=kind,
-                    at=at or utcnow(), briefing_version=version, detail=detail or {},
+                    incident_id=incident_id,
+                    seq=take_seq(session, incident_id),
+                    kind=kind,
+                    at=at or utcnow(),
+                    briefing_version=version,
+                    detail=detail or {},
                     dedupe_key=dedupe_key,
                 )
-            )  # fmt: skip
+            )
             session.flush()
     except IntegrityError:
         return False  # the other writer got there first
@@ -144,9 +128,14 @@ def record_fanout_started(session: Session, briefing_ids: Sequence[int], at: dat
         select(Briefing).where(Briefing.id.in_(sorted(set(briefing_ids))))
     ):
         added += add_once(
-            session, briefing.incident_id, FANOUT_STARTED, f"{FANOUT_STARTED}:{briefing.version}",
-            version=briefing.version, detail={"briefing": briefing.kind}, at=at,
-        )  # fmt: skip
+            session,
+            briefing.incident_id,
+            TimelineEventKind.FANOUT_STARTED,
+            f"{TimelineEventKind.FANOUT_STARTED}:{briefing.version}",
+            version=briefing.version,
+            detail={"briefing": briefing.kind},
+            at=at,
+        )
     return added
 
 
@@ -159,10 +148,10 @@ def _unfinished_fanouts(session: Session) -> list[tuple[uuid.UUID, int, datetime
         .outerjoin(
             finished,
             (finished.incident_id == started.incident_id)
-            & (finished.kind == FANOUT_FINISHED)
+            & (finished.kind == TimelineEventKind.FANOUT_FINISHED)
             & (finished.briefing_version == started.briefing_version),
         )
-        .where(started.kind == FANOUT_STARTED, finished.id.is_(None))
+        .where(started.kind == TimelineEventKind.FANOUT_STARTED, finished.id.is_(None))
     )
     return [(row[0], row[1] or 0, row[2]) for row in session.execute(query)]
 
@@ -205,7 +194,7 @@ def record_finished_fanouts(session_factory: Any) -> int:
                 select(DeliveryCounter.incident_id)
                 .where(
                     DeliveryCounter.incident_id.in_({c[0] for c in candidates}),
-                    DeliveryCounter.status.in_(sorted(ledger.OPEN_STATUSES)),
+                    DeliveryCounter.status.in_(sorted(OPEN_DELIVERY_STATUSES)),
                     DeliveryCounter.count > 0,
                 )
                 .distinct()
@@ -236,8 +225,12 @@ def record_finished_fanouts(session_factory: Any) -> int:
                 if sent_at is not None:
                     latencies.append(max((sent_at - briefing.created_at).total_seconds(), 0.0))
             finished += add_once(
-                session, incident_id, FANOUT_FINISHED, f"{FANOUT_FINISHED}:{version}",
-                version=version, at=last_change,
+                session,
+                incident_id,
+                TimelineEventKind.FANOUT_FINISHED,
+                f"{TimelineEventKind.FANOUT_FINISHED}:{version}",
+                version=version,
+                at=last_change,
                 detail={
                     "briefing": briefing.kind,
                     "outcomes": outcomes,
@@ -246,7 +239,7 @@ def record_finished_fanouts(session_factory: Any) -> int:
                     "latency_sum": round(sum(latencies), 3),
                     "latency_count": len(latencies),
                 },
-            )  # fmt: skip
+            )
     return finished
 
 

@@ -37,10 +37,24 @@ from app.netguard import UnsafeURL, check_webhook_url
 from app.security import new_webhook_secret
 
 COLUMNS = (
-    "network", "name", "organization", "title", "country", "languages", "themes", "tags",
-    "email", "webhook_url", "timezone", "quiet_hours_start", "quiet_hours_end", "status",
-    "consent_given_at", "consent_method", "consent_note",
-)  # fmt: skip
+    "network",
+    "name",
+    "organization",
+    "title",
+    "country",
+    "languages",
+    "themes",
+    "tags",
+    "email",
+    "webhook_url",
+    "timezone",
+    "quiet_hours_start",
+    "quiet_hours_end",
+    "status",
+    "consent_given_at",
+    "consent_method",
+    "consent_note",
+)
 REQUIRED_COLUMNS = frozenset({"network", "name", "country", "consent_given_at", "consent_method"})
 LIST_COLUMNS = frozenset({"languages", "themes", "tags"})
 LIST_SEPARATOR = ";"

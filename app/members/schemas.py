@@ -20,7 +20,6 @@ from app.fields import (
     LanguageTag,
     Line,
     LocalTime,
-    MemberStatus,
     Name,
     Network,
     Tag,
@@ -30,6 +29,7 @@ from app.fields import (
     UTCDatetime,
 )
 from app.netguard import MAX_URL_LENGTH
+from app.vocabulary import MemberStatus
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ class MemberCreate(BaseModel):
     webhook_url: WebhookURL | None = None
     timezone: TimeZoneName = "UTC"
     quiet_hours: QuietHours | None = None
-    status: MemberStatus = "active"
+    status: MemberStatus = MemberStatus.ACTIVE
     consent: Consent
 
     @model_validator(mode="after")

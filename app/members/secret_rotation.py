@@ -67,7 +67,11 @@ def rotate_webhook_secrets(
         batch.rotated += cast(CursorResult[Any], result).rowcount
     if batch.rotated:
         record(
-            session, actor, "secrets.rotate", "member", None,
+            session,
+            actor,
+            "secrets.rotate",
+            "member",
+            None,
             {"field": "webhook_secret", "re_encrypted": batch.rotated},
-        )  # fmt: skip
+        )
     return batch

@@ -21,9 +21,6 @@ from app.models import Member
 from app.netguard import UnsafeURL, check_webhook_url
 from app.security import SecretBox, new_webhook_secret
 
-# Audited by name only: these fields hold contact details.
-CONTACT_FIELDS = frozenset({"email", "webhook_url"})
-
 
 @dataclass(frozen=True)
 class MemberPolicy:
@@ -82,9 +79,22 @@ def member_out(member: Member) -> dict[str, Any]:
 
 
 _PLAIN_COLUMNS = (
-    "id", "network", "name", "organization", "title", "country", "languages", "themes", "tags",
-    "email", "webhook_url", "timezone", "status", "created_at", "updated_at",
-)  # fmt: skip
+    "id",
+    "network",
+    "name",
+    "organization",
+    "title",
+    "country",
+    "languages",
+    "themes",
+    "tags",
+    "email",
+    "webhook_url",
+    "timezone",
+    "status",
+    "created_at",
+    "updated_at",
+)
 
 
 def _ensure_email_free(session: Session, email: str | None, member_id: uuid.UUID | None) -> None:

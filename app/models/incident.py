@@ -8,6 +8,7 @@ from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstrain
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, JSONList, UTCDateTime, utcnow, uuid7
+from app.vocabulary import IncidentStatus
 
 
 class Incident(Base):
@@ -30,7 +31,7 @@ class Incident(Base):
     audience: Mapped[dict[str, Any]] = mapped_column(JSONList)
     channels: Mapped[list[str]] = mapped_column(JSONList)
     responses: Mapped[list[str]] = mapped_column(JSONList)
-    status: Mapped[str] = mapped_column(String(16), default="mobilizing")
+    status: Mapped[str] = mapped_column(String(16), default=IncidentStatus.MOBILIZING)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)

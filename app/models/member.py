@@ -7,6 +7,7 @@ from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, Time, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONList, UTCDateTime, utcnow, uuid7
+from app.vocabulary import MemberStatus
 
 
 class Member(Base):
@@ -36,7 +37,7 @@ class Member(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     quiet_hours_start: Mapped[time | None] = mapped_column(Time)
     quiet_hours_end: Mapped[time | None] = mapped_column(Time)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=MemberStatus.ACTIVE)
     consent_given_at: Mapped[datetime] = mapped_column(UTCDateTime)
     consent_method: Mapped[str] = mapped_column(String(32))
     consent_note: Mapped[str | None] = mapped_column(Text)

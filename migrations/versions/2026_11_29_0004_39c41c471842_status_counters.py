@@ -111,34 +111,51 @@ def _backfill() -> None:
     bind = op.get_bind()
     utc = app.models.base.UTCDateTime(timezone=True)
     incidents = sa.table(
-        "incidents", sa.column("id", sa.Uuid()), sa.column("followup", sa.JSON()),
-        sa.column("declared_at", utc), sa.column("targeted", sa.Integer()),
-    )  # fmt: skip
-    targets = sa.table("incident_targets", sa.column("incident_id", sa.Uuid()),
-                       sa.column("member_id", sa.Uuid()))  # fmt: skip
+        "incidents",
+        sa.column("id", sa.Uuid()),
+        sa.column("followup", sa.JSON()),
+        sa.column("declared_at", utc),
+        sa.column("targeted", sa.Integer()),
+    )
+    targets = sa.table(
+        "incident_targets", sa.column("incident_id", sa.Uuid()), sa.column("member_id", sa.Uuid())
+    )
     members = sa.table(
-        "members", sa.column("id", sa.Uuid()), sa.column("network", sa.String()),
-        sa.column("country", sa.String()), sa.column("languages", sa.JSON()),
-    )  # fmt: skip
+        "members",
+        sa.column("id", sa.Uuid()),
+        sa.column("network", sa.String()),
+        sa.column("country", sa.String()),
+        sa.column("languages", sa.JSON()),
+    )
     current = sa.table(
-        "current_acks", sa.column("incident_id", sa.Uuid()), sa.column("member_id", sa.Uuid()),
-        sa.column("response", sa.String()), sa.column("first_answered_at", utc),
-    )  # fmt: skip
+        "current_acks",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("member_id", sa.Uuid()),
+        sa.column("response", sa.String()),
+        sa.column("first_answered_at", utc),
+    )
     answer_counters = sa.table(
-        "answer_counters", sa.column("incident_id", sa.Uuid()), sa.column("response", sa.String()),
+        "answer_counters",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("response", sa.String()),
         sa.column("count", sa.Integer()),
-    )  # fmt: skip
+    )
     delay_counters = sa.table(
-        "answer_delay_counters", sa.column("incident_id", sa.Uuid()),
-        sa.column("bucket", sa.Integer()), sa.column("count", sa.Integer()),
-    )  # fmt: skip
+        "answer_delay_counters",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("bucket", sa.Integer()),
+        sa.column("count", sa.Integer()),
+    )
     quota_counters = sa.table(
-        "quota_counters", sa.column("incident_id", sa.Uuid()),
-        sa.column("quota_index", sa.Integer()), sa.column("targeted", sa.Integer()),
+        "quota_counters",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("quota_index", sa.Integer()),
+        sa.column("targeted", sa.Integer()),
         sa.column("answered", sa.Integer()),
-    )  # fmt: skip
-    for incident in bind.execute(sa.select(incidents.c.id, incidents.c.followup,
-                                           incidents.c.declared_at)).all():  # fmt: skip
+    )
+    for incident in bind.execute(
+        sa.select(incidents.c.id, incidents.c.followup, incidents.c.declared_at)
+    ).all():
         rows = bind.execute(
             sa.select(members.c.id, members.c.network, members.c.country, members.c.languages)
             .join(targets, targets.c.member_id == members.c.id)
@@ -155,17 +172,21 @@ def _backfill() -> None:
         }
         responses = Counter(a.response for a in answers.values())
         if responses:
-            bind.execute(sa.insert(answer_counters), [
-                {"incident_id": incident.id, "response": r, "count": n}
-                for r, n in responses.items()
-            ])  # fmt: skip
+            bind.execute(
+                sa.insert(answer_counters),
+                [
+                    {"incident_id": incident.id, "response": r, "count": n}
+                    for r, n in responses.items()
+                ],
+            )
             buckets = Counter(
                 _bucket((a.first_answered_at - incident.declared_at).total_seconds())
                 for a in answers.values()
             )
-            bind.execute(sa.insert(delay_counters), [
-                {"incident_id": incident.id, "bucket": b, "count": n} for b, n in buckets.items()
-            ])  # fmt: skip
+            bind.execute(
+                sa.insert(delay_counters),
+                [{"incident_id": incident.id, "bucket": b, "count": n} for b, n in buckets.items()],
+            )
         quotas = (_json(incident.followup) or {}).get("quotas", [])
         for index, quota in enumerate(quotas):
             segment = [
@@ -176,10 +197,14 @@ def _backfill() -> None:
                 for r in segment
                 if r.id in answers and answers[r.id].response in quota["responses"]
             )
-            bind.execute(sa.insert(quota_counters).values(
-                incident_id=incident.id, quota_index=index, targeted=len(segment),
-                answered=answered,
-            ))  # fmt: skip
+            bind.execute(
+                sa.insert(quota_counters).values(
+                    incident_id=incident.id,
+                    quota_index=index,
+                    targeted=len(segment),
+                    answered=answered,
+                )
+            )
 
 
 def downgrade() -> None:

@@ -90,24 +90,39 @@ def _backfill() -> None:
     utc = app.models.base.UTCDateTime(timezone=True)
     incidents = sa.table("incidents", sa.column("id", sa.Uuid()), sa.column("event_seq"))
     briefings = sa.table(
-        "briefings", sa.column("incident_id", sa.Uuid()), sa.column("version"),
-        sa.column("kind"), sa.column("created_by_key_id", sa.Uuid()),
+        "briefings",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("version"),
+        sa.column("kind"),
+        sa.column("created_by_key_id", sa.Uuid()),
         sa.column("created_at", utc),
-    )  # fmt: skip
+    )
     keys = sa.table("api_keys", sa.column("id", sa.Uuid()), sa.column("name"))
     timers = sa.table(
-        "incident_timers", sa.column("incident_id", sa.Uuid()), sa.column("kind"),
-        sa.column("sequence"), sa.column("done_at", utc), sa.column("outcome"),
-    )  # fmt: skip
+        "incident_timers",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("kind"),
+        sa.column("sequence"),
+        sa.column("done_at", utc),
+        sa.column("outcome"),
+    )
     acks = sa.table(
-        "acks", sa.column("id"), sa.column("incident_id", sa.Uuid()),
-        sa.column("answered_at", utc), sa.column("event_seq"),
-    )  # fmt: skip
+        "acks",
+        sa.column("id"),
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("answered_at", utc),
+        sa.column("event_seq"),
+    )
     events = sa.table(
-        "incident_events", sa.column("incident_id", sa.Uuid()), sa.column("seq"),
-        sa.column("kind"), sa.column("at", utc), sa.column("actor"),
-        sa.column("briefing_version"), sa.column("detail", sa.JSON()),
-    )  # fmt: skip
+        "incident_events",
+        sa.column("incident_id", sa.Uuid()),
+        sa.column("seq"),
+        sa.column("kind"),
+        sa.column("at", utc),
+        sa.column("actor"),
+        sa.column("briefing_version"),
+        sa.column("detail", sa.JSON()),
+    )
     for (incident_id,) in bind.execute(sa.select(incidents.c.id)).all():
         # (time, order among equals, event row or None, ack id or None)
         history: list[tuple[object, int, dict[str, object] | None, int | None]] = []
@@ -117,22 +132,46 @@ def _backfill() -> None:
             .where(briefings.c.incident_id == incident_id)
         ):
             if kind in _BRIEFING_EVENTS:
-                history.append((at, 0, {
-                    "kind": _BRIEFING_EVENTS[kind], "at": at, "actor": actor,
-                    "briefing_version": version, "detail": {"reconstructed": True},
-                }, None))  # fmt: skip
+                history.append(
+                    (
+                        at,
+                        0,
+                        {
+                            "kind": _BRIEFING_EVENTS[kind],
+                            "at": at,
+                            "actor": actor,
+                            "briefing_version": version,
+                            "detail": {"reconstructed": True},
+                        },
+                        None,
+                    )
+                )
         for sequence, at, outcome in bind.execute(
             sa.select(timers.c.sequence, timers.c.done_at, timers.c.outcome).where(
-                timers.c.incident_id == incident_id, timers.c.kind == "deadline",
+                timers.c.incident_id == incident_id,
+                timers.c.kind == "deadline",
                 timers.c.done_at.is_not(None),
             )
-        ):  # fmt: skip
+        ):
             notified = (outcome or "").startswith("operators notified")
-            history.append((at, 1, {
-                "kind": "operators_notified" if notified else "deadline", "at": at,
-                "actor": None, "briefing_version": None,
-                "detail": {"sequence": sequence, "outcome": outcome or "", "reconstructed": True},
-            }, None))  # fmt: skip
+            history.append(
+                (
+                    at,
+                    1,
+                    {
+                        "kind": "operators_notified" if notified else "deadline",
+                        "at": at,
+                        "actor": None,
+                        "briefing_version": None,
+                        "detail": {
+                            "sequence": sequence,
+                            "outcome": outcome or "",
+                            "reconstructed": True,
+                        },
+                    },
+                    None,
+                )
+            )
         for ack_id, at in bind.execute(
             sa.select(acks.c.id, acks.c.answered_at).where(acks.c.incident_id == incident_id)
         ):
@@ -148,14 +187,14 @@ def _backfill() -> None:
             bind.execute(sa.insert(events), rows)
         if numbered:
             bind.execute(
-                sa.update(acks).where(acks.c.id == sa.bindparam("ack"))
+                sa.update(acks)
+                .where(acks.c.id == sa.bindparam("ack"))
                 .values(event_seq=sa.bindparam("seq")),
                 numbered,
-            )  # fmt: skip
+            )
         bind.execute(
-            sa.update(incidents).where(incidents.c.id == incident_id)
-            .values(event_seq=len(history))
-        )  # fmt: skip
+            sa.update(incidents).where(incidents.c.id == incident_id).values(event_seq=len(history))
+        )
 
 
 def downgrade() -> None:

@@ -36,15 +36,19 @@ def upgrade() -> None:
         sa.Column("touched_at", app.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("finished_at", app.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["briefing_id"], ["briefings.id"],
-            name=op.f("fk_briefing_targeting_briefing_id_briefings"), ondelete="CASCADE",
+            ["briefing_id"],
+            ["briefings.id"],
+            name=op.f("fk_briefing_targeting_briefing_id_briefings"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["incident_id"], ["incidents.id"],
-            name=op.f("fk_briefing_targeting_incident_id_incidents"), ondelete="CASCADE",
+            ["incident_id"],
+            ["incidents.id"],
+            name=op.f("fk_briefing_targeting_incident_id_incidents"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("briefing_id", name=op.f("pk_briefing_targeting")),
-    )  # fmt: skip
+    )
     op.create_index(
         "ix_briefing_targeting_pending", "briefing_targeting", ["finished_at", "touched_at"]
     )

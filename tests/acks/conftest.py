@@ -233,7 +233,7 @@ class Live:
 
 
 @pytest.fixture
-def live(settings: Settings, engine: Any) -> Iterator[Live]:
+def live(settings: Settings, engine: Any) -> Iterator[Live]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """The app on a real 127.0.0.1 port, its `public_url` pointing there (so the links the
     worker writes into emails and webhooks lead to it)."""
     built: list[Settings] = []

@@ -385,12 +385,9 @@ def test_concurrent_answers_converge_on_the_latest(
     assert listed["answer"]["id"] == latest.id
 
 
+@pytest.mark.usefixtures("engine")
 def test_the_json_route_is_rate_limited_per_link_and_guesses_per_address(
-    settings: Settings,
-    engine: Any,
-    api: Api,
-    ack_settings: Settings,
-    session_factory: sessionmaker[Session],
+    settings: Settings, api: Api, ack_settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
     _incident, _member, token = briefed_token(api, ack_settings, session_factory)
     limits = {"ack_rate_limit": "5/minute", "ack_link_rate_limit": "5/minute"}

@@ -331,8 +331,9 @@ def test_a_comment_of_exactly_the_limit_is_recorded(
     assert ack.comment == comment
 
 
+@pytest.mark.usefixtures("engine")
 def test_the_page_is_rate_limited_per_address(
-    settings: Settings, engine: Any, session_factory: sessionmaker[Session]
+    settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
     with client_for(ack_settings_from(settings, ack_rate_limit="5/minute")) as client:
         for _ in range(5):
@@ -587,8 +588,9 @@ def test_a_token_answers_only_for_its_own_delivery(
     assert "Your current answer" not in ack_client.get(f"/ack/{target.token}").text
 
 
+@pytest.mark.usefixtures("engine")
 def test_rotating_the_token_key(
-    settings: Settings, engine: Any, target: Target, session_factory: sessionmaker[Session]
+    settings: Settings, target: Target, session_factory: sessionmaker[Session]
 ) -> None:
     later = datetime.now(UTC) + timedelta(days=1)
     key1 = AckTokenSigner(settings.secret, current_key_id=1).sign(target.delivery_id, later)

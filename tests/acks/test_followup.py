@@ -78,7 +78,7 @@ def start_worker(env: dict[str, str]) -> WorkerProcess:
 
 
 @pytest.fixture
-def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerProcess]:
+def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerProcess]:  # noqa: ARG001 (requested for its effect: an empty broker)
     process = start_worker(worker_env)
     try:
         yield process
@@ -319,14 +319,20 @@ def assert_one_webhook_per_row(
     receiver: WebhookReceiver, rows: list[LedgerRow], member: dict[str, Any]
 ) -> None:
     """Every webhook row of the member was delivered exactly once, and nothing else was."""
-    expected = sorted(f"rrmm_dlv_{r.id}" for r in rows if r.member_id == member["id"]
-                      and r.channel == "webhook" and r.status == "sent")  # fmt: skip
+    expected = sorted(
+        f"rrmm_dlv_{r.id}"
+        for r in rows
+        if r.member_id == member["id"] and r.channel == "webhook" and r.status == "sent"
+    )
     assert sorted(h.webhook_id for h in hooks(receiver, member)) == expected
 
 
 def assert_one_mail_per_row(smtp: SmtpSink, rows: list[LedgerRow], member: dict[str, Any]) -> None:
-    expected = sorted(r.id for r in rows if r.member_id == member["id"]
-                      and r.channel == "email" and r.status == "sent")  # fmt: skip
+    expected = sorted(
+        r.id
+        for r in rows
+        if r.member_id == member["id"] and r.channel == "email" and r.status == "sent"
+    )
     assert [delivery_id_of(m) for m in mails(smtp, member)] == expected
 
 
@@ -355,17 +361,20 @@ def new_roster(
 # ---------------------------------------------------------------------------- reminders
 
 
+@pytest.mark.usefixtures("worker")
 def test_reminders_go_once_per_round_to_members_who_have_not_answered(
-    fanout_client, operator, viewer, add_member, worker, smtp, receiver, session_factory
+    fanout_client, operator, viewer, add_member, smtp, receiver, session_factory
 ):
     early = add_member(name="Early", languages=["en"])
     late = add_member(name="Late", languages=["en"])
     silent = [add_member(name=f"Silent {n}", languages=["en"]) for n in range(2)]
     members = [early, late, *silent]
     incident = declare(
-        fanout_client, operator, members,
+        fanout_client,
+        operator,
+        members,
         {"reminders": 2, "reminder_interval_seconds": 3, "ack_deadline_seconds": 60},
-    )  # fmt: skip
+    )
     incident_id, reference = incident["id"], incident["reference"]
 
     # One member answers the declaration before the first round, one answers round 1.
@@ -389,8 +398,10 @@ def test_reminders_go_once_per_round_to_members_who_have_not_answered(
 
     # Each round is its own briefing version of kind "reminder".
     assert briefing_kinds(session_factory, incident_id) == [
-        (1, "declared"), (2, "reminder"), (3, "reminder"),
-    ]  # fmt: skip
+        (1, "declared"),
+        (2, "reminder"),
+        (3, "reminder"),
+    ]
     rows = ledger(session_factory, incident_id)
     assert {r.status for r in rows} == {"sent"}
     assert rows_of(rows, early) == [
@@ -398,15 +409,20 @@ def test_reminders_go_once_per_round_to_members_who_have_not_answered(
         ("declared", 1, "webhook", "sent"),
     ]
     assert sorted(rows_of(rows, late)) == [
-        ("declared", 1, "email", "sent"), ("declared", 1, "webhook", "sent"),
-        ("reminder", 2, "email", "sent"), ("reminder", 2, "webhook", "sent"),
-    ]  # fmt: skip
+        ("declared", 1, "email", "sent"),
+        ("declared", 1, "webhook", "sent"),
+        ("reminder", 2, "email", "sent"),
+        ("reminder", 2, "webhook", "sent"),
+    ]
     for member in silent:
         assert sorted(rows_of(rows, member)) == [
-            ("declared", 1, "email", "sent"), ("declared", 1, "webhook", "sent"),
-            ("reminder", 2, "email", "sent"), ("reminder", 2, "webhook", "sent"),
-            ("reminder", 3, "email", "sent"), ("reminder", 3, "webhook", "sent"),
-        ]  # fmt: skip
+            ("declared", 1, "email", "sent"),
+            ("declared", 1, "webhook", "sent"),
+            ("reminder", 2, "email", "sent"),
+            ("reminder", 2, "webhook", "sent"),
+            ("reminder", 3, "email", "sent"),
+            ("reminder", 3, "webhook", "sent"),
+        ]
 
     # What the members received: each row exactly once, reminders marked as such.
     declared = ("incident.declared", "declared", 1)
@@ -414,8 +430,10 @@ def test_reminders_go_once_per_round_to_members_who_have_not_answered(
     assert hook_kinds(receiver, late) == [declared, ("incident.reminder", "reminder", 2)]
     for member in silent:
         assert hook_kinds(receiver, member) == [
-            declared, ("incident.reminder", "reminder", 2), ("incident.reminder", "reminder", 3),
-        ]  # fmt: skip
+            declared,
+            ("incident.reminder", "reminder", 2),
+            ("incident.reminder", "reminder", 3),
+        ]
     first = f"[{reference}] Subject in en"
     reminder = f"[{reference}] Reminder: Subject in en"
     assert subjects(smtp, early) == [first]
@@ -430,8 +448,9 @@ def test_reminders_go_once_per_round_to_members_who_have_not_answered(
 # ---------------------------------------------------------------------------- quotas, escalation
 
 
+@pytest.mark.usefixtures("worker")
 def test_met_quota_stops_its_segment_while_others_are_reminded_and_escalated(
-    fanout_client, operator, viewer, add_member, worker, smtp, receiver, session_factory
+    fanout_client, operator, viewer, add_member, smtp, receiver, session_factory
 ):
     editor_ma = add_member(name="Editor MA", network="editors", country="MA", languages=["en"])
     editor_tn = add_member(name="Editor TN", network="editors", country="TN", languages=["en"])
@@ -455,36 +474,49 @@ def test_met_quota_stops_its_segment_while_others_are_reminded_and_escalated(
         name="Second editor DZ", network="editors", country="DZ", languages=["en"]
     )
     roster = new_roster(
-        fanout_client, operator, "Second tier",
+        fanout_client,
+        operator,
+        "Second tier",
         [second_editor_tn, second_personality, second_editor_dz, personality_ma],
-    )  # fmt: skip
+    )
     segment = {"network": "editors", "countries": ["MA", "TN"], "responses": ["will_engage"]}
     incident = declare(
-        fanout_client, operator, first_tier,
+        fanout_client,
+        operator,
+        first_tier,
         {
-            "reminders": 2, "reminder_interval_seconds": 3, "ack_deadline_seconds": 60,
+            "reminders": 2,
+            "reminder_interval_seconds": 3,
+            "ack_deadline_seconds": 60,
             "escalation_rosters": [roster],
             "quotas": [{**segment, "min": 2}, {"network": "personalities", "min": 1}],
         },
-    )  # fmt: skip
+    )
     incident_id = incident["id"]
     assert incident["targeted"] == 5
 
     answer(fanout_client, wait_hook(receiver, editor_ma, "declared"), "will_engage")
     assert quotas(fanout_client, viewer, incident_id) == [
-        {"network": "editors", "countries": ["MA", "TN"], "answered": 1, "targeted": 3,
-         "met": False},
-        {"network": "personalities", "countries": [], "answered": 0, "targeted": 1,
-         "met": False},
-    ]  # fmt: skip
+        {
+            "network": "editors",
+            "countries": ["MA", "TN"],
+            "answered": 1,
+            "targeted": 3,
+            "met": False,
+        },
+        {"network": "personalities", "countries": [], "answered": 0, "targeted": 1, "met": False},
+    ]
     # The second editor of the segment answers round 1: the quota is met.
     reminded = wait_hook(receiver, editor_tn, "reminder", 2)
     wait_mails(smtp, editor_tn, 2)
     answer(fanout_client, reminded, "will_engage")
     assert quotas(fanout_client, viewer, incident_id)[0] == {
-        "network": "editors", "countries": ["MA", "TN"], "answered": 2, "targeted": 3,
+        "network": "editors",
+        "countries": ["MA", "TN"],
+        "answered": 2,
+        "targeted": 3,
         "met": True,
-    }  # fmt: skip
+    }
 
     round_1 = wait_timer(session_factory, incident_id, "reminder", 1)
     round_2 = wait_timer(session_factory, incident_id, "reminder", 2)
@@ -520,8 +552,11 @@ def test_met_quota_stops_its_segment_while_others_are_reminded_and_escalated(
         assert subjects(smtp, member) == [f"[{incident['reference']}] Subject in en"]
 
     assert briefing_kinds(session_factory, incident_id) == [
-        (1, "declared"), (2, "reminder"), (3, "reminder"), (4, "escalated"),
-    ]  # fmt: skip
+        (1, "declared"),
+        (2, "reminder"),
+        (3, "reminder"),
+        (4, "escalated"),
+    ]
     rows = ledger(session_factory, incident_id)
     assert sorted((r.member_id, r.channel) for r in rows if r.kind == "escalated") == sorted(
         (m["id"], channel)
@@ -536,40 +571,61 @@ def test_met_quota_stops_its_segment_while_others_are_reminded_and_escalated(
     # The escalated members are targeted now; the met segment did not grow.
     assert targeted(fanout_client, viewer, incident_id) == 7
     assert quotas(fanout_client, viewer, incident_id) == [
-        {"network": "editors", "countries": ["MA", "TN"], "answered": 2, "targeted": 3,
-         "met": True},
-        {"network": "personalities", "countries": [], "answered": 0, "targeted": 2,
-         "met": False},
-    ]  # fmt: skip
+        {
+            "network": "editors",
+            "countries": ["MA", "TN"],
+            "answered": 2,
+            "targeted": 3,
+            "met": True,
+        },
+        {"network": "personalities", "countries": [], "answered": 0, "targeted": 2, "met": False},
+    ]
 
 
 # ---------------------------------------------------------------------------- deadline
 
 
+@pytest.mark.usefixtures("worker")
 def test_operators_hear_of_unmet_quotas_at_the_deadline_and_only_then(
-    fanout_client, operator, viewer, add_member, worker, smtp, receiver, session_factory
+    fanout_client, operator, viewer, add_member, smtp, receiver, session_factory
 ):
-    covered = [add_member(name=f"Covered {n}", network="editors", languages=["en"])
-               for n in range(2)]  # fmt: skip
+    covered = [
+        add_member(name=f"Covered {n}", network="editors", languages=["en"]) for n in range(2)
+    ]
     editor = add_member(name="Editor", network="editors", country="MA", languages=["en"])
     personality = add_member(
         name="Personality", network="personalities", country="TN", languages=["fr", "en"]
     )
     followup = {"reminders": 0, "reminder_interval_seconds": 1, "ack_deadline_seconds": 6}
     met = declare(
-        fanout_client, operator, covered,
-        {**followup, "notify_emails": ["desk-met@example.org"],
-         "quotas": [{"network": "editors", "min": 1}]},
-    )  # fmt: skip
+        fanout_client,
+        operator,
+        covered,
+        {
+            **followup,
+            "notify_emails": ["desk-met@example.org"],
+            "quotas": [{"network": "editors", "min": 1}],
+        },
+    )
     unmet = declare(
-        fanout_client, operator, [editor, personality],
-        {**followup, "notify_emails": ["desk@example.org", OPERATOR],
-         "quotas": [
-             {"network": "editors", "min": 1},
-             {"network": "personalities", "countries": ["TN"], "languages": ["fr"],
-              "responses": ["will_engage", "acknowledged"], "min": 1},
-         ]},
-    )  # fmt: skip
+        fanout_client,
+        operator,
+        [editor, personality],
+        {
+            **followup,
+            "notify_emails": ["desk@example.org", OPERATOR],
+            "quotas": [
+                {"network": "editors", "min": 1},
+                {
+                    "network": "personalities",
+                    "countries": ["TN"],
+                    "languages": ["fr"],
+                    "responses": ["will_engage", "acknowledged"],
+                    "min": 1,
+                },
+            ],
+        },
+    )
     answer(fanout_client, wait_hook(receiver, covered[0], "declared"), "will_engage")
     answer(fanout_client, wait_hook(receiver, editor, "declared"), "will_engage")
     answer(fanout_client, wait_hook(receiver, personality, "declared"), "unavailable")
@@ -610,10 +666,10 @@ def test_operators_hear_of_unmet_quotas_at_the_deadline_and_only_then(
 # ---------------------------------------------------------------------------- end of incident
 
 
+@pytest.mark.usefixtures("worker")
 def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
-    fanout_client, operator, viewer, add_member, worker, smtp, receiver, session_factory,
-    fire_timers,
-):  # fmt: skip
+    fanout_client, operator, viewer, add_member, smtp, receiver, session_factory, fire_timers
+):
     def pair(label: str) -> tuple[dict[str, Any], dict[str, Any]]:
         awake = add_member(name=f"Awake {label}", languages=["en"], timezone="UTC")
         asleep = add_member(
@@ -625,9 +681,12 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
     roster = new_roster(fanout_client, operator, "Second tier", [second_tier])
     # Long clocks that beat never reaches during the test: the test's clock fires them.
     followup = {
-        "reminders": 2, "reminder_interval_seconds": 600, "ack_deadline_seconds": 3600,
-        "escalation_rosters": [roster], "quotas": [{"min": 1}],
-    }  # fmt: skip
+        "reminders": 2,
+        "reminder_interval_seconds": 600,
+        "ack_deadline_seconds": 3600,
+        "escalation_rosters": [roster],
+        "quotas": [{"min": 1}],
+    }
     clock = ManualClock()
     incidents = {}
     members = {}
@@ -646,9 +705,11 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
         wait_mails(smtp, awake, 2)
         rows = ledger(session_factory, incidents[end]["id"])
         assert sorted(rows_of(rows, asleep)) == [
-            ("declared", 1, "email", "pending"), ("declared", 1, "webhook", "pending"),
-            ("reminder", 2, "email", "pending"), ("reminder", 2, "webhook", "pending"),
-        ]  # fmt: skip
+            ("declared", 1, "email", "pending"),
+            ("declared", 1, "webhook", "pending"),
+            ("reminder", 2, "email", "pending"),
+            ("reminder", 2, "webhook", "pending"),
+        ]
     ended_at = {}
     for end in ("resolve", "cancel"):
         response = fanout_client.post(
@@ -667,8 +728,10 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
         incident_id = incidents[end]["id"]
         awake, asleep = members[end]
         assert briefing_kinds(session_factory, incident_id) == [
-            (1, "declared"), (2, "reminder"), (3, kind),
-        ]  # fmt: skip
+            (1, "declared"),
+            (2, "reminder"),
+            (3, kind),
+        ]
         fired = timers(session_factory, incident_id)
         assert fired[("reminder", 1)].outcome == "reminded 2 members (4 deliveries)"
         for later in (("reminder", 2), ("escalation", 1), ("deadline", 1)):
@@ -680,9 +743,11 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
         assert not [r for r in rows if r.kind == "reminder" and r.created_at > ended_at[end]]
         # The unsent rows (declaration and reminder) ended cancelled, never to be sent.
         assert sorted(rows_of(rows, asleep)) == [
-            ("declared", 1, "email", "cancelled"), ("declared", 1, "webhook", "cancelled"),
-            ("reminder", 2, "email", "cancelled"), ("reminder", 2, "webhook", "cancelled"),
-        ]  # fmt: skip
+            ("declared", 1, "email", "cancelled"),
+            ("declared", 1, "webhook", "cancelled"),
+            ("reminder", 2, "email", "cancelled"),
+            ("reminder", 2, "webhook", "cancelled"),
+        ]
         assert {r.last_error for r in rows if r.member_id == asleep["id"]} == {f"incident {kind}"}
         assert hooks(receiver, asleep) == []
         assert smtp.to(asleep["email"]) == []
@@ -703,18 +768,32 @@ def test_resolve_and_cancel_stop_every_reminder_and_the_other_timers(
 
 
 def test_a_worker_restarted_after_missed_rounds_gets_each_overdue_timer_once(
-    fanout_client, operator, viewer, add_member, worker, worker_env, smtp, receiver,
-    session_factory, fire_timers,
-):  # fmt: skip
+    fanout_client,
+    operator,
+    viewer,
+    add_member,
+    worker,
+    worker_env,
+    smtp,
+    receiver,
+    session_factory,
+    fire_timers,
+):
     silent = [add_member(name=f"Silent {n}", languages=["en"]) for n in range(2)]
     answers_round_1 = add_member(name="Answers round 1", languages=["en"])
     members = [*silent, answers_round_1]
     clock = ManualClock()
     incident = declare(
-        fanout_client, operator, members,
-        {"reminders": 2, "reminder_interval_seconds": 600, "ack_deadline_seconds": 1500,
-         "quotas": [{"min": 3}]},
-    )  # fmt: skip
+        fanout_client,
+        operator,
+        members,
+        {
+            "reminders": 2,
+            "reminder_interval_seconds": 600,
+            "ack_deadline_seconds": 1500,
+            "quotas": [{"min": 3}],
+        },
+    )
     incident_id = incident["id"]
     wait_final(fanout_client, viewer, incident_id)
     clock.advance(601)
@@ -752,15 +831,19 @@ def test_a_worker_restarted_after_missed_rounds_gets_each_overdue_timer_once(
     assert len(smtp.to(OPERATOR)) == 1
 
     assert briefing_kinds(session_factory, incident_id) == [
-        (1, "declared"), (2, "reminder"), (3, "reminder"),
-    ]  # fmt: skip
+        (1, "declared"),
+        (2, "reminder"),
+        (3, "reminder"),
+    ]
     rows = ledger(session_factory, incident_id)
     assert {r.status for r in rows} == {"sent"}
     declared = ("incident.declared", "declared", 1)
     for member in silent:
         assert hook_kinds(receiver, member) == [
-            declared, ("incident.reminder", "reminder", 2), ("incident.reminder", "reminder", 3),
-        ]  # fmt: skip
+            declared,
+            ("incident.reminder", "reminder", 2),
+            ("incident.reminder", "reminder", 3),
+        ]
         assert len(rows_of(rows, member)) == 6
     assert hook_kinds(receiver, answers_round_1) == [declared, ("incident.reminder", "reminder", 2)]
     for member in members:

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.acks import followup, outbox
 from app.config import Settings
 from app.db import session_scope
-from app.incidents import timeline
 from app.models import IncidentEvent, IncidentTimer, OperatorNotice
 from app.models.base import utcnow
 from app.netutil import free_port, wait_until
+from app.vocabulary import TimelineEventKind
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign
 from tests.support.sinks import HangingSmtpServer, SmtpSink, _MailHandler
 from tests.support.smtp_tls import TlsRelay, make_certificates
@@ -42,9 +42,13 @@ HUNG_TIMEOUT = 60.0
 
 def notice_settings(settings: Settings, port: int, **update: Any) -> Settings:
     values: dict[str, Any] = {
-        "smtp_host": "127.0.0.1", "smtp_port": port, "operator_emails": [OPERATOR],
-        "smtp_timeout_seconds": 5.0, "operator_notice_retry_seconds": 30.0, **update,
-    }  # fmt: skip
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "operator_emails": [OPERATOR],
+        "smtp_timeout_seconds": 5.0,
+        "operator_notice_retry_seconds": 30.0,
+        **update,
+    }
     return ack_settings_from(settings, **values)
 
 
@@ -55,9 +59,14 @@ def incident_at_its_deadline(
     member = api.member(network="editors")
     incident = api.declare(
         [member],
-        followup={"reminders": 0, "reminder_interval_seconds": 60, "ack_deadline_seconds": 600,
-                  "quotas": [QUOTA], "notify_emails": [DESK]},
-    )  # fmt: skip
+        followup={
+            "reminders": 0,
+            "reminder_interval_seconds": 60,
+            "ack_deadline_seconds": 600,
+            "quotas": [QUOTA],
+            "notify_emails": [DESK],
+        },
+    )
     with session_scope(session_factory) as session:
         session.execute(
             update(IncidentTimer)
@@ -181,11 +190,13 @@ def test_a_hung_relay_does_not_hold_the_incident_and_the_notice_goes_out_when_it
     assert events.index("deadline") < events.index("operators_notified")
     with session_factory() as session:
         notified = session.scalars(
-            select(IncidentEvent).where(IncidentEvent.kind == timeline.OPERATORS_NOTIFIED)
+            select(IncidentEvent).where(IncidentEvent.kind == TimelineEventKind.OPERATORS_NOTIFIED)
         ).one()
     assert notified.detail == {
-        "sequence": 1, "outcome": "operators notified: 1 quota(s) unmet", "attempts": 2,
-    }  # fmt: skip
+        "sequence": 1,
+        "outcome": "operators notified: 1 quota(s) unmet",
+        "attempts": 2,
+    }
     assert notified.at == sent.sent_at
 
 
@@ -225,9 +236,13 @@ def test_no_notice_without_unmet_quotas_or_addresses(
     member = api.member(network="editors")
     api.declare(
         [member],
-        followup={"reminders": 0, "reminder_interval_seconds": 60, "ack_deadline_seconds": 600,
-                  "quotas": [QUOTA]},
-    )  # fmt: skip
+        followup={
+            "reminders": 0,
+            "reminder_interval_seconds": 60,
+            "ack_deadline_seconds": 600,
+            "quotas": [QUOTA],
+        },
+    )
     with session_scope(session_factory) as session:
         session.execute(update(IncidentTimer).values(due_at=utcnow() - timedelta(seconds=1)))
 
@@ -248,8 +263,9 @@ def test_the_notice_follows_the_starttls_mode(
     credentials = {"smtp_username": "ops-relay", "smtp_password": SecretStr("never-in-clear")}
     try:
         incident_at_its_deadline(api, session_factory)
-        required = notice_settings(ack_settings, plain.port, smtp_starttls="required",
-                                   **credentials)  # fmt: skip
+        required = notice_settings(
+            ack_settings, plain.port, smtp_starttls="required", **credentials
+        )
         assert followup.fire_due(session_factory, required, lambda _: None) == 1
         # The relay does not offer STARTTLS: refused before any password or message.
         assert outbox.send_due(session_factory, required) == 0
@@ -260,8 +276,9 @@ def test_the_notice_follows_the_starttls_mode(
 
         # Untrusted certificate (no CA file): refused, the password is not sent.
         make_due(session_factory)
-        untrusted = notice_settings(ack_settings, tls.port, smtp_starttls="opportunistic",
-                                    **credentials)  # fmt: skip
+        untrusted = notice_settings(
+            ack_settings, tls.port, smtp_starttls="opportunistic", **credentials
+        )
         assert outbox.send_due(session_factory, untrusted) == 0
         assert "certificate" in (the_notice(session_factory).last_error or "")
         assert tls.auth_attempts == []
@@ -269,9 +286,12 @@ def test_the_notice_follows_the_starttls_mode(
         # The private relay's CA is configured: verified, then AUTH, then the notice.
         make_due(session_factory)
         verified = notice_settings(
-            ack_settings, tls.port, smtp_starttls="required",
-            smtp_ca_file=certificates.ca_file, **credentials,
-        )  # fmt: skip
+            ack_settings,
+            tls.port,
+            smtp_starttls="required",
+            smtp_ca_file=certificates.ca_file,
+            **credentials,
+        )
         assert outbox.send_due(session_factory, verified) == 1
     finally:
         plain.stop()
@@ -319,10 +339,15 @@ def test_a_notice_that_could_inject_a_header_is_given_up_at_once(
         incident, _ = incident_at_its_deadline(api, session_factory)
         with session_scope(session_factory) as session:
             outbox.add_notice(
-                session, incident_id=uuid.UUID(incident["id"]), kind="deadline", sequence=1,
-                summary="operators notified", recipients=["ops@example.org\r\nBcc: x@evil.test"],
-                subject="Deadline", body="Body\n",
-            )  # fmt: skip
+                session,
+                incident_id=uuid.UUID(incident["id"]),
+                kind="deadline",
+                sequence=1,
+                summary="operators notified",
+                recipients=["ops@example.org\r\nBcc: x@evil.test"],
+                subject="Deadline",
+                body="Body\n",
+            )
         assert outbox.send_due(session_factory, settings) == 0
     finally:
         sink.stop()

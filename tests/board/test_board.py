@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.deliveries import ledger
 from app.models import Role
+from app.vocabulary import DeliveryStatus
 from tests.acks.conftest import Api, Live, delivery_of, sign
 from tests.incidents.test_status import move
 from tests.support.browser import PNG_SIGNATURE, chromium
@@ -72,7 +72,7 @@ class _Markup(HTMLParser):
         self.tags.append((tag, dict(attrs)))
         self._open = tag
 
-    def handle_endtag(self, tag: str) -> None:
+    def handle_endtag(self, _tag: str) -> None:
         self._open = None
 
     def handle_data(self, data: str) -> None:
@@ -144,9 +144,13 @@ def test_the_shell_holds_no_data_and_needs_no_key(
     page = real.text
     member = declared["member"]
     for secret in (
-        declared["id"], declared["reference"], declared["title"], member["name"],
-        member["email"], *api_keys.values(),
-    ):  # fmt: skip
+        declared["id"],
+        declared["reference"],
+        declared["title"],
+        member["name"],
+        member["email"],
+        *api_keys.values(),
+    ):
         assert secret not in page, secret
 
     # Nothing inline for the CSP to refuse, nothing from anywhere else.
@@ -221,9 +225,16 @@ def test_the_script_and_stylesheet_are_served_with_their_types(client: TestClien
 
     script = bodies["/board/static/board.js"]
     for forbidden in (
-        "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
-        "new Function", "localStorage", "http://", "https://",
-    ):  # fmt: skip
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "localStorage",
+        "http://",
+        "https://",
+    ):
         assert forbidden not in script, forbidden
     assert "textContent" in script
     assert "sessionStorage" in script
@@ -291,27 +302,36 @@ def test_the_board_follows_the_answers_in_a_real_browser(
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     people = {
-        "fr": live_api.member(network="editors", country="MA", languages=["fr"],
-                              name=f"Yasmina Bennani-{tag}"),
-        "ar": live_api.member(network="editors", country="TN", languages=["ar"],
-                              name=f"Karim Trabelsi-{tag}"),
-        "en": live_api.member(network="personalities", country="FR", languages=["en"],
-                              name=f"Claire Dumont-{tag}"),
-        "hook": live_api.member(network="personalities", country="EG", languages=["ar"],
-                                name=f"Omar Farouk-{tag}", webhook_url=PUBLIC_WEBHOOK),
-    }  # fmt: skip
+        "fr": live_api.member(
+            network="editors", country="MA", languages=["fr"], name=f"Yasmina Bennani-{tag}"
+        ),
+        "ar": live_api.member(
+            network="editors", country="TN", languages=["ar"], name=f"Karim Trabelsi-{tag}"
+        ),
+        "en": live_api.member(
+            network="personalities", country="FR", languages=["en"], name=f"Claire Dumont-{tag}"
+        ),
+        "hook": live_api.member(
+            network="personalities",
+            country="EG",
+            languages=["ar"],
+            name=f"Omar Farouk-{tag}",
+            webhook_url=PUBLIC_WEBHOOK,
+        ),
+    }
     incident = live_api.declare(
         list(people.values()),
         mode="exercise",
         followup={
             "reminders": 0,
-            "quotas": [{"network": "editors", "responses": ["will_engage", "acknowledged"],
-                        "min": 2}],
+            "quotas": [
+                {"network": "editors", "responses": ["will_engage", "acknowledged"], "min": 2}
+            ],
         },
-    )  # fmt: skip
-    move(session_factory, incident, people["fr"], ledger.SENT)
-    move(session_factory, incident, people["ar"], ledger.SENT)
-    move(session_factory, incident, people["en"], ledger.FAILED)
+    )
+    move(session_factory, incident, people["fr"], DeliveryStatus.SENT)
+    move(session_factory, incident, people["ar"], DeliveryStatus.SENT)
+    move(session_factory, incident, people["en"], DeliveryStatus.FAILED)
     viewer_key = api_keys[Role.VIEWER]
     secrets = [viewer_key, api_keys[Role.OPERATOR], api_keys[Role.ADMIN]]
     personal = [value for m in people.values() for value in (m["name"], m["email"])]
@@ -427,14 +447,16 @@ def test_the_board_follows_the_event_stream_with_the_key_in_a_header(
     Authorization header, never in a URL) and draws each status event: no polling."""
     tag = uuid.uuid4().hex[:6]
     people = [
-        live_api.member(network="editors", country="MA", languages=["fr"],
-                        name=f"Nadia Alaoui-{tag}"),
-        live_api.member(network="editors", country="SN", languages=["fr"],
-                        name=f"Moussa Diop-{tag}"),
-    ]  # fmt: skip
+        live_api.member(
+            network="editors", country="MA", languages=["fr"], name=f"Nadia Alaoui-{tag}"
+        ),
+        live_api.member(
+            network="editors", country="SN", languages=["fr"], name=f"Moussa Diop-{tag}"
+        ),
+    ]
     incident = live_api.declare(people)
     for member in people:
-        move(session_factory, incident, member, ledger.SENT)
+        move(session_factory, incident, member, DeliveryStatus.SENT)
     viewer_key = api_keys[Role.VIEWER]
     events_path = f"/v1/incidents/{incident['id']}/events"
     with chromium() as browser:

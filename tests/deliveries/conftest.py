@@ -36,7 +36,7 @@ def worker_env(settings: Settings, smtp: SmtpSink, tmp_path: Path) -> dict[str, 
 
 
 @pytest.fixture
-def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerProcess]:
+def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerProcess]:  # noqa: ARG001 (requested for its effect: an empty broker)
     process = WorkerProcess(worker_env).start()
     try:
         yield process

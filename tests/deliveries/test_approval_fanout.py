@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # a real worker
 
 
 @pytest.fixture
-def approving_client(settings: Settings, engine: Any) -> Iterator[TestClient]:
+def approving_client(settings: Settings, engine: Any) -> Iterator[TestClient]:  # noqa: ARG001 (requested for its effect: a migrated database)
     yield from make_client(
         settings.model_copy(
             update={"webhook_allow_private": True, "approval_severities": ["severe", "extreme"]}
@@ -25,8 +25,9 @@ def approving_client(settings: Settings, engine: Any) -> Iterator[TestClient]:
     )
 
 
+@pytest.mark.usefixtures("worker")
 def test_a_severe_declaration_goes_out_once_a_second_key_approves(
-    approving_client, auth, add_member, worker, smtp, receiver, db
+    approving_client, auth, add_member, smtp, receiver, db
 ):
     members = [add_member(languages=["ar"]), add_member(languages=["fr"])]
     operator, admin = auth(Role.OPERATOR), auth(Role.ADMIN)

@@ -79,9 +79,16 @@ def test_quiet_hours_across_midnight(now, expected):
 
 @pytest.mark.parametrize(
     ("local", "quiet"),
-    [((12, 59), False), ((13, 0), True), ((14, 30), True), ((14, 59), True), ((15, 0), False),
-     ((23, 0), False), ((3, 0), False)],
-)  # fmt: skip
+    [
+        ((12, 59), False),
+        ((13, 0), True),
+        ((14, 30), True),
+        ((14, 59), True),
+        ((15, 0), False),
+        ((23, 0), False),
+        ((3, 0), False),
+    ],
+)
 def test_quiet_hours_within_one_day(local, quiet):
     now = paris(2026, 6, 10, *local)
     until = quiet_until(now, "Europe/Paris", time(13, 0), time(15, 0))
@@ -137,9 +144,19 @@ def test_first_attempt_waits_only_for_deferrable_severities():
 
 @pytest.mark.parametrize(
     ("language", "direction"),
-    [("ar", "rtl"), ("ar-EG", "rtl"), ("fa", "rtl"), ("he", "rtl"), ("ur", "rtl"),
-     ("fr", "ltr"), ("en", "ltr"), ("fr-CA", "ltr"), ("xx", "ltr"), ("", "ltr")],
-)  # fmt: skip
+    [
+        ("ar", "rtl"),
+        ("ar-EG", "rtl"),
+        ("fa", "rtl"),
+        ("he", "rtl"),
+        ("ur", "rtl"),
+        ("fr", "ltr"),
+        ("en", "ltr"),
+        ("fr-CA", "ltr"),
+        ("xx", "ltr"),
+        ("", "ltr"),
+    ],
+)
 def test_text_direction(language, direction):
     assert text_direction(language) == direction
 
@@ -297,10 +314,10 @@ def test_every_single_bit_flip_is_rejected():
         lambda t: t[:20],
         lambda t: t + "AAAA",
         lambda t: t + "A",
-        lambda t: "",
-        lambda t: "garbage",
-        lambda t: "!!!!not base64!!!!",
-        lambda t: "é" * 42,
+        lambda _t: "",
+        lambda _t: "garbage",
+        lambda _t: "!!!!not base64!!!!",
+        lambda _t: "é" * 42,
         lambda t: t.upper() if t.upper() != t else t.lower(),
         lambda t: encode(b"\x00" * len(raw(t))),
     ],

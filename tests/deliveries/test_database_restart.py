@@ -65,21 +65,37 @@ class ScratchCluster:
     def _run(self, *argv: str) -> None:
         subprocess.run(
             ["runuser", "-u", "postgres", "--", *argv],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def _pg_ctl(self, action: str, *extra: str) -> None:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
         self._run(
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options,
-            "-l", str(self.directory / "server.log"), "-w", action, *extra,
-        )  # fmt: skip
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "server.log"),
+            "-w",
+            action,
+            *extra,
+        )
 
     def start(self) -> ScratchCluster:
         self._run(
-            str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
-            "postgres", "--no-sync",
-        )  # fmt: skip
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        )
         self._pg_ctl("start")
         return self
 
@@ -105,9 +121,8 @@ def cluster() -> Iterator[ScratchCluster]:
         scratch.stop()
 
 
-def test_postgresql_restart_mid_fanout_loses_nothing(
-    cluster, settings, worker_env, purge_broker, smtp, receiver
-):
+@pytest.mark.usefixtures("purge_broker")
+def test_postgresql_restart_mid_fanout_loses_nothing(cluster, settings, worker_env, smtp, receiver):
     migrate.upgrade(cluster.url)
     engine = create_db_engine(cluster.url)
     factory = create_session_factory(engine)

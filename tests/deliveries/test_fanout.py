@@ -14,8 +14,9 @@ from tests.support.factories import declare_body, make_client, wait_final
 from tests.support.worker import WorkerProcess
 
 
+@pytest.mark.usefixtures("worker")
 def test_declare_briefs_every_member_once_per_channel(
-    fanout_client, auth, add_member, worker, smtp, receiver, db
+    fanout_client, auth, add_member, smtp, receiver, db
 ):
     members = [add_member(languages=["ar", "en"]) for _ in range(3)]
     members += [add_member(languages=["fr-CA"]), add_member(languages=["de"])]
@@ -62,8 +63,9 @@ def test_declare_briefs_every_member_once_per_channel(
     # between its activation check and its fan-out check): wait for both.
     wait_until(
         lambda: {"fanout_finished", "activated"} <= {e["kind"] for e in timeline()},
-        30, "fan-out finished and incident activated",
-    )  # fmt: skip
+        30,
+        "fan-out finished and incident activated",
+    )
     events = {e["kind"]: e for e in timeline()}
     assert list(events)[:2] == ["declared", "fanout_started"]
     finished = events["fanout_finished"]["detail"]
@@ -72,8 +74,9 @@ def test_declare_briefs_every_member_once_per_channel(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("engine", "purge_broker", "db")
 def test_a_declaration_written_in_chunks_by_the_worker_briefs_everyone_once(
-    settings, engine, add_member, auth, worker_env, purge_broker, smtp, receiver, db
+    settings, add_member, auth, worker_env, smtp, receiver
 ):
     """The request writes 3 members' rows and answers; the real worker writes the other
     chunks and sends each as soon as it is written."""
@@ -97,11 +100,15 @@ def test_a_declaration_written_in_chunks_by_the_worker_briefs_everyone_once(
                 "webhook": {"sent": 10},
             }
             wait_until(
-                lambda: client.get(
-                    f"/v1/incidents/{incident['id']}/status", headers=auth(Role.VIEWER)
-                ).json()["status"] == "active",
-                30, "the incident active once every chunk was written and sent",
-            )  # fmt: skip
+                lambda: (
+                    client.get(
+                        f"/v1/incidents/{incident['id']}/status", headers=auth(Role.VIEWER)
+                    ).json()["status"]
+                    == "active"
+                ),
+                30,
+                "the incident active once every chunk was written and sent",
+            )
             kinds = [
                 event["kind"]
                 for event in client.get(

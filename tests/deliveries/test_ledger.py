@@ -19,6 +19,7 @@ from app.db import session_scope
 from app.deliveries import ledger
 from app.models import Briefing, Delivery, Incident, Role
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus
 from tests.incidents.test_status import Person, add_members, declare
 
 LEASE = timedelta(seconds=15)
@@ -134,9 +135,14 @@ def test_a_claim_clears_the_queue_marks_and_a_retry_waits_by_the_database_clock(
     first = claimed[0]
     with session_scope(session_factory) as session:
         assert ledger.finish_one(
-            session, delivery_id=first.id, attempt=first.attempts, to_status=ledger.RETRYING,
-            now=utcnow(), error="HTTP 503", retry_in=timedelta(seconds=60),
-        )  # fmt: skip
+            session,
+            delivery_id=first.id,
+            attempt=first.attempts,
+            to_status=DeliveryStatus.RETRYING,
+            now=utcnow(),
+            error="HTTP 503",
+            retry_in=timedelta(seconds=60),
+        )
     with session_factory() as session:
         due = session.scalar(select(Delivery.next_attempt_at).where(Delivery.id == first.id))
     assert due is not None
@@ -219,9 +225,14 @@ def test_one_claim_of_pending_retrying_and_expired_rows_keeps_the_counters_exact
     taken = {c.id: c for c in claim(session_factory, [retrying, expired])}
     with session_scope(session_factory) as session:
         assert ledger.finish_one(
-            session, delivery_id=retrying, attempt=taken[retrying].attempts,
-            to_status=ledger.RETRYING, now=utcnow(), error="HTTP 503", retry_in=timedelta(0),
-        )  # fmt: skip
+            session,
+            delivery_id=retrying,
+            attempt=taken[retrying].attempts,
+            to_status=DeliveryStatus.RETRYING,
+            now=utcnow(),
+            error="HTTP 503",
+            retry_in=timedelta(0),
+        )
         session.execute(
             update(Delivery)
             .where(Delivery.id == expired)
@@ -269,13 +280,17 @@ def test_one_outcome_write_moves_rows_and_counters_and_keeps_the_fence(session_f
             .values(status="cancelled", ended_at=utcnow())
         )
     outcomes = [
-        ledger.Outcome(ok, taken[ok].attempts, briefing_id, ledger.SENT),
+        ledger.Outcome(ok, taken[ok].attempts, briefing_id, DeliveryStatus.SENT),
         ledger.Outcome(
-            failed, taken[failed].attempts, briefing_id, ledger.RETRYING, "HTTP 503",
+            failed,
+            taken[failed].attempts,
+            briefing_id,
+            DeliveryStatus.RETRYING,
+            "HTTP 503",
             timedelta(seconds=5),
         ),
-        ledger.Outcome(stolen, taken[stolen].attempts + 1, briefing_id, ledger.SENT),
-    ]  # fmt: skip
+        ledger.Outcome(stolen, taken[stolen].attempts + 1, briefing_id, DeliveryStatus.SENT),
+    ]
     with session_scope(session_factory) as session:
         recorded = ledger.record_outcomes(
             session, outcomes, briefing_ids=[briefing_id], now=utcnow()
@@ -296,7 +311,7 @@ def test_an_outcome_write_rolled_back_leaves_rows_and_counters_as_they_were(
     with session_factory() as session:
         recorded = ledger.record_outcomes(
             session,
-            [ledger.Outcome(c.id, c.attempts, c.briefing_id, ledger.SENT) for c in taken],
+            [ledger.Outcome(c.id, c.attempts, c.briefing_id, DeliveryStatus.SENT) for c in taken],
             briefing_ids=[taken[0].briefing_id],
             now=utcnow(),
         )

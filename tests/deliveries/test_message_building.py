@@ -60,11 +60,18 @@ def test_a_spliced_base64_body_is_the_whole_text_encoded(segments: list[str], li
 
 def make_incident(**overrides: Any) -> Incident:
     fields: dict[str, Any] = {
-        "id": uuid.uuid4(), "reference": "RRMM-2026-0007", "title": 'Tension "quoted" – تحديث',
-        "severity": "severe", "urgency": "immediate", "mode": "actual", "countries": ["MA"],
-        "themes": ["religious-hatred"], "status": "active", "responses": ["will-share", "no"],
+        "id": uuid.uuid4(),
+        "reference": "RRMM-2026-0007",
+        "title": 'Tension "quoted" – تحديث',
+        "severity": "severe",
+        "urgency": "immediate",
+        "mode": "actual",
+        "countries": ["MA"],
+        "themes": ["religious-hatred"],
+        "status": "active",
+        "responses": ["will-share", "no"],
         "ack_deadline": datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
-    }  # fmt: skip
+    }
     fields.update(overrides)
     return Incident(**fields)
 
@@ -79,18 +86,23 @@ def make_briefing(incident: Incident, briefing_id: int = 1) -> Briefing:
         for language in ("en", "ar")
     }
     return Briefing(
-        id=briefing_id, version=1, kind="declared", languages=["en", "ar"], content=content,
+        id=briefing_id,
+        version=1,
+        kind="declared",
+        languages=["en", "ar"],
+        content=content,
         incident_id=incident.id,
-    )  # fmt: skip
+    )
 
 
 def builder_and_jobs(
     incident: Incident, briefing: Briefing, channel: str
 ) -> tuple[service.MessageBuilder, list[service.Job], SecretBox]:
     settings_ = Settings(
-        secret_key=secrets.token_hex(32), public_url="https://rrmm.example.org",
+        secret_key=secrets.token_hex(32),
+        public_url="https://rrmm.example.org",
         mail_from="RRMM <alerts@rrmm.example.org>",
-    )  # fmt: skip
+    )
     box = SecretBox.from_settings(settings_)
     jobs = [
         service.Job(

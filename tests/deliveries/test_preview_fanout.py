@@ -26,9 +26,8 @@ def _normalised(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_preview_matches_what_the_worker_sends(
-    fanout_client, auth, add_member, worker, smtp, receiver
-):
+@pytest.mark.usefixtures("worker")
+def test_preview_matches_what_the_worker_sends(fanout_client, auth, add_member, smtp, receiver):
     members = {lang: add_member(languages=[lang]) for lang in ("ar", "fr", "en")}
     operator = auth(Role.OPERATOR)
     body = declare_body()

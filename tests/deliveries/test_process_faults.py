@@ -62,9 +62,17 @@ def import_members(
     for n in range(count):
         address, path = f"fault{n}@example.org", f"/faults/{n}"
         writer.writerow(
-            ["editors", f"Member {n}", "MA", "en;fr", address, receiver.url(path),
-             "2026-01-15T10:00:00+00:00", "written"]
-        )  # fmt: skip
+            [
+                "editors",
+                f"Member {n}",
+                "MA",
+                "en;fr",
+                address,
+                receiver.url(path),
+                "2026-01-15T10:00:00+00:00",
+                "written",
+            ]
+        )
         by_line[n + 2] = (address, path)  # line 1 is the header
     response = client.post(
         "/v1/members/import",
@@ -210,7 +218,7 @@ def fault_env(worker_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def spawn(fault_env: dict[str, str], purge_broker: None) -> Iterator[Callable[[], WorkerProcess]]:
+def spawn(fault_env: dict[str, str], purge_broker: None) -> Iterator[Callable[[], WorkerProcess]]:  # noqa: ARG001 (requested for its effect: an empty broker)
     """Start workers (same environment, same log file); all are stopped at the end."""
     started: list[WorkerProcess] = []
 
@@ -226,7 +234,7 @@ def spawn(fault_env: dict[str, str], purge_broker: None) -> Iterator[Callable[[]
 
 
 @pytest.fixture
-def broker_down_client(settings: Settings, engine: Any) -> Iterator[TestClient]:
+def broker_down_client(settings: Settings, engine: Any) -> Iterator[TestClient]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """The API with its broker pointed at a port nobody listens on."""
     yield from make_client(
         settings.model_copy(

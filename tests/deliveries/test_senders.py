@@ -53,6 +53,19 @@ class _Relay(asyncio.Protocol):
         self.owner.connections += 1
         transport.write(b"220 scripted relay\r\n")
 
+    def _data_line(self, line: bytes) -> list[bytes]:
+        """Take one line of a message; at its end, the reply to the whole message."""
+        if line != b".":
+            # Undo dot-stuffing (RFC 5321 4.5.2).
+            self.data.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+            return []
+        self.in_data = False
+        self.owner.transactions.append(
+            Transaction(self.sender, self.recipient, b"".join(self.data))
+        )
+        self.data = []
+        return [self.owner.reply(self.sender, "end", b"250 queued")]
+
     def data_received(self, chunk: bytes) -> None:
         self.buffer += chunk
         replies: list[bytes] = []
@@ -63,16 +76,7 @@ class _Relay(asyncio.Protocol):
                 break
             line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
             if self.in_data:
-                if line == b".":
-                    self.in_data = False
-                    self.owner.transactions.append(
-                        Transaction(self.sender, self.recipient, b"".join(self.data))
-                    )
-                    self.data = []
-                    replies.append(self.owner.reply(self.sender, "end", b"250 queued"))
-                else:
-                    # Undo dot-stuffing (RFC 5321 4.5.2).
-                    self.data.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+                replies.extend(self._data_line(line))
                 continue
             commands_in_chunk += 1
             verb = line[:4].upper()
@@ -343,9 +347,12 @@ def post_all(batches: list[list[WebhookRequest]], **options: Any) -> list[list[S
 
     async def run() -> list[list[SendResult]]:
         sender = WebhookSender(
-            allow_private=True, connect_timeout=2, total_timeout=5, retry_after_cap=60,
+            allow_private=True,
+            connect_timeout=2,
+            total_timeout=5,
+            retry_after_cap=60,
             **{"concurrency": 4, **options},
-        )  # fmt: skip
+        )
         try:
             return [await sender.send_all(batch) for batch in batches]
         finally:
@@ -380,9 +387,12 @@ def test_a_fixed_pool_of_senders_bounds_what_is_in_flight(
 
     async def run() -> list[SendResult]:
         sender = WebhookSender(
-            allow_private=True, connect_timeout=2, total_timeout=5, concurrency=3,
+            allow_private=True,
+            connect_timeout=2,
+            total_timeout=5,
+            concurrency=3,
             retry_after_cap=60,
-        )  # fmt: skip
+        )
         try:
             return await sender.send_all(
                 [hook(i, cookie_receiver.url(f"/h{i}")) for i in range(12)],

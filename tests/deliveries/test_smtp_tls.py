@@ -51,9 +51,14 @@ def plain_relay() -> Iterator[TlsRelay]:
 
 def send(relay: TlsRelay, **overrides: object) -> SendResult:
     options: dict[str, object] = {
-        "host": relay.host, "port": relay.port, "timeout": 5.0, "connections": 1,
-        "username": USER, "password": PASSWORD, **overrides,
-    }  # fmt: skip
+        "host": relay.host,
+        "port": relay.port,
+        "timeout": 5.0,
+        "connections": 1,
+        "username": USER,
+        "password": PASSWORD,
+        **overrides,
+    }
     sender = SmtpSender(SmtpSettings(**options))  # type: ignore[arg-type]
 
     async def run() -> list[SendResult]:
@@ -185,9 +190,16 @@ def test_loopback_hosts() -> None:
 
 @pytest.mark.parametrize(
     ("given", "mode"),
-    [("true", "required"), ("false", "off"), ("True", "required"), ("0", "off"),
-     ("off", "off"), ("opportunistic", "opportunistic"), ("required", "required")],
-)  # fmt: skip
+    [
+        ("true", "required"),
+        ("false", "off"),
+        ("True", "required"),
+        ("0", "off"),
+        ("off", "off"),
+        ("opportunistic", "opportunistic"),
+        ("required", "required"),
+    ],
+)
 def test_starttls_setting_keeps_the_old_boolean_spellings(
     given: str, mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

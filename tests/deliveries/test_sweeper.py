@@ -26,11 +26,11 @@ def runs(session_factory: sessionmaker[Session]) -> int:
         return sweep_runs(session)
 
 
+@pytest.mark.usefixtures("purge_broker")
 def test_sweeps_run_while_every_send_process_is_busy(
     fanout_client: Any,
     auth: Callable[[Role], dict[str, str]],
     worker_env: dict[str, str],
-    purge_broker: None,
     add_member: Callable[..., dict[str, Any]],
     receiver: WebhookReceiver,
     session_factory: sessionmaker[Session],

@@ -128,7 +128,7 @@ def workers(
 
 
 @pytest.fixture
-def worker(workers: Workers, engine: Any) -> WorkerProcess:
+def worker(workers: Workers, engine: Any) -> WorkerProcess:  # noqa: ARG001 (requested for its effect: a migrated database)
     """A worker with the default test settings (`FAST_CLOCKS`)."""
     return workers.get()
 
@@ -250,8 +250,9 @@ def test_safe_header_value_refuses_cr_lf_nul(value):
 # ---------------------------------------------------------------------------- SMTP
 
 
+@pytest.mark.usefixtures("worker")
 def test_smtp_4xx_is_retried_once_accepted_and_5xx_is_final(
-    fanout_client, auth, add_member, worker, smtp, receiver
+    fanout_client, auth, add_member, smtp, receiver
 ):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     busy = add_member(languages=["en"])  # 421: service not available (closing)
@@ -293,9 +294,8 @@ def test_smtp_4xx_is_retried_once_accepted_and_5xx_is_final(
 # ---------------------------------------------------------------------------- webhooks
 
 
-def test_webhook_500_is_retried_with_the_same_webhook_id(
-    fanout_client, auth, add_member, worker, receiver
-):
+@pytest.mark.usefixtures("worker")
+def test_webhook_500_is_retried_with_the_same_webhook_id(fanout_client, auth, add_member, receiver):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     member = add_member(email=False)
     path = script_hook(receiver, member, [500, 200])
@@ -319,8 +319,9 @@ def test_webhook_500_is_retried_with_the_same_webhook_id(
     assert first.body["data"]["ack"] == second.body["data"]["ack"]
 
 
+@pytest.mark.usefixtures("worker")
 def test_webhook_410_fails_without_retry_and_disables_the_webhook(
-    fanout_client, auth, add_member, worker, receiver, smtp, session_factory
+    fanout_client, auth, add_member, receiver, smtp, session_factory
 ):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     gone = add_member(languages=["en"])
@@ -355,7 +356,8 @@ def test_webhook_410_fails_without_retry_and_disables_the_webhook(
     assert len(receiver.hits_for(other["hook_path"])) == 2
 
 
-def test_webhook_429_honours_retry_after(fanout_client, auth, add_member, worker, receiver):
+@pytest.mark.usefixtures("worker")
+def test_webhook_429_honours_retry_after(fanout_client, auth, add_member, receiver):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     member = add_member(email=False)
     path = script_hook(receiver, member, [429, 200], retry_after="2")
@@ -372,8 +374,9 @@ def test_webhook_429_honours_retry_after(fanout_client, auth, add_member, worker
     assert all(h.verified for h in receiver.hits_for(path))
 
 
+@pytest.mark.usefixtures("worker")
 def test_webhook_redirect_to_an_internal_address_is_not_followed(
-    fanout_client, auth, add_member, worker, receiver, trap
+    fanout_client, auth, add_member, receiver, trap
 ):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     member = add_member(email=False)
@@ -430,8 +433,9 @@ def _post(client: Any, url: str, operator: dict[str, str], body: Any = None) -> 
     assert response.status_code == 202, response.text
 
 
+@pytest.mark.usefixtures("worker")
 def test_email_and_webhook_content_across_an_incident_lifecycle(
-    fanout_client, auth, add_member, worker, smtp, receiver
+    fanout_client, auth, add_member, smtp, receiver
 ):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     english = add_member(languages=["en"])
@@ -457,10 +461,13 @@ def test_email_and_webhook_content_across_an_incident_lifecycle(
     assert len(mails) == 3 * 3 + 3 * 2  # one message per email row, no more
 
     kinds = {
-        exercise["id"]: {1: ("", "incident.declared"), 2: ("Update 2:", "incident.updated"),
-                         3: ("Stand-down:", "incident.resolved")},
+        exercise["id"]: {
+            1: ("", "incident.declared"),
+            2: ("Update 2:", "incident.updated"),
+            3: ("Stand-down:", "incident.resolved"),
+        },
         actual["id"]: {1: ("", "incident.declared"), 2: ("Cancelled:", "incident.cancelled")},
-    }  # fmt: skip
+    }
     for incident, rows in ((exercise, exercise_rows), (actual, actual_rows)):
         is_exercise = incident is exercise
         for member in members:
@@ -512,7 +519,8 @@ def test_email_and_webhook_content_across_an_incident_lifecycle(
                 assert hit.body["type"] == event_type
 
 
-def test_updates_are_threaded_to_the_first_briefing(fanout_client, auth, add_member, worker, smtp):
+@pytest.mark.usefixtures("worker")
+def test_updates_are_threaded_to_the_first_briefing(fanout_client, auth, add_member, smtp):
     operator, viewer = auth(Role.OPERATOR), auth(Role.VIEWER)
     members = [add_member(languages=["en"], webhook=False), add_member(languages=["ar"])]
     incident = declare(fanout_client, operator)
@@ -715,12 +723,20 @@ def test_full_width_loopback_written_past_the_api_fails_after_one_attempt(
     url = f"http://１２７.０.０.１:{trap.port}/latest/meta-data"
     with session_scope(session_factory) as session:
         member = Member(
-            network="editors", name="Written past the API", country="MA", languages=["en"],
-            themes=["religious-hatred"], tags=[], email=None, webhook_url=url,
+            network="editors",
+            name="Written past the API",
+            country="MA",
+            languages=["en"],
+            themes=["religious-hatred"],
+            tags=[],
+            email=None,
+            webhook_url=url,
             webhook_secret_encrypted=SecretBox(settings.secret).encrypt(new_webhook_secret()),
-            timezone="UTC", status="active", consent_given_at=datetime.now(UTC),
+            timezone="UTC",
+            status="active",
+            consent_given_at=datetime.now(UTC),
             consent_method="written",
-        )  # fmt: skip
+        )
         session.add(member)
         session.flush()
         member_id = str(member.id)

@@ -57,9 +57,13 @@ class Buildah:
 
     def __init__(self, directory: Path) -> None:
         self.options = [
-            "--root", str(directory / "storage"), "--runroot", str(directory / "run"),
-            "--storage-driver", "vfs",
-        ]  # fmt: skip
+            "--root",
+            str(directory / "storage"),
+            "--runroot",
+            str(directory / "run"),
+            "--storage-driver",
+            "vfs",
+        ]
 
     def argv(self, *args: str) -> list[str]:
         return ["buildah", *self.options, *args]
@@ -87,11 +91,19 @@ def test_the_image_builds_migrates_and_answers_readyz_as_an_unprivileged_user(
 ) -> None:
     rootfs = tmp_path / "rootfs"
     base = subprocess.run(
-        ["debootstrap", "--variant=minbase",
-         "--include=python3,python3-venv,python-is-python3,ca-certificates",
-         "bookworm", str(rootfs), "http://deb.debian.org/debian"],
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python-is-python3,ca-certificates",
+            "bookworm",
+            str(rootfs),
+            "http://deb.debian.org/debian",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert base.returncode == 0, base.stderr[-3000:]
     scratch = buildah("from", "scratch")
     buildah("copy", scratch, str(rootfs), "/")
@@ -104,37 +116,56 @@ def test_the_image_builds_migrates_and_answers_readyz_as_an_unprivileged_user(
         for arg in ("--volume", f"{path}:{path}:ro")
     ]
     buildah(
-        "bud", "--isolation", "chroot", "--layers=false",
-        "--build-arg", "PYTHON_IMAGE=localhost/rrmm-base:bookworm",
-        *volumes, "-t", "localhost/rrmm:test", str(ROOT),
+        "bud",
+        "--isolation",
+        "chroot",
+        "--layers=false",
+        "--build-arg",
+        "PYTHON_IMAGE=localhost/rrmm-base:bookworm",
+        *volumes,
+        "-t",
+        "localhost/rrmm:test",
+        str(ROOT),
         timeout=1200,
-    )  # fmt: skip
+    )
     container = buildah("from", "localhost/rrmm:test")
     env = [
-        "-e", f"RRMM_SECRET_KEY={secrets.token_hex(32)}",
-        "-e", "RRMM_DATABASE_URL=sqlite:////var/lib/rrmm/rrmm.db",
-        "-e", f"RRMM_BROKER_URL={settings_broker}",
-    ]  # fmt: skip
+        "-e",
+        f"RRMM_SECRET_KEY={secrets.token_hex(32)}",
+        "-e",
+        "RRMM_DATABASE_URL=sqlite:////var/lib/rrmm/rrmm.db",
+        "-e",
+        f"RRMM_BROKER_URL={settings_broker}",
+    ]
     run = ["run", "--isolation", "chroot", "--user", "rrmm:rrmm", *env, container, "--"]
 
     assert buildah(*run, "id", "-un") == "rrmm"
-    assert "database at head" in subprocess.run(
-        buildah.argv(*run, "rrmm", "db", "upgrade"), capture_output=True, text=True,
-        timeout=120, check=True,
-    ).stderr  # fmt: skip
+    assert (
+        "database at head"
+        in subprocess.run(
+            buildah.argv(*run, "rrmm", "db", "upgrade"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stderr
+    )
     # Read-only root filesystem friendly: the service user writes only /var/lib/rrmm.
     writes = buildah(
-        *run, "sh", "-c",
-        "for d in / /app /opt/venv /etc /var/lib/rrmm; do "
-        "touch $d/.w 2>/dev/null && echo $d; done",
-    )  # fmt: skip
+        *run,
+        "sh",
+        "-c",
+        "for d in / /app /opt/venv /etc /var/lib/rrmm; do touch $d/.w 2>/dev/null && echo $d; done",
+    )
     assert writes.split() == ["/var/lib/rrmm"]
 
     port = free_port()
     api = subprocess.Popen(
         buildah.argv(*run, "rrmm", "api", "--host", "127.0.0.1", "--port", str(port)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

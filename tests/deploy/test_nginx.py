@@ -120,9 +120,10 @@ def prepare(prefix: Path, upstream: str) -> tuple[Path, Nginx]:
     http_port, https_port = free_port(PROXY), free_port(PROXY)
     site = CONFIG.read_text()
     site = substitute(
-        site, r"^    server 10\.0\.1\.10:8000;\n    server 10\.0\.1\.11:8000;$",
+        site,
+        r"^    server 10\.0\.1\.10:8000;\n    server 10\.0\.1\.11:8000;$",
         f"    server {upstream};",
-    )  # fmt: skip
+    )
     site = substitute(site, r"^    listen 80;$", f"    listen {PROXY}:{http_port};")
     site = substitute(site, r"^    listen \[::\]:80;\n", "")
     site = substitute(
@@ -202,7 +203,7 @@ class Briefed:
 @pytest.fixture
 def briefed(
     settings: Settings,
-    engine: Any,
+    engine: Any,  # noqa: ARG001 (requested for its effect: a migrated database)
     auth: Callable[[Role], dict[str, str]],
     session_factory: sessionmaker[Session],
 ) -> Briefed:

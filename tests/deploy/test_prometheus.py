@@ -71,9 +71,13 @@ def test_the_rules_are_valid_and_every_alert_is_unit_tested(tmp_path: Path) -> N
 
     alerts = {rule["alert"] for rule in rules() if "alert" in rule}
     assert alerts >= {
-        "RRMMDeliveriesStuck", "RRMMNoWorkerHeartbeat", "RRMMSweeperNotRunning",
-        "RRMMFanoutFailureRatioHigh", "RRMMAnswersNotArriving", "RRMMApi5xx",
-    }  # fmt: skip
+        "RRMMDeliveriesStuck",
+        "RRMMNoWorkerHeartbeat",
+        "RRMMSweeperNotRunning",
+        "RRMMFanoutFailureRatioHigh",
+        "RRMMAnswersNotArriving",
+        "RRMMApi5xx",
+    }
     cases = yaml.safe_load(RULES_TEST.read_text())["tests"]
     tested_alerts = {
         check["alertname"] for case in cases for check in case.get("alert_rule_test", [])
@@ -106,9 +110,9 @@ def test_the_rules_are_valid_and_every_alert_is_unit_tested(tmp_path: Path) -> N
     assert configured.returncode == 0, configured.stdout + configured.stderr
 
 
+@pytest.mark.usefixtures("engine")
 def test_every_metric_the_rules_read_is_served(
     settings: Settings,
-    engine: Any,
     auth: Callable[[Role], dict[str, str]],
     session_factory: sessionmaker[Session],
 ) -> None:
@@ -138,10 +142,15 @@ def test_every_metric_the_rules_read_is_served(
         if name not in PROMETHEUS_OWN
     ]
     assert {name for name, _ in used} >= {
-        "rrmm_delivery_oldest_due_age_seconds", "rrmm_workers_up",
-        "rrmm_sweeper_last_run_age_seconds", "rrmm_deliveries", "rrmm_current_answers",
-        "rrmm_incidents", "rrmm_http_request_duration_seconds_count", "rrmm_metrics_database_up",
-    }  # fmt: skip
+        "rrmm_delivery_oldest_due_age_seconds",
+        "rrmm_workers_up",
+        "rrmm_sweeper_last_run_age_seconds",
+        "rrmm_deliveries",
+        "rrmm_current_answers",
+        "rrmm_incidents",
+        "rrmm_http_request_duration_seconds_count",
+        "rrmm_metrics_database_up",
+    }
     for name, labels in used:
         assert name in served, f"rules.yml reads {name}, which /metrics does not serve"
         missing = set(labels) - served[name]

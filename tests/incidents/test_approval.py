@@ -29,7 +29,7 @@ Headers = dict[str, str]
 
 
 @pytest.fixture
-def approval_client(settings: Settings, engine: Any) -> Iterator[TestClient]:
+def approval_client(settings: Settings, engine: Any) -> Iterator[TestClient]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """The API with the default two-person rule (severe and extreme, actual only)."""
     yield from make_client(
         settings.model_copy(
@@ -103,9 +103,10 @@ def test_a_severe_declaration_sends_nothing_until_a_second_person_approves(
     assert row_counts(db)["deliveries"] == before["deliveries"] + 1
     kinds = _kinds(client, operator, incident["id"])
     assert kinds[:3] == [
-        ("approval_requested", "test-operator"), ("approved", "test-admin"),
+        ("approval_requested", "test-operator"),
+        ("approved", "test-admin"),
         ("declared", "test-admin"),
-    ]  # fmt: skip
+    ]
     assert _actions(db, incident["id"]) == ["incident.approval_requested", "incident.approve"]
 
     again = client.post(f"/v1/incidents/{incident['id']}/approve", headers=admin)
@@ -161,9 +162,8 @@ def test_an_unapproved_declaration_expires(approval_client, operator, admin, db)
     assert _actions(db, incident["id"])[-1] == "incident.expire"
 
 
-def test_cancel_never_waits_and_replays_return_the_pending_incident(
-    approval_client, operator, admin, db
-):
+@pytest.mark.usefixtures("admin")
+def test_cancel_never_waits_and_replays_return_the_pending_incident(approval_client, operator, db):
     client = approval_client
     _member(client, operator)
     body = declare_body()

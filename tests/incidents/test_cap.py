@@ -143,7 +143,8 @@ def test_stand_down_is_an_all_clear_update(client, operator, incident_id, schema
         assert text(info, "cap:urgency") == "Past"
 
 
-def test_exercise_is_marked(client, operator, incident_id, schema):
+@pytest.mark.usefixtures("incident_id")
+def test_exercise_is_marked(client, operator, schema):
     # `incident_id`: its member is the exercise's audience too.
     response = client.post("/v1/incidents", json=declare_body(mode="exercise"), headers=operator)
     assert response.status_code == 202, response.text

@@ -26,7 +26,7 @@ Call = tuple[str, dict[str, Any] | None]  # (path below /v1/incidents/{id}, JSON
 
 
 @pytest.fixture
-def base_url(settings: Settings, engine: Any) -> Iterator[str]:
+def base_url(settings: Settings, engine: Any) -> Iterator[str]:  # noqa: ARG001 (requested for its effect: a migrated database)
     with serve(lambda _url: create_app(settings)) as url:
         yield url
 

@@ -25,10 +25,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.deliveries import ledger
 from app.incidents.events import LISTENER_QUEUE, EventHub, StatusSnapshot
 from app.main import create_app
 from app.models import Role
+from app.vocabulary import DeliveryStatus
 from tests.incidents.test_status import (
     SECRET_COMMENT,
     Person,
@@ -69,9 +69,13 @@ class Listener:
                 if line == "":
                     if "data" in fields:
                         self.events.put(
-                            Event(fields.get("event", "message"), int(fields["id"]),
-                                  json.loads(fields["data"]), "\n".join(lines))
-                        )  # fmt: skip
+                            Event(
+                                fields.get("event", "message"),
+                                int(fields["id"]),
+                                json.loads(fields["data"]),
+                                "\n".join(lines),
+                            )
+                        )
                     fields, lines = {}, []
                     continue
                 lines.append(line)
@@ -121,7 +125,7 @@ class Servers:
 
 
 @pytest.fixture
-def servers(settings: Settings, engine: Any) -> Iterator[Servers]:
+def servers(settings: Settings, engine: Any) -> Iterator[Servers]:  # noqa: ARG001 (requested for its effect: a migrated database)
     """Two API apps (two processes, as far as the stream can tell) on one database."""
     fast = settings.model_copy(update={"events_poll_seconds": 0.2, "events_ping_seconds": 1})
     apps: list[FastAPI] = []
@@ -150,15 +154,20 @@ class Scene:
 def scene(client: TestClient, operator: Headers, session_factory: sessionmaker[Session]) -> Scene:
     members = add_members(
         session_factory,
-        [Person("editors", "MA", ["fr"]), Person("editors", "FR", ["fr"]),
-         Person("personalities", "EG", ["ar"])],
-    )  # fmt: skip
+        [
+            Person("editors", "MA", ["fr"]),
+            Person("editors", "FR", ["fr"]),
+            Person("personalities", "EG", ["ar"]),
+        ],
+    )
     incident = declare(
-        client, operator, members,
+        client,
+        operator,
+        members,
         followup={"quotas": [{"network": "editors", "responses": ["will_engage"], "min": 1}]},
-    )  # fmt: skip
+    )
     for member in members:
-        move(session_factory, incident, member, ledger.SENT)
+        move(session_factory, incident, member, DeliveryStatus.SENT)
     return Scene(incident, members)
 
 
@@ -234,9 +243,11 @@ def test_a_client_resumes_on_another_process_and_misses_nothing(
         missed = [stream.next() for _ in range(4)]
         current = stream.next()
     assert [(e.event, e.data.get("kind") or e.data.get("response")) for e in missed] == [
-        ("answer", "will_engage"), ("timeline", "quota_met"), ("answer", "acknowledged"),
+        ("answer", "will_engage"),
+        ("timeline", "quota_met"),
+        ("answer", "acknowledged"),
         ("timeline", "updated"),
-    ]  # fmt: skip
+    ]
     ids = [e.id for e in missed]
     assert ids == sorted(ids)
     assert ids[0] > last_seen

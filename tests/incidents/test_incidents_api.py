@@ -165,7 +165,8 @@ def viewer(auth: Any) -> Headers:
 # --- declaring -----------------------------------------------------------------------------
 
 
-def test_declare_answers_202_with_a_sequential_reference_and_links(client, operator, db):
+@pytest.mark.usefixtures("db")
+def test_declare_answers_202_with_a_sequential_reference_and_links(client, operator):
     new_member(client, operator, network="editors")
     new_member(client, operator, network="personalities", webhook=True)
     year = datetime.now(UTC).year
@@ -181,8 +182,12 @@ def test_declare_answers_202_with_a_sequential_reference_and_links(client, opera
     assert first["ended_at"] is None
     assert first["severity"] == "severe"
     assert first["channels"] == ["email", "webhook"]
-    assert first["responses"] == ["acknowledged", "will_engage", "unavailable",
-                                  "need_briefing_call"]  # fmt: skip
+    assert first["responses"] == [
+        "acknowledged",
+        "will_engage",
+        "unavailable",
+        "need_briefing_call",
+    ]
     base = f"/v1/incidents/{first['id']}"
     assert first["links"] == {
         "self": base,
@@ -212,11 +217,13 @@ def test_one_ledger_row_per_member_and_channel_in_the_member_language(client, op
     rows = ledger_rows(db, incident["id"])
     assert len(rows) == len(pairs(rows))  # no duplicate (member, channel)
     assert pairs(rows) == {
-        (canadian["id"], "email"), (canadian["id"], "webhook"),
-        (german["id"], "email"), (german["id"], "webhook"),
+        (canadian["id"], "email"),
+        (canadian["id"], "webhook"),
+        (german["id"], "email"),
+        (german["id"], "webhook"),
         (arabic["id"], "email"),
         (hook_only["id"], "webhook"),
-    }  # fmt: skip
+    }
     language = {str(r[0]): r[3] for r in rows}
     assert language == {
         canadian["id"]: "fr",
@@ -228,8 +235,12 @@ def test_one_ledger_row_per_member_and_channel_in_the_member_language(client, op
     assert {r[4] for r in rows} == {1}
     assert {r[5] for r in rows} == {None}  # severe: no quiet-hours deferral
     assert paused["id"] not in targets(db, incident["id"])
-    assert targets(db, incident["id"]) == {canadian["id"], german["id"], arabic["id"],
-                                           hook_only["id"]}  # fmt: skip
+    assert targets(db, incident["id"]) == {
+        canadian["id"],
+        german["id"],
+        arabic["id"],
+        hook_only["id"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -251,25 +262,51 @@ def test_without_english_the_briefing_first_language_is_the_fallback(
 
 def test_audience_is_the_union_of_sources_narrowed_by_every_filter(client, operator, db):
     m1 = new_member(
-        client, operator, network="editors", country="MA", languages=["fr", "ar"],
-        themes=["religious-hatred"], tags=["maghreb"],
-    )["id"]  # fmt: skip
+        client,
+        operator,
+        network="editors",
+        country="MA",
+        languages=["fr", "ar"],
+        themes=["religious-hatred"],
+        tags=["maghreb"],
+    )["id"]
     m2 = new_member(
-        client, operator, network="personalities", country="FR", languages=["fr"],
-        themes=["cultural-diversity"], tags=["tv"],
-    )["id"]  # fmt: skip
+        client,
+        operator,
+        network="personalities",
+        country="FR",
+        languages=["fr"],
+        themes=["cultural-diversity"],
+        tags=["tv"],
+    )["id"]
     m3 = new_member(
-        client, operator, network="editors", country="EG", languages=["ar", "en"],
-        themes=["religious-hatred", "citizenship"], tags=["print"],
-    )["id"]  # fmt: skip
+        client,
+        operator,
+        network="editors",
+        country="EG",
+        languages=["ar", "en"],
+        themes=["religious-hatred", "citizenship"],
+        tags=["print"],
+    )["id"]
     m4 = new_member(
-        client, operator, network="personalities", country="MA", languages=["en"],
-        themes=["social-cohesion"], tags=["maghreb", "tv"],
-    )["id"]  # fmt: skip
+        client,
+        operator,
+        network="personalities",
+        country="MA",
+        languages=["en"],
+        themes=["social-cohesion"],
+        tags=["maghreb", "tv"],
+    )["id"]
     m5 = new_member(
-        client, operator, network="editors", country="MA", languages=["fr"],
-        themes=["religious-hatred"], tags=["maghreb"], status="paused",
-    )["id"]  # fmt: skip
+        client,
+        operator,
+        network="editors",
+        country="MA",
+        languages=["fr"],
+        themes=["religious-hatred"],
+        tags=["maghreb"],
+        status="paused",
+    )["id"]
     roster = client.post("/v1/rosters", json={"name": "Focal group"}, headers=operator).json()
     added = client.post(
         f"/v1/rosters/{roster['id']}/members", json={"member_ids": [m2, m5]}, headers=operator
@@ -312,8 +349,9 @@ def test_channels_restrict_rows_and_who_is_targeted(client, operator, db):
     incident = declared(client, operator, channels=["webhook"])
     assert incident["channels"] == ["webhook"]
     assert pairs(ledger_rows(db, incident["id"])) == {
-        (both["id"], "webhook"), (hook_only["id"], "webhook")
-    }  # fmt: skip
+        (both["id"], "webhook"),
+        (hook_only["id"], "webhook"),
+    }
 
     # Nobody in this audience has an email address: nothing to send, so nothing declared.
     before = table_counts(db)
@@ -441,21 +479,27 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
         "body.audience.countries",
     ),
     ("bad theme", {"themes": ["weather"]}, "body.themes"),
-    ("subject with CR/LF", {"briefing": _with_entry(subject="Hi\r\nBcc: x@example.org")},
-     "body.briefing.en.subject"),
-    ("subject with LF", {"briefing": _with_entry(subject="Hi\nthere")},
-     "body.briefing.en.subject"),
+    (
+        "subject with CR/LF",
+        {"briefing": _with_entry(subject="Hi\r\nBcc: x@example.org")},
+        "body.briefing.en.subject",
+    ),
+    ("subject with LF", {"briefing": _with_entry(subject="Hi\nthere")}, "body.briefing.en.subject"),
     ("empty body", {"briefing": _with_entry(body="")}, "body.briefing.en.body"),
-    ("too many talking points", {"briefing": _with_entry(talking_points=["p"] * 21)},
-     "body.briefing.en.talking_points"),
+    (
+        "too many talking points",
+        {"briefing": _with_entry(talking_points=["p"] * 21)},
+        "body.briefing.en.talking_points",
+    ),
     ("unknown channel", {"channels": ["sms"]}, "body.channels"),
     ("no channel", {"channels": []}, "body.channels"),
     ("bad response slug", {"responses": ["Yes please"]}, "body.responses"),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("overrides", "field"), [c[1:] for c in BAD_INPUTS],
-                         ids=[c[0] for c in BAD_INPUTS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "field"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_a_422_naming_the_field_and_writes_nothing(
     client, operator, db, overrides, field
 ):
@@ -478,9 +522,11 @@ def test_update_adds_a_version_newcomers_and_supersedes_unsent_rows(client, oper
     waiting = new_member(client, operator, languages=["ar"])
     leaving = new_member(client, operator, languages=["en"])
     incident = declared(
-        client, operator, audience={"networks": ["editors"], "countries": ["MA"]},
+        client,
+        operator,
+        audience={"networks": ["editors"], "countries": ["MA"]},
         briefing=briefing(en="", fr="", ar=""),
-    )  # fmt: skip
+    )
     iid = incident["id"]
     assert move(db, iid, sent_one["id"], "sent", channel="email") == 1
     patched = client.patch(
@@ -515,14 +561,18 @@ def test_update_adds_a_version_newcomers_and_supersedes_unsent_rows(client, oper
             assert row[2] == "superseded", row
             assert "superseded" in row[6]
     assert set(v2) == {
-        (sent_one["id"], "email"), (sent_one["id"], "webhook"),
-        (waiting["id"], "email"), (newcomer["id"], "email"),
-    }  # fmt: skip
+        (sent_one["id"], "email"),
+        (sent_one["id"], "webhook"),
+        (waiting["id"], "email"),
+        (newcomer["id"], "email"),
+    }
     assert {r[2] for r in v2.values()} == {"pending"}
     # Languages follow the new version's languages: no Arabic in it, so English.
     assert {k[0]: r[3] for k, r in v2.items()} == {
-        sent_one["id"]: "fr", waiting["id"]: "en", newcomer["id"]: "fr"
-    }  # fmt: skip
+        sent_one["id"]: "fr",
+        waiting["id"]: "en",
+        newcomer["id"]: "fr",
+    }
 
     versions = client.get(f"/v1/incidents/{iid}/briefings", headers=operator)
     assert versions.status_code == 200, versions.text
@@ -602,7 +652,8 @@ def test_ending_stops_unsent_rows_and_tells_only_members_already_briefed(
     assert fetched["ended_at"] == body["ended_at"]
 
 
-def test_standard_notices_in_the_working_languages(client, operator, db):
+@pytest.mark.usefixtures("db")
+def test_standard_notices_in_the_working_languages(client, operator):
     new_member(client, operator)
     resolved = declared(client, operator)
     cancelled = declared(client, operator)
@@ -624,12 +675,14 @@ def test_standard_notices_in_the_working_languages(client, operator, db):
     assert "disregard" in cancel["en"]["body"]
 
 
-def test_resolve_with_a_briefing_of_its_own(client, operator, db):
+@pytest.mark.usefixtures("db")
+def test_resolve_with_a_briefing_of_its_own(client, operator):
     new_member(client, operator, languages=["fr"])
     incident = declared(client, operator)
     url = f"/v1/incidents/{incident['id']}/resolve"
-    response = client.post(url, json={"briefing": {"fr": entry("Fin", "C'est fini.")}},
-                           headers=operator)  # fmt: skip
+    response = client.post(
+        url, json={"briefing": {"fr": entry("Fin", "C'est fini.")}}, headers=operator
+    )
     assert "briefing" in assert_problem(response, 422)["detail"]
     content = {"en": entry("Over", "It is over."), "fr": entry("Fin", "C'est fini.")}
     response = client.post(url, json={"briefing": content}, headers=operator)
@@ -696,7 +749,8 @@ def test_status_reads_counters_that_match_the_ledger(client, operator, viewer, d
     ] == {"pending": 3, "sent": 2, "sending": 1, "retrying": 1, "failed": 2}
 
 
-def test_list_filters_and_paginates_newest_first(client, operator, viewer, db):
+@pytest.mark.usefixtures("db")
+def test_list_filters_and_paginates_newest_first(client, operator, viewer):
     new_member(client, operator)
     specs: list[dict[str, Any]] = [
         {"title": "Riots after the sermon", "severity": "minor", "mode": "actual"},
@@ -749,13 +803,14 @@ def test_list_filters_and_paginates_newest_first(client, operator, viewer, db):
     assert listed == client.get(f"/v1/incidents/{created[4]['id']}", headers=viewer).json()
 
     assert_problem(
-        client.get("/v1/incidents", params={"cursor": "garbage"}, headers=viewer), 422,
+        client.get("/v1/incidents", params={"cursor": "garbage"}, headers=viewer),
+        422,
         "query.cursor",
-    )  # fmt: skip
-    assert_problem(client.get("/v1/incidents", params={"status": "x"}, headers=viewer), 422,
-                   "status")  # fmt: skip
-    assert_problem(client.get("/v1/incidents", params={"limit": 0}, headers=viewer), 422,
-                   "limit")  # fmt: skip
+    )
+    assert_problem(
+        client.get("/v1/incidents", params={"status": "x"}, headers=viewer), 422, "status"
+    )
+    assert_problem(client.get("/v1/incidents", params={"limit": 0}, headers=viewer), 422, "limit")
 
 
 def test_deliveries_list_filters_and_paginates(client, operator, db):
@@ -779,10 +834,12 @@ def test_deliveries_list_filters_and_paginates(client, operator, db):
         assert item["attempts"] == 0
         assert item["next_attempt_at"] is None
     assert {(i["member"]["id"], i["channel"], i["language"]) for i in items} == {
-        (first["id"], "email", "ar"), (first["id"], "webhook", "ar"),
+        (first["id"], "email", "ar"),
+        (first["id"], "webhook", "ar"),
         (second["id"], "email", "fr"),
-        (third["id"], "email", "en"), (third["id"], "webhook", "en"),
-    }  # fmt: skip
+        (third["id"], "email", "en"),
+        (third["id"], "webhook", "en"),
+    }
     sent = [i for i in items if i["status"] == "sent"]
     assert len(sent) == 1
     assert sent[0]["sent_at"] is not None
@@ -855,12 +912,14 @@ def test_roles(client, operator, viewer, admin, db):
     assert client.get(base, headers=viewer).json()["status"] == "mobilizing"
 
 
-def test_viewer_reads_carry_no_briefing_text_nor_contact_details(client, operator, viewer, db):
+@pytest.mark.usefixtures("db")
+def test_viewer_reads_carry_no_briefing_text_nor_contact_details(client, operator, viewer):
     people = [
         new_member(client, operator, name="Zaynab Quillfeather", email="zaynab.q@example.org"),
-        new_member(client, operator, name="Bartholomew Xerxes", webhook=True,
-                   email="bart.x@example.org"),
-    ]  # fmt: skip
+        new_member(
+            client, operator, name="Bartholomew Xerxes", webhook=True, email="bart.x@example.org"
+        ),
+    ]
     secret_texts = {
         "en": entry("Embargoed subject alpha", "Confidential body bravo.", "Point charlie"),
         "fr": entry("Sujet delta", "Corps echo.", "Point foxtrot"),
@@ -875,9 +934,26 @@ def test_viewer_reads_carry_no_briefing_text_nor_contact_details(client, operato
     texts = [
         client.get(path, headers=viewer).text for path in ("/v1/incidents", base, f"{base}/status")
     ]
-    forbidden = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
-                 "india", "talking_points", "Zaynab", "Quillfeather", "Bartholomew", "Xerxes",
-                 "@example.org", "example.org", "93.184.215.14", "whsec_"]  # fmt: skip
+    forbidden = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "talking_points",
+        "Zaynab",
+        "Quillfeather",
+        "Bartholomew",
+        "Xerxes",
+        "@example.org",
+        "example.org",
+        "93.184.215.14",
+        "whsec_",
+    ]
     for text in texts:
         assert incident["reference"] in text
         for word in forbidden:
@@ -908,10 +984,14 @@ def test_quiet_hours_defer_minor_incidents_but_not_severe_ones(client, operator,
     zone_info = ZoneInfo(zone)
     later = datetime.now(UTC).astimezone(zone_info) + timedelta(hours=12)
     day = new_member(
-        client, operator, timezone=zone,
-        quiet_hours={"start": later.strftime("%H:%M"),
-                     "end": (later + timedelta(hours=1)).strftime("%H:%M")},
-    )  # fmt: skip
+        client,
+        operator,
+        timezone=zone,
+        quiet_hours={
+            "start": later.strftime("%H:%M"),
+            "end": (later + timedelta(hours=1)).strftime("%H:%M"),
+        },
+    )
 
     for severity in ("minor", "moderate"):
         incident = declared(client, operator, severity=severity)

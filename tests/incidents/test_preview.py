@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -35,15 +36,28 @@ def quiet_now() -> dict[str, str]:
 def test_preview_counts_the_audience_and_writes_nothing(client, operator, db):
     new_member(client, operator, network="editors", country="MA", languages=["ar"])
     new_member(client, operator, network="editors", country="FR", languages=["fr-CA"])
-    new_member(client, operator, network="personalities", country="MA", languages=["de"],
-               webhook=True)  # fmt: skip
     new_member(
-        client, operator, network="personalities", country="TN", languages=["en"],
-        timezone="UTC", quiet_hours=quiet_now(),
-    )  # fmt: skip
+        client, operator, network="personalities", country="MA", languages=["de"], webhook=True
+    )
+    new_member(
+        client,
+        operator,
+        network="personalities",
+        country="TN",
+        languages=["en"],
+        timezone="UTC",
+        quiet_hours=quiet_now(),
+    )
     # Reached by no channel of the declaration below.
-    new_member(client, operator, network="editors", country="TN", languages=["en"],
-               webhook=True, by_email=False)  # fmt: skip
+    new_member(
+        client,
+        operator,
+        network="editors",
+        country="TN",
+        languages=["en"],
+        webhook=True,
+        by_email=False,
+    )
     body = declare_body(severity="moderate", channels=["email"], briefing=briefing(en="", ar=""))
     before = row_counts(db)
 
@@ -113,7 +127,8 @@ def test_preview_of_an_update_counts_the_targeted_and_newcomers(client, operator
     assert hook["data"]["incident"]["id"] == incident["id"]
 
 
-def test_preview_refuses_bad_input_and_ended_incidents(client, operator, auth, db):
+@pytest.mark.usefixtures("db")
+def test_preview_refuses_bad_input_and_ended_incidents(client, operator, auth):
     new_member(client, operator)
     unknown = declare_body(audience={"rosters": ["00000000-0000-0000-0000-000000000001"]})
     response = client.post("/v1/incidents/preview", json=unknown, headers=operator)

@@ -30,6 +30,7 @@ from app.deliveries import ledger
 from app.main import create_app
 from app.models import Delivery, Member, Role
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus
 from tests.support.clock import ManualClock
 from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, briefing, declare_body
 
@@ -99,7 +100,7 @@ def move(
     error: str | None = None,
 ) -> None:
     """A send's outcome, written by the ledger's own transition (its counters follow)."""
-    values: dict[str, Any] = {"sent_at": utcnow()} if to_status == ledger.SENT else {}
+    values: dict[str, Any] = {"sent_at": utcnow()} if to_status == DeliveryStatus.SENT else {}
     if error is not None:
         values["last_error"] = error
     with session_scope(session_factory) as session:
@@ -108,7 +109,7 @@ def move(
             where=(Delivery.incident_id == uuid.UUID(incident["id"]))
             & (Delivery.member_id == uuid.UUID(member["id"]))
             & (Delivery.channel == channel),
-            from_status=ledger.PENDING,
+            from_status=DeliveryStatus.PENDING,
             to_status=to_status,
             values=values,
             now=utcnow(),
@@ -138,9 +139,14 @@ def answer(
         token = signer.sign(delivery_id, utcnow() + timedelta(days=1))
         declared = datetime.fromisoformat(incident["declared_at"])
         record(
-            session, signer, token, response=response, comment=SECRET_COMMENT, route="api",
+            session,
+            signer,
+            token,
+            response=response,
+            comment=SECRET_COMMENT,
+            route="api",
             now=declared + timedelta(seconds=seconds),
-        )  # fmt: skip
+        )
 
 
 @pytest.fixture
@@ -180,13 +186,15 @@ def scenario(
         {"countries": ["MA"], "responses": ["acknowledged", "will_engage"], "min": 2},
     ]
     incident = declare(
-        client, operator, members,
+        client,
+        operator,
+        members,
         followup={"quotas": quotas, "reminders": 1, "reminder_interval_seconds": 1},
-    )  # fmt: skip
+    )
     for member in members[:3]:
-        move(session_factory, incident, member, ledger.SENT)
-    move(session_factory, incident, members[2], ledger.FAILED, channel="webhook")
-    move(session_factory, incident, members[3], ledger.FAILED)
+        move(session_factory, incident, member, DeliveryStatus.SENT)
+    move(session_factory, incident, members[2], DeliveryStatus.FAILED, channel="webhook")
+    move(session_factory, incident, members[3], DeliveryStatus.FAILED)
     answer(session_factory, settings, incident, members[0], "will_engage", 10)
     answer(session_factory, settings, incident, members[1], "will_engage", 20)
     answer(session_factory, settings, incident, members[2], "acknowledged", 40)
@@ -216,8 +224,10 @@ def test_status_figures(
     assert status["id"] == incident["id"]
     assert status["reference"] == incident["reference"]
     assert (status["status"], status["mode"], status["severity"]) == (
-        "mobilizing", "actual", "severe",
-    )  # fmt: skip
+        "mobilizing",
+        "actual",
+        "severe",
+    )
     assert status["targeted"] == 4
     assert status["deliveries"] == {
         "by_status": {"sent": 3, "failed": 2},
@@ -236,8 +246,11 @@ def test_status_figures(
     ]
     assert status["quotas"][0]["network"] == "editors"
     assert status["followup"] == {
-        "reminders": [], "escalations": [], "reminder_versions": [], "escalation_versions": [],
-    }  # fmt: skip
+        "reminders": [],
+        "escalations": [],
+        "reminder_versions": [],
+        "escalation_versions": [],
+    }
     assert status["last_change_at"] >= status["updated_at"]
 
     # The reminder round: m3 (MA, silent; MA's quota unmet) is reminded, in version 2.
@@ -260,9 +273,12 @@ def test_status_counts_members_added_by_an_update(
 ) -> None:
     [first] = add_members(session_factory, [Person("editors", "MA", ["fr"])])
     incident = declare(
-        client, operator, [first], audience={"networks": ["editors"]},
+        client,
+        operator,
+        [first],
+        audience={"networks": ["editors"]},
         followup={"quotas": [{"countries": ["FR"], "min": 1}]},
-    )  # fmt: skip
+    )
     add_members(session_factory, [Person("editors", "FR", ["fr"]), Person("editors", "FR", [])])
     update = {"briefing": briefing(en="")}
     response = client.post(f"/v1/incidents/{incident['id']}/updates", json=update, headers=operator)
@@ -272,9 +288,12 @@ def test_status_counts_members_added_by_an_update(
     assert status["targeted"] == 3
     assert [(q["targeted"], q["answered"]) for q in status["quotas"]] == [(2, 0)]
     assert status["answers"] == {
-        "answered": 0, "by_response": {}, "ack_rate": 0.0, "first_answer_seconds": None,
+        "answered": 0,
+        "by_response": {},
+        "ack_rate": 0.0,
+        "first_answer_seconds": None,
         "median_answer_seconds": None,
-    }  # fmt: skip
+    }
 
 
 def test_etag_polling(
@@ -303,7 +322,7 @@ def test_etag_polling(
         assert cached.headers["cache-control"] == "no-cache"
     assert client.get(url, headers={**viewer, "If-None-Match": '"other"'}).status_code == 200
 
-    move(session_factory, incident, members[0], ledger.SENT)
+    move(session_factory, incident, members[0], DeliveryStatus.SENT)
     changed = client.get(url, headers={**viewer, "If-None-Match": etag})
     assert changed.status_code == 200
     assert changed.headers["etag"] != etag
@@ -328,7 +347,7 @@ def test_each_process_serves_a_status_for_its_cache_time(
     cached_app.state.status_cache.clock = clock
     with TestClient(cached_app) as cached_client:
         first = cached_client.get(url, headers=viewer)
-        move(session_factory, incident, members[0], ledger.SENT)
+        move(session_factory, incident, members[0], DeliveryStatus.SENT)
         clock.advance(2.9)
         within = cached_client.get(url, headers=viewer)
         assert within.headers["etag"] == first.headers["etag"]  # served from memory
@@ -422,7 +441,7 @@ def test_status_cost_does_not_grow_with_the_roster(
         members = add_members(session_factory, [Person("editors", "MA", ["fr"])] * size)
         incident = declare(client, operator, members, **quota)
         for member in members[:3]:
-            move(session_factory, incident, member, ledger.SENT)
+            move(session_factory, incident, member, DeliveryStatus.SENT)
             answer(session_factory, settings, incident, member, "will_engage", 5)
         status_of(client, viewer, incident["id"])  # warm: the key's first use is written
         statements.clear()
@@ -489,8 +508,17 @@ def test_viewer_sees_no_personal_data(
         texts.append(
             client.get(f"/v1/incidents/{iid}/coverage", params={"by": by}, headers=viewer).text
         )
-    secrets = [SECRET_COMMENT, "Nadia", "Qasimi", "example.org", "Al Wasat", "Subject in",
-               "Body in", "Point one", PUBLIC_WEBHOOK]  # fmt: skip
+    secrets = [
+        SECRET_COMMENT,
+        "Nadia",
+        "Qasimi",
+        "example.org",
+        "Al Wasat",
+        "Subject in",
+        "Body in",
+        "Point one",
+        PUBLIC_WEBHOOK,
+    ]
     for member in scenario.members:
         secrets += [member["name"], member["email"], member["id"]]
     for text in texts:

@@ -91,11 +91,15 @@ def _rows(db, briefing_id: int) -> list[Any]:
     db.expire_all()
     return list(
         db.execute(
-            select(Delivery.member_id, Delivery.channel, Delivery.language,
-                   Delivery.next_attempt_at, Delivery.status)
-            .where(Delivery.briefing_id == briefing_id)
+            select(
+                Delivery.member_id,
+                Delivery.channel,
+                Delivery.language,
+                Delivery.next_attempt_at,
+                Delivery.status,
+            ).where(Delivery.briefing_id == briefing_id)
         )
-    )  # fmt: skip
+    )
 
 
 def test_the_request_writes_one_chunk_and_answers_with_the_whole_count(
@@ -143,9 +147,12 @@ def test_the_request_writes_one_chunk_and_answers_with_the_whole_count(
         assert row.language == choose_language(members[str(row.member_id)]["languages"], languages)
     status = chunked.get(f"/v1/incidents/{incident['id']}/status", headers=auth(Role.VIEWER))
     assert status.json()["targeting"] == {"state": "done", "members": 19, "done": 19}
-    kinds = [e["kind"] for e in chunked.get(
-        f"/v1/incidents/{incident['id']}/timeline", headers=auth(Role.OPERATOR)
-    ).json()["items"]]  # fmt: skip
+    kinds = [
+        e["kind"]
+        for e in chunked.get(
+            f"/v1/incidents/{incident['id']}/timeline", headers=auth(Role.OPERATOR)
+        ).json()["items"]
+    ]
     assert kinds[:2] == ["declared", "targeted"]
 
 
@@ -172,8 +179,9 @@ def test_quiet_hours_are_chosen_in_sql_as_in_python(chunked, auth, network, db, 
     assert deferred  # "00:00–23:59" keeps someone in quiet hours whatever the time
 
 
+@pytest.mark.usefixtures("network")
 def test_a_worker_that_dies_between_chunks_is_resumed_and_nothing_is_written_twice(
-    chunked, auth, network, db, session_factory
+    chunked, auth, db, session_factory
 ):
     incident = _declare(chunked, auth)
     version = _briefing_id(db, incident["id"])
@@ -206,8 +214,9 @@ def test_a_worker_that_dies_between_chunks_is_resumed_and_nothing_is_written_twi
     assert db.get(Incident, incident["uuid"]).targeted == 19
 
 
+@pytest.mark.usefixtures("network")
 def test_two_workers_advancing_one_job_at_once_write_each_chunk_once(
-    chunked, auth, network, db, session_factory
+    chunked, auth, db, session_factory
 ):
     incident = _declare(chunked, auth)
     version = _briefing_id(db, incident["id"])
@@ -232,8 +241,9 @@ def test_two_workers_advancing_one_job_at_once_write_each_chunk_once(
     assert db.get(BriefingTargeting, version).members_done == 19
 
 
+@pytest.mark.usefixtures("network")
 def test_cancel_during_targeting_stops_it_and_counts_only_who_was_targeted(
-    chunked, auth, network, db, session_factory
+    chunked, auth, db, session_factory
 ):
     incident = _declare(chunked, auth)
     version = _briefing_id(db, incident["id"])
@@ -256,9 +266,8 @@ def test_cancel_during_targeting_stops_it_and_counts_only_who_was_targeted(
     assert stopped[0]["detail"]["stopped"] is True
 
 
-def test_an_update_during_targeting_reaches_every_member_once(
-    chunked, auth, network, db, session_factory
-):
+@pytest.mark.usefixtures("network")
+def test_an_update_during_targeting_reaches_every_member_once(chunked, auth, db, session_factory):
     incident = _declare(chunked, auth)
     declared = _briefing_id(db, incident["id"])
     updated = chunked.post(
@@ -302,8 +311,9 @@ def test_quota_segments_are_counted_chunk_by_chunk(chunked, auth, network, db, s
     assert counted == {0: editors, 1: french}
 
 
+@pytest.mark.usefixtures("network")
 def test_activation_and_the_finished_fanout_wait_for_the_last_chunk(
-    chunked, auth, network, db, session_factory
+    chunked, auth, db, session_factory
 ):
     from app.incidents.service import activate_mobilized
 

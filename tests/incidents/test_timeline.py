@@ -28,6 +28,7 @@ from app.incidents import timeline
 from app.incidents.service import activate_mobilized
 from app.models import Ack, Delivery, IncidentEvent, IncidentTimer, Role
 from app.models.base import utcnow
+from app.vocabulary import DeliveryStatus
 from tests.incidents.test_status import Person, add_members, answer, declare, move
 
 Headers = dict[str, str]
@@ -58,12 +59,19 @@ def dispatch_all(session_factory: sessionmaker[Session], settings: Settings) -> 
 def settle_everything(session_factory: sessionmaker[Session], incident: dict[str, Any]) -> None:
     """Every open delivery of the incident is sent (what a worker would do)."""
     with session_scope(session_factory) as session:
-        for from_status in (ledger.PENDING, ledger.SENDING, ledger.RETRYING):
+        for from_status in (
+            DeliveryStatus.PENDING,
+            DeliveryStatus.SENDING,
+            DeliveryStatus.RETRYING,
+        ):
             ledger.transition(
-                session, where=Delivery.incident_id == uuid.UUID(incident["id"]),
-                from_status=from_status, to_status=ledger.SENT,
-                values={"sent_at": utcnow()}, now=utcnow(),
-            )  # fmt: skip
+                session,
+                where=Delivery.incident_id == uuid.UUID(incident["id"]),
+                from_status=from_status,
+                to_status=DeliveryStatus.SENT,
+                values={"sent_at": utcnow()},
+                now=utcnow(),
+            )
 
 
 def fire_timers_now(session_factory: sessionmaker[Session], settings: Settings) -> int:
@@ -84,16 +92,23 @@ def test_the_timeline_tells_the_whole_incident_in_order(
 ) -> None:
     members = add_members(
         session_factory,
-        [Person("editors", "MA", ["fr"]), Person("editors", "FR", ["fr"]),
-         Person("personalities", "EG", ["ar"])],
-    )  # fmt: skip
+        [
+            Person("editors", "MA", ["fr"]),
+            Person("editors", "FR", ["fr"]),
+            Person("personalities", "EG", ["ar"]),
+        ],
+    )
     incident = declare(
-        client, operator, members,
+        client,
+        operator,
+        members,
         followup={
             "quotas": [{"network": "editors", "responses": ["will_engage"], "min": 2}],
-            "reminders": 1, "reminder_interval_seconds": 60, "ack_deadline_seconds": 120,
+            "reminders": 1,
+            "reminder_interval_seconds": 60,
+            "ack_deadline_seconds": 120,
         },
-    )  # fmt: skip
+    )
     # The fan-out starts when the rows are queued, once however often they are queued.
     assert dispatch_all(session_factory, settings)
     deliveries.dispatch(session_factory, settings, lambda _: None)
@@ -118,9 +133,17 @@ def test_the_timeline_tells_the_whole_incident_in_order(
     items = events_of(client, operator, incident["id"], limit=2)
     kinds = [item["kind"] for item in items]
     assert kinds == [
-        "declared", "fanout_started", "activated", "fanout_finished", "updated", "quota_met",
-        "quota_unmet", "reminder", "deadline", "resolved",
-    ], kinds  # fmt: skip
+        "declared",
+        "fanout_started",
+        "activated",
+        "fanout_finished",
+        "updated",
+        "quota_met",
+        "quota_unmet",
+        "reminder",
+        "deadline",
+        "resolved",
+    ], kinds
     by_kind = {item["kind"]: item for item in items}
     # Who: the operator's key for people's actions, nobody for the system's.
     operator_key_name = _key_name(session_factory, api_keys[Role.OPERATOR])
@@ -217,11 +240,13 @@ def test_concurrent_answers_get_distinct_numbers_and_one_quota_crossing(
     five is crossed by exactly one of them."""
     members = add_members(session_factory, [Person("editors", "MA", ["fr"])] * 12)
     incident = declare(
-        client, operator, members,
+        client,
+        operator,
+        members,
         followup={"quotas": [{"network": "editors", "responses": ["will_engage"], "min": 5}]},
-    )  # fmt: skip
+    )
     for member in members:
-        move(session_factory, incident, member, ledger.SENT)
+        move(session_factory, incident, member, DeliveryStatus.SENT)
     signer = signer_from_settings(settings)
     with session_scope(session_factory) as session:
         tokens = [
@@ -241,8 +266,14 @@ def test_concurrent_answers_get_distinct_numbers_and_one_quota_crossing(
             for attempt in range(20):
                 try:
                     with session_scope(session_factory) as session:
-                        record(session, signer, token, response="will_engage", comment=None,
-                               route="api")  # fmt: skip
+                        record(
+                            session,
+                            signer,
+                            token,
+                            response="will_engage",
+                            comment=None,
+                            route="api",
+                        )
                     return
                 except Exception as exc:  # SQLite's single writer may say "locked": retry
                     if "locked" not in str(exc) or attempt == 19:

@@ -703,17 +703,30 @@ def test_export_neutralises_formulas(client, operator):
 # Formulas in disguise: after leading whitespace (ASCII, no-break, ideographic), behind a
 # zero-width space, in full-width forms (NFKC turns ＝ into =), or after a tab or CR.
 DISGUISED_FORMULAS = [
-    " =1+1", "   @SUM(A1)", "\u00a0+1", "\u3000-1", "\u200b=HYPERLINK(\"x\")",
-    "＝HYPERLINK(\"http://evil.example\")", "＋1", "－1", "＠A1", "\u3000＝1", "'＝1",
-]  # fmt: skip
+    " =1+1",
+    "   @SUM(A1)",
+    "\u00a0+1",
+    "\u3000-1",
+    '\u200b=HYPERLINK("x")',
+    '＝HYPERLINK("http://evil.example")',
+    "＋1",
+    "－1",
+    "＠A1",
+    "\u3000＝1",
+    "'＝1",
+]
 
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [*(("organization", v) for v in DISGUISED_FORMULAS),
-     # Only the note may hold control characters.
-     ("consent_note", "\t=1"), ("consent_note", "\r\n=1"), ("consent_note", "\tplain")],
-)  # fmt: skip
+    [
+        *(("organization", v) for v in DISGUISED_FORMULAS),
+        # Only the note may hold control characters.
+        ("consent_note", "\t=1"),
+        ("consent_note", "\r\n=1"),
+        ("consent_note", "\tplain"),
+    ],
+)
 def test_export_neutralises_disguised_formulas_and_import_restores_them(
     client, operator, session_factory, column, value
 ):
@@ -750,7 +763,8 @@ def test_export_leaves_text_that_is_no_formula(client, operator, value):
     assert cells["organization"] == value
 
 
-def test_export_streams_more_than_one_chunk(client, operator, session_factory):
+@pytest.mark.usefixtures("session_factory")
+def test_export_streams_more_than_one_chunk(client, operator):
     body = csv_text(*(row(email=f"m{i}@example.org") for i in range(1203)))
     assert post_csv(client, operator, body).json()["created"] == 1203
 

@@ -145,8 +145,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("case", "override", "field"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.usefixtures("case")
 def test_bad_input_is_a_problem_naming_the_field_and_writes_nothing(
-    client, operator, db, case, override, field
+    client, operator, db, override, field
 ):
     payload = member_payload()
     for key, value in override.items():
@@ -201,7 +202,8 @@ def test_oversized_body_without_content_length_is_413(client, operator, settings
     assert_problem(response, 413)
 
 
-def test_private_webhooks_are_allowed_only_with_the_setting(private_client, engine, api_keys):
+@pytest.mark.usefixtures("engine")
+def test_private_webhooks_are_allowed_only_with_the_setting(private_client, api_keys):
     from app.models import Role
 
     headers = {"Authorization": f"Bearer {api_keys[Role.OPERATOR]}"}
@@ -282,17 +284,35 @@ def test_delete(client, operator):
 
 def test_list_filters(client, operator):
     leila = create(
-        client, operator, name="Leila Benali", network="editors", country="MA",
-        languages=["fr", "ar"], themes=["religious-hatred"], tags=["maghreb"],
-    )  # fmt: skip
-    john = create(
-        client, operator, name="John Carter", network="personalities", country="GB",
-        languages=["en"], themes=["social-cohesion"], tags=["tv"], organization="BBC",
-    )  # fmt: skip
-    paused = create(
-        client, operator, name="Amal Haddad", country="TN", languages=["ar"], status="paused",
+        client,
+        operator,
+        name="Leila Benali",
+        network="editors",
+        country="MA",
+        languages=["fr", "ar"],
+        themes=["religious-hatred"],
         tags=["maghreb"],
-    )  # fmt: skip
+    )
+    john = create(
+        client,
+        operator,
+        name="John Carter",
+        network="personalities",
+        country="GB",
+        languages=["en"],
+        themes=["social-cohesion"],
+        tags=["tv"],
+        organization="BBC",
+    )
+    paused = create(
+        client,
+        operator,
+        name="Amal Haddad",
+        country="TN",
+        languages=["ar"],
+        status="paused",
+        tags=["maghreb"],
+    )
 
     def ids(query: str) -> set[str]:
         response = client.get(f"/v1/members?{query}", headers=operator)
@@ -316,9 +336,19 @@ def test_list_filters(client, operator):
 
 @pytest.mark.parametrize(
     "query",
-    ["network=bloggers", "theme=sports", "country=XX", "language=english", "status=gone",
-     "limit=0", "limit=501", "cursor=not-a-cursor", "q=" + "x" * 201, "q=a%00b"],
-)  # fmt: skip
+    [
+        "network=bloggers",
+        "theme=sports",
+        "country=XX",
+        "language=english",
+        "status=gone",
+        "limit=0",
+        "limit=501",
+        "cursor=not-a-cursor",
+        "q=" + "x" * 201,
+        "q=a%00b",
+    ],
+)
 def test_bad_list_queries_are_422(client, operator, query):
     assert_problem(client.get(f"/v1/members?{query}", headers=operator), 422)
 

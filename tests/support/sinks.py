@@ -37,7 +37,7 @@ class _MailHandler:
         self.sink = sink
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+        self, _server: Any, session: Any, _envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         # Offered like any production relay (aiosmtpd reads commands line by line, so
         # pipelined ones work): the delivery tests then run the sender's pipelined path.
@@ -45,7 +45,7 @@ class _MailHandler:
         return [responses[0], "250-PIPELINING", *responses[1:]]
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
-        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        self, _server: Any, _session: Any, envelope: Any, address: str, _options: Any
     ) -> str:
         script = self.sink.rcpt_script.get(address.lower())
         if script:
@@ -55,7 +55,7 @@ class _MailHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
         content: bytes = envelope.content
         message = email.message_from_bytes(content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)

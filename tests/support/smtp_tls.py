@@ -45,15 +45,21 @@ def make_certificates(directory: Path, host: str = "127.0.0.1") -> Certificates:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
@@ -103,7 +109,7 @@ class _Handler:
     def __init__(self, relay: TlsRelay) -> None:
         self.relay = relay
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         with self.relay.lock:
             self.relay.received.append(Received(list(envelope.rcpt_tos), session.ssl is not None))
         return "250 Message accepted"
@@ -124,22 +130,28 @@ class TlsRelay:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(certificates.cert_file, certificates.key_file)
         self.controller = Controller(
-            _Handler(self), hostname=host, port=self.port, decode_data=False,
-            tls_context=context, require_starttls=False, authenticator=self._authenticate,
+            _Handler(self),
+            hostname=host,
+            port=self.port,
+            decode_data=False,
+            tls_context=context,
+            require_starttls=False,
+            authenticator=self._authenticate,
             auth_require_tls=False,
-        )  # fmt: skip
+        )
 
     def _authenticate(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+        self, _server: Any, session: Any, _envelope: Any, _mechanism: str, auth_data: Any
     ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             with self.lock:
                 self.auth_attempts.append(
                     AuthAttempt(
-                        auth_data.login.decode(), auth_data.password.decode(),
+                        auth_data.login.decode(),
+                        auth_data.password.decode(),
                         session.ssl is not None,
                     )
-                )  # fmt: skip
+                )
         return AuthResult(success=True)
 
     def start(self) -> TlsRelay:
