@@ -198,10 +198,11 @@ def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
     outcome = timer.outcome or ""
     if outcome == "incident ended":
         return
-    kind = {
+    kinds: dict[str, TimelineEventKind] = {
         TimerKind.REMINDER: TimelineEventKind.REMINDER,
         TimerKind.ESCALATION: TimelineEventKind.ESCALATION,
-    }.get(timer.kind)
+    }
+    kind = kinds.get(timer.kind)
     if kind is None:
         notified = outcome.startswith("operators notified")
         kind = TimelineEventKind.OPERATORS_NOTIFIED if notified else TimelineEventKind.DEADLINE
