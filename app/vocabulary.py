@@ -13,10 +13,11 @@ from enum import StrEnum
 class DeliveryStatus(StrEnum):
     """A ledger row's state: open while it may still be sent, final once it never will."""
 
+    # The open states first, then the final ones: the order the board lists them in.
     PENDING = "pending"
     SENDING = "sending"
-    SENT = "sent"
     RETRYING = "retrying"
+    SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import HTMLResponse, Response
 
 from app.etags import etag_matches, strong_etag
+from app.vocabulary import DeliveryStatus
 
 pages = APIRouter(tags=["board"], include_in_schema=False)
 
@@ -50,10 +51,15 @@ def _asset(folder: str, name: str, media_type: str) -> Asset:
     return Asset(body, media_type, strong_etag(body))
 
 
+@cache
+def _page_body(name: str) -> bytes:
+    """A page's bytes, with the vocabulary the script reads filled in (one copy of it)."""
+    body = _asset("templates", name, "text/html").body
+    return body.replace(b"{delivery_states}", " ".join(DeliveryStatus).encode())
+
+
 def _page(name: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        _asset("templates", name, "text/html").body, status_code=status, headers=PAGE_HEADERS
-    )
+    return HTMLResponse(_page_body(name), status_code=status, headers=PAGE_HEADERS)
 
 
 def _static(name: str, media_type: str, if_none_match: str | None) -> Response:

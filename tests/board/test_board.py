@@ -171,6 +171,18 @@ def test_the_shell_holds_no_data_and_needs_no_key(
     assert re.search(r"<script[^>]*\bsrc=", page)
 
 
+def test_the_script_reads_the_delivery_states_from_the_page(client: TestClient) -> None:
+    """One spelling of the delivery states: the page carries the server's, the script keeps
+    no copy of its own."""
+    page = client.get(board_path(str(uuid.uuid4())))
+    board = next(attrs for tag, attrs in markup(page.text).tags if attrs.get("id") == "board")
+    assert (board.get("data-delivery-states") or "").split(" ") == list(DeliveryStatus)
+    script = client.get("/board/static/board.js").text
+    # "sent" and "failed" are also names of the coverage funnel's stages; the rest would be a copy.
+    for state in set(DeliveryStatus) - {DeliveryStatus.SENT, DeliveryStatus.FAILED}:
+        assert f'"{state}"' not in script, state
+
+
 @pytest.mark.parametrize(
     "incident_id",
     [

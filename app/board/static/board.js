@@ -28,7 +28,6 @@
   var STREAM_RETRY_MAX_MS = 300000;
   var STORAGE = "rrmm.board.key";
   var COVERAGE = ["network", "language", "channel"];
-  var DELIVERY_STATES = ["pending", "sending", "retrying", "sent", "failed", "skipped", "cancelled", "superseded"];
   var CONNECTION = {
     connecting: "connecting…",
     live: "live",
@@ -60,6 +59,8 @@
     checked: $("checked"),
     exercise: $("exercise")
   };
+  // The delivery states, in display order, as the server spells them (app/vocabulary.py).
+  var DELIVERY_STATES = ui.board.getAttribute("data-delivery-states").split(" ");
 
   // ------------------------------------------------------------------ the key
 
