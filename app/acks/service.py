@@ -44,13 +44,16 @@ class LinkNotValid(NotFound):
 
 @dataclass(frozen=True)
 class AckView:
-    """What the ack page shows: the incident, the allowed answers, the current answer."""
+    """What the ack page shows: the incident, the allowed answers, the current answer, and
+    the heading: the subject of the member's briefing in their language (the incident's
+    title is the operators' own wording, often in another language)."""
 
     delivery: Delivery
     incident: Incident
     version: int
     language: str
     current: str | None
+    subject: str
 
 
 def _claims(signer: AckTokenSigner, token: str) -> int:
@@ -68,15 +71,25 @@ def view(session: Session, signer: AckTokenSigner, token: str) -> AckView:
     if delivery is None or delivery.member_id is None:
         raise LinkNotValid("link not valid")
     incident = session.get(Incident, delivery.incident_id)
-    version = session.scalar(select(Briefing.version).where(Briefing.id == delivery.briefing_id))
-    if incident is None or version is None:
+    briefing = session.execute(
+        select(Briefing.version, Briefing.content).where(Briefing.id == delivery.briefing_id)
+    ).first()
+    if incident is None or briefing is None:
         raise LinkNotValid("link not valid")
+    entry = briefing.content.get(delivery.language) or {}
     current = session.scalar(
         select(CurrentAck.response).where(
             CurrentAck.incident_id == incident.id, CurrentAck.member_id == delivery.member_id
         )
     )
-    return AckView(delivery, incident, version, delivery.language, current)
+    return AckView(
+        delivery,
+        incident,
+        briefing.version,
+        delivery.language,
+        current,
+        subject=entry.get("subject") or incident.title,
+    )
 
 
 def record(

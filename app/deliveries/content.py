@@ -67,6 +67,39 @@ _LABELS: dict[str, dict[str, str]] = {
     },
 }
 
+# The severity and urgency scales (CAP 1.2's words) as a member reads them, after the
+# French and Arabic of the public alerting systems that use CAP (Canada's CAP-CP in French).
+# Agreement in Arabic: الخطورة is feminine, الاستعجال masculine.
+_SCALES: dict[str, dict[str, str]] = {
+    "en": {
+        "minor": "minor",
+        "moderate": "moderate",
+        "severe": "severe",
+        "extreme": "extreme",
+        "immediate": "immediate",
+        "expected": "expected",
+        "future": "future",
+    },
+    "fr": {
+        "minor": "mineure",
+        "moderate": "modérée",
+        "severe": "grave",
+        "extreme": "extrême",
+        "immediate": "immédiate",
+        "expected": "prévue",
+        "future": "future",
+    },
+    "ar": {
+        "minor": "طفيفة",
+        "moderate": "متوسطة",
+        "severe": "شديدة",
+        "extreme": "قصوى",
+        "immediate": "فوري",
+        "expected": "متوقع",
+        "future": "مستقبلي",
+    },
+}
+
 WEBHOOK_TYPES: dict[str, str] = {
     BriefingKind.DECLARED: "incident.declared",
     BriefingKind.UPDATED: "incident.updated",
@@ -114,6 +147,13 @@ def text_direction(language: str) -> str:
 
 def labels(language: str) -> dict[str, str]:
     return _LABELS.get(language.split("-")[0].lower(), _LABELS["en"])
+
+
+def scale_word(language: str, value: str) -> str:
+    """A severity or urgency (`severe`, `immediate`) in the member's language; English for a
+    language without its own words."""
+    words = _SCALES.get(language.split("-")[0].lower(), _SCALES["en"])
+    return words.get(value, value)
 
 
 def subject_line(incident: Incident, briefing: Briefing, language: str, subject: str) -> str:
@@ -206,6 +246,8 @@ def render(incident: Incident, briefing: Briefing, language: str) -> RenderedBri
         "ack_url": ACK_URL_PLACEHOLDER,
         "exercise": incident.mode == "exercise",
         "w": labels(language),
+        "severity": scale_word(language, incident.severity),
+        "urgency": scale_word(language, incident.urgency),
         "language": language,
         "direction": text_direction(language),
     }

@@ -227,6 +227,9 @@ def test_the_page_speaks_the_members_language_and_loads_nothing(
     assert question in text
     assert will_engage in text
     assert briefed.incident["reference"] in text
+    # Headed by the member's own briefing, not by the operators' title (in English here).
+    assert f"<h1>Subject ({language})</h1>" in page
+    assert briefed.incident["title"] not in text
     for value in ("acknowledged", "will_engage", "unavailable", "need_briefing_call"):
         assert f'name="response" value="{value}"' in page
     assert "<script" not in page.lower()
@@ -258,6 +261,7 @@ def test_the_form_records_an_answer_and_a_change_keeps_the_history(
     assert first.status_code == 200, first.text
     assert_page_headers(first)
     assert 'id="confirmation"' in first.text
+    assert "<h1>Subject (fr)</h1>" in first.text
     assert "Merci. Votre réponse est enregistrée" in html.unescape(first.text)
     assert "Je vais m'exprimer ou publier" in html.unescape(first.text)
 

@@ -243,6 +243,27 @@ def test_render_html_escapes_and_carries_language_and_direction():
     assert '<html lang="en" dir="ltr">' in english.html
 
 
+@pytest.mark.parametrize(
+    ("language", "line"),
+    [
+        ("en", "Severity: severe · Urgency: immediate"),
+        ("fr", "Gravité: grave · Urgence: immédiate"),
+        ("fr-CA", "Gravité: grave · Urgence: immédiate"),
+        ("ar", "الخطورة: شديدة · الاستعجال: فوري"),
+        ("de", "Severity: severe · Urgency: immediate"),  # no German words: English ones
+    ],
+)
+def test_severity_and_urgency_are_in_the_members_language(language, line):
+    """A member reads the scale in the briefing's language, never the API's English values."""
+    entry = {"subject": "S", "body": "B.", "talking_points": []}
+    rendered = render(make_incident(), make_briefing(**{language: entry}), language)
+    assert line in rendered.text
+    assert line in rendered.html
+    if not language.startswith(("en", "de")):
+        assert "severe" not in rendered.text
+        assert "immediate" not in rendered.html
+
+
 def test_render_text_is_not_html_escaped():
     rendered = render(make_incident("exercise"), make_briefing("updated", 2, fr=HOSTILE), "fr")
     assert "First <script>alert('x')</script> & co." in rendered.text
