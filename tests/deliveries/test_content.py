@@ -255,8 +255,8 @@ def test_render_html_escapes_and_carries_language_and_direction():
 )
 def test_severity_and_urgency_are_in_the_members_language(language, line):
     """A member reads the scale in the briefing's language, never the API's English values."""
-    entry = {"subject": "S", "body": "B.", "talking_points": []}
-    rendered = render(make_incident(), make_briefing(**{language: entry}), language)
+    entry: dict[str, Any] = {"subject": "S", "body": "B.", "talking_points": []}
+    rendered = render(make_incident(), make_briefing("declared", 1, **{language: entry}), language)
     assert line in rendered.text
     assert line in rendered.html
     if not language.startswith(("en", "de")):
