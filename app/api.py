@@ -8,13 +8,21 @@ from app.acks.router import pages as ack_pages
 from app.acks.router import router as acks_router
 from app.audit.router import router as audit_router
 from app.board.router import pages as board_pages
+from app.briefing_templates.router import router as templates_router
 from app.cap.router import router as cap_router
 from app.health.router import router as health_router
 from app.incidents.router import router as incidents_router
 from app.members.router import router as members_router
 from app.rosters.router import router as rosters_router
 
-API_ROUTERS = (members_router, rosters_router, incidents_router, acks_router, audit_router)
+API_ROUTERS = (
+    members_router,
+    rosters_router,
+    templates_router,
+    incidents_router,
+    acks_router,
+    audit_router,
+)
 
 
 def mount_routers(app: FastAPI) -> None:

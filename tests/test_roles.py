@@ -47,6 +47,11 @@ EXPECTED: dict[Route, Role] = {
     ("POST", "/v1/rosters/{roster_id}/members"): Role.OPERATOR,
     ("POST", "/v1/rosters/{roster_id}/members/remove"): Role.OPERATOR,
     ("DELETE", "/v1/rosters/{roster_id}/members/{member_id}"): Role.OPERATOR,
+    ("POST", "/v1/templates"): Role.OPERATOR,
+    ("GET", "/v1/templates"): Role.OPERATOR,
+    ("GET", "/v1/templates/{template_id}"): Role.OPERATOR,
+    ("PATCH", "/v1/templates/{template_id}"): Role.OPERATOR,
+    ("DELETE", "/v1/templates/{template_id}"): Role.OPERATOR,
     ("POST", "/v1/incidents"): Role.OPERATOR,
     ("POST", "/v1/incidents/preview"): Role.OPERATOR,
     ("GET", "/v1/incidents"): Role.VIEWER,
@@ -180,7 +185,21 @@ def ids(client: TestClient, admin: dict[str, str]) -> dict[str, str]:
     assert added.status_code == 200, added.text
     incident = client.post("/v1/incidents", json=_incident_body(member_id), headers=admin)
     assert incident.status_code == 202, incident.text
-    return {"member_id": member_id, "roster_id": roster_id, "incident_id": incident.json()["id"]}
+    template = client.post("/v1/templates", json=TEMPLATE, headers=admin)
+    assert template.status_code == 201, template.text
+    return {
+        "member_id": member_id,
+        "roster_id": roster_id,
+        "incident_id": incident.json()["id"],
+        "template_id": template.json()["id"],
+    }
+
+
+TEMPLATE = {
+    "name": "Call for calm",
+    "variables": [{"name": "city"}],
+    "content": {"en": {"subject": "Calm in {{ city }}", "body": "Please call for calm."}},
+}
 
 
 def _incident_body(member_id: str) -> dict[str, Any]:
@@ -216,6 +235,8 @@ def _json_body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
         ("PATCH", "/v1/members/{member_id}"): {"title": "Publisher"},
         ("POST", "/v1/members/{member_id}/webhook-secret"): {},
         ("POST", "/v1/rosters"): {"name": "Personalities — Sahel"},
+        ("POST", "/v1/templates"): {**TEMPLATE, "name": "Another call for calm"},
+        ("PATCH", "/v1/templates/{template_id}"): {"description": "For riots after a publication"},
         ("PATCH", "/v1/rosters/{roster_id}"): {"description": "Newsrooms of the Maghreb"},
         ("POST", "/v1/rosters/{roster_id}/members"): {"member_ids": [ids["member_id"]]},
         ("POST", "/v1/rosters/{roster_id}/members/remove"): {"member_ids": [ids["member_id"]]},

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from app.briefing_templates import service as briefing_templates
 from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
 from app.incidents import events, preview, service, timeline
@@ -21,12 +22,14 @@ from app.incidents.schemas import (
     DeliveryView,
     Incident,
     IncidentCreate,
+    IncidentDeclaration,
     IncidentEnd,
     IncidentFilters,
     IncidentPreview,
     IncidentReject,
     IncidentStatusView,
     IncidentUpdate,
+    IncidentUpdateRequest,
     TimelineEvent,
 )
 from app.incidents.service import Dispatcher
@@ -107,6 +110,10 @@ _DELIVERY_FIELDS = (
 )
 
 
+def _template_ref(template_id: uuid.UUID | None, version: int | None) -> dict[str, Any] | None:
+    return None if template_id is None else {"id": template_id, "version": version}
+
+
 def _out(session: Any, incident: IncidentRow) -> dict[str, Any]:
     version = service.latest_versions(session, [incident.id]).get(incident.id, 0)
     return _shape(incident, incident.targeted, version)
@@ -118,6 +125,7 @@ def _shape(incident: IncidentRow, targeted: int, version: int) -> dict[str, Any]
         **{k: getattr(incident, k) for k in _INCIDENT_FIELDS},
         "targeted": targeted,
         "latest_version": version,
+        "template": _template_ref(incident.template_id, incident.template_version),
         "links": {"self": base, "status": f"{base}/status", "deliveries": f"{base}/deliveries"},
     }
 
@@ -129,7 +137,7 @@ def _shape(incident: IncidentRow, targeted: int, version: int) -> dict[str, Any]
     responses={200: {"model": Incident, "description": "An idempotent replay."}},
 )
 def declare_incident(
-    body: IncidentCreate,
+    body: IncidentDeclaration,
     # A transaction from the start (SQLite: BEGIN IMMEDIATE): the idempotency savepoint
     # below must not be the outermost one, whose release would commit on its own.
     session: WriteSessionDep,
@@ -147,17 +155,22 @@ def declare_incident(
     `RRMM_APPROVAL_FOR_EXERCISES`) answers 202 with status `pending_approval` and sends
     nothing until another principal approves it (`…/approve`). With an
     `Idempotency-Key`, repeating the same request returns the same incident and sends
-    nothing twice; the same key with another body is a 422.
+    nothing twice; the same key with another body is a 422. With `template` instead of
+    `briefing`, the briefing is written from that template (`/v1/templates`) and the
+    incident records which template and version.
     """
+    data, template = briefing_templates.written(session, body, IncidentCreate)
     incident, created = service.declare(
         session,
-        body,
+        data,
         actor=actor,
         idempotency_key=idempotency_key,
         dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
         approval=service.ApprovalPolicy.from_settings(settings),
     )
+    if created and template is not None:
+        briefing_templates.record_use(session, incident, template)
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -166,7 +179,7 @@ def declare_incident(
 
 @router.post("/preview", response_model=IncidentPreview)
 def preview_incident(
-    body: IncidentCreate, session: SessionDep, _actor: Operator, settings: SettingsDep
+    body: IncidentDeclaration, session: SessionDep, _actor: Operator, settings: SettingsDep
 ) -> dict[str, Any]:
     """A dry run of a declaration (the same body): the members it would target, counted by
     network, country, language sent and channel; who gets a fallback language; who would
@@ -174,7 +187,8 @@ def preview_incident(
     email and webhook body exactly as a member would get them (a placeholder stands for
     the acknowledgement link). Writes nothing; counted by grouped queries, not per member.
     """
-    return preview.preview_declaration(session, body, settings=settings)
+    data, _ = briefing_templates.written(session, body, IncidentCreate)
+    return preview.preview_declaration(session, data, settings=settings)
 
 
 @router.get("", response_model=Page[Incident])
@@ -349,6 +363,7 @@ def list_briefings(
             "kind": b.kind,
             "languages": b.languages,
             "content": b.content,
+            "template": _template_ref(b.template_id, b.template_version),
             "created_at": b.created_at,
         }
         for b in service.briefings(session, incident_id)
@@ -360,36 +375,41 @@ def list_briefings(
 )
 def post_update(
     incident_id: uuid.UUID,
-    body: IncidentUpdate,
+    body: IncidentUpdateRequest,
     session: WriteSessionDep,
     actor: Operator,
     dispatch: DispatcherDep,
     settings: SettingsDep,
 ) -> dict[str, Any]:
     """Send a new briefing version to the same audience, and to members who newly match
-    it. Unsent deliveries of earlier versions are superseded."""
-    incident, _ = service.post_update(
+    it. Unsent deliveries of earlier versions are superseded. Written out, or from a
+    template (`template` instead of `briefing`)."""
+    data, template = briefing_templates.written(session, body, IncidentUpdate)
+    incident, briefing = service.post_update(
         session,
         incident_id,
-        body,
+        data,
         actor=actor,
         dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
     )
+    if template is not None:
+        briefing_templates.record_use(session, incident, template, briefing=briefing)
     return _out(session, incident)
 
 
 @router.post("/{incident_id}/updates/preview", response_model=IncidentPreview)
 def preview_update(
     incident_id: uuid.UUID,
-    body: IncidentUpdate,
+    body: IncidentUpdateRequest,
     session: SessionDep,
     _actor: Operator,
     settings: SettingsDep,
 ) -> dict[str, Any]:
     """A dry run of an update (the same body): who it would reach (everyone targeted so far
     and the members who newly match) and what they would read. Writes nothing."""
-    return preview.preview_update(session, incident_id, body, settings=settings)
+    data, _ = briefing_templates.written(session, body, IncidentUpdate)
+    return preview.preview_update(session, incident_id, data, settings=settings)
 
 
 @router.post(

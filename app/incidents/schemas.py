@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.briefing_templates.schemas import TemplateRef, TemplateUse
 from app.fields import (
     CountryCode,
     LanguageTag,
@@ -154,7 +155,36 @@ class FollowUp(BaseModel):
     )
 
 
-class IncidentCreate(BriefingInput):
+class BriefingSource(BaseModel):
+    """A briefing written out (`briefing`), or a template to write it from (`template`):
+    one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Before `briefing`: its validator reads these fields.
+    require_english: bool = Field(
+        True, description="English prevails when versions disagree, so it is required unless false."
+    )
+    template: TemplateUse | None = Field(
+        None, description="Write the briefing from a template (`/v1/templates`) instead."
+    )
+    briefing: Briefing | None = Field(None, validate_default=True)
+
+    @field_validator("briefing")
+    @classmethod
+    def _one_source(cls, briefing: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        if "template" not in info.data:  # the template is invalid: that is the error to name
+            return briefing
+        if briefing is None and info.data["template"] is None:
+            raise ValueError("a briefing is required (or a template to write it from)")
+        if briefing is not None and info.data["template"] is not None:
+            raise ValueError("a briefing or a template, not both")
+        return _english_if_required(briefing, info)
+
+
+class _DeclarationFields(BaseModel):
+    """What a declaration says besides its briefing."""
+
     model_config = ConfigDict(extra="forbid")
 
     title: Name
@@ -176,8 +206,21 @@ class IncidentCreate(BriefingInput):
     followup: FollowUp = Field(default_factory=FollowUp)
 
 
+class IncidentDeclaration(_DeclarationFields, BriefingSource):
+    """A declaration as it is sent: its briefing written out, or from a template."""
+
+
+class IncidentCreate(_DeclarationFields, BriefingInput):
+    """A declaration with its briefing written out (a template's already rendered)."""
+
+
+class IncidentUpdateRequest(BriefingSource):
+    """A new briefing version, sent to the same audience and to members who newly match:
+    written out, or from a template."""
+
+
 class IncidentUpdate(BriefingInput):
-    """A new briefing version, sent to the same audience and to members who newly match."""
+    """A new briefing version with its briefing written out."""
 
 
 class IncidentEnd(BaseModel):
@@ -228,6 +271,9 @@ class Incident(BaseModel):
     )
     targeted: int = Field(description="Members targeted so far.")
     latest_version: int
+    template: TemplateRef | None = Field(
+        None, description="The template the declaration was written from, at its version."
+    )
     links: IncidentLinks
 
 
@@ -236,6 +282,9 @@ class BriefingVersion(BaseModel):
     kind: BriefingKind
     languages: list[str]
     content: dict[str, BriefingEntry]
+    template: TemplateRef | None = Field(
+        None, description="The template this version was written from, at its version."
+    )
     created_at: datetime
 
 

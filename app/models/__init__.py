@@ -23,6 +23,7 @@ from app.models.incident import (
 )
 from app.models.member import Member, Roster, RosterMember
 from app.models.notice import OperatorNotice
+from app.models.template import BriefingTemplate, BriefingTemplateVersion
 from app.models.worker import WorkerHeartbeat
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "Base",
     "Briefing",
     "BriefingTargeting",
+    "BriefingTemplate",
+    "BriefingTemplateVersion",
     "CurrentAck",
     "Delivery",
     "DeliveryCounter",

@@ -47,6 +47,10 @@ class Incident(Base):
     decided_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rejection_reason: Mapped[str | None] = mapped_column(String(1000))
+    # The briefing template the declaration was written from, and its version (no foreign
+    # key: deleting a template leaves the record of what was used).
+    template_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    template_version: Mapped[int | None] = mapped_column(Integer)
     # Members targeted so far, kept with `incident_targets` so status reads need no COUNT.
     targeted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The last sequence number given to this incident's timeline events and answers. The
@@ -98,6 +102,9 @@ class Briefing(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set when a newer version replaced this one: its rows are never claimed again.
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The template (and its version) this version was written from, if any.
+    template_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    template_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class BriefingTargeting(Base):

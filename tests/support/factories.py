@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.netutil import wait_until
+from app.vocabulary import OPEN_DELIVERY_STATUSES
 
 TEST_SECRET_KEY = secrets.token_hex(32)
 
@@ -101,7 +102,7 @@ def wait_final(
         state = client.get(f"/v1/incidents/{incident_id}/status", headers=headers).json()
         by_status = state["deliveries"]["by_status"]
         return sum(by_status.values()) > 0 and not any(
-            by_status.get(s, 0) for s in ("pending", "sending", "retrying")
+            by_status.get(s, 0) for s in OPEN_DELIVERY_STATUSES
         )
 
     wait_until(done, timeout, f"every delivery final (last status {state})", interval=0.3)
