@@ -10,6 +10,7 @@ from app.audit.router import router as audit_router
 from app.board.router import pages as board_pages
 from app.briefing_templates.router import router as templates_router
 from app.cap.router import router as cap_router
+from app.console.router import pages as console_pages
 from app.health.router import router as health_router
 from app.incidents.router import router as incidents_router
 from app.members.router import router as members_router
@@ -29,6 +30,7 @@ def mount_routers(app: FastAPI) -> None:
     app.include_router(health_router)
     app.include_router(ack_pages)
     app.include_router(board_pages)
+    app.include_router(console_pages)
     for router in API_ROUTERS:
         app.include_router(router)
     app.include_router(cap_router)

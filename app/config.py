@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     # every request reads it), so a key revoked elsewhere (`rrmm keys revoke`) is refused by
     # every process within this bound. Kept short: it is the revocation delay.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=15)
+    # The console's sessions end after this long without a request, and this long after
+    # sign-in whatever the activity.
+    console_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    console_session_hours: int = Field(default=12, ge=1, le=7 * 24)
+    # Failed console sign-ins per client address (any account) before it is refused.
+    console_sign_in_rate_limit: str = "20/15 minutes"
 
     @field_validator("approval_severities", mode="before")
     @classmethod

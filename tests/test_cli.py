@@ -18,7 +18,8 @@ from app import migrate
 from app.cli.main import cli
 from app.cli.supervisor import banner, run_environment
 from app.config import Settings, get_settings
-from app.models import ApiKey, AuditEntry, Member
+from app.models import ApiKey, AuditEntry, Member, Person
+from app.people import service as people
 from tests.support.factories import PUBLIC_WEBHOOK, assert_problem
 
 Run = Callable[..., Result]
@@ -384,3 +385,44 @@ def test_run_points_the_ack_links_at_its_own_port_unless_told(
     told = Settings(mode="embedded", var_dir=tmp_path)
     env = run_environment(told, host="127.0.0.1", port=8010, smtp_port=1025)
     assert env["RRMM_PUBLIC_URL"] == "https://alerts.example.org"
+
+
+# --- people ----------------------------------------------------------------------------
+
+
+def test_people_create_list_reset_disable(run: Run, settings: Settings, session_factory) -> None:
+    created = run(
+        "people", "create", "--email", "Omar@Example.org", "--name", "Omar", "--role", "admin"
+    )
+    assert created.exit_code == 0, (created.stdout, created.stderr)
+    [link] = created.stdout.splitlines()
+    assert link.startswith(f"{settings.public_url.rstrip('/')}/console/setup/")
+    token = link.rsplit("/", 1)[1]
+    with session_factory() as session:
+        [person] = session.scalars(select(Person)).all()
+        assert (person.email, person.role, person.status) == (
+            "omar@example.org",
+            "admin",
+            "invited",
+        )
+        assert person.setup_token_hash == people.digest(token)  # the link itself is not stored
+
+    again = run(
+        "people", "create", "--email", "omar@example.org", "--name", "O", "--role", "viewer"
+    )
+    assert again.exit_code == 1
+    assert "already exists" in again.stderr
+
+    listed = run("people", "list")
+    assert listed.stdout.split("\t")[:4] == ["omar@example.org", "Omar", "admin", "invited"]
+
+    reset = run("people", "reset", "omar@example.org")
+    assert reset.exit_code == 0, reset.stderr
+    assert reset.stdout.strip() != link  # a new link; the old one no longer works
+    with session_factory() as session:
+        assert people.person_for_setup(session, token) is None
+
+    assert run("people", "disable", "omar@example.org").exit_code == 0
+    assert run("people", "disable", "nobody@example.org").exit_code == 1
+    with session_factory() as session:
+        assert session.scalars(select(Person)).one().status == "disabled"

@@ -89,6 +89,16 @@ BOARD_PAGE: set[Route] = {
     ("GET", "/board/static/board.js"),
     ("GET", "/board/static/board.css"),
 }
+# The console: its pages check a person's session, not a key (tests/console).
+CONSOLE_PAGE: set[Route] = {
+    ("GET", "/console"),
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
+    ("POST", "/console/sign-out"),
+    ("GET", "/console/setup/{token}"),
+    ("POST", "/console/setup/{token}"),
+    ("GET", "/console/static/{name}"),
+}
 
 ROUTES = sorted(EXPECTED)
 ROUTE_IDS = [f"{method} {path}" for method, path in ROUTES]
@@ -153,7 +163,7 @@ def test_only_the_probes_and_the_pages_are_public(app):
         for key, dependant in app_routes(app, prefix="/").items()
         if not key[1].startswith("/v1/")
     }
-    assert set(outside) == PUBLIC | ACK_PAGE | BOARD_PAGE
+    assert set(outside) == PUBLIC | ACK_PAGE | BOARD_PAGE | CONSOLE_PAGE
     for key, dependant in outside.items():
         assert required_roles(dependant) == set(), key
 

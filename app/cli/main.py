@@ -33,10 +33,14 @@ keys_cli = typer.Typer(
 )
 members_cli = typer.Typer(help="Members of the networks.", no_args_is_help=True)
 secrets_cli = typer.Typer(help="Stored secrets and RRMM_SECRET_KEY rotation.", no_args_is_help=True)
+people_cli = typer.Typer(
+    help="People who sign in to the console (password + authenticator app).", no_args_is_help=True
+)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(members_cli, name="members")
 cli.add_typer(secrets_cli, name="secrets")
+cli.add_typer(people_cli, name="people")
 
 err = Console(stderr=True)
 
@@ -325,6 +329,88 @@ def keys_revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id."
         _fail(exc.detail)
         raise typer.Exit(1) from exc
     _note(f"revoked {key_id}")
+
+
+def _setup_url(settings: Settings, token: str) -> str:
+    return f"{settings.public_url.rstrip('/')}/console/setup/{token}"
+
+
+@people_cli.command("create")
+def people_create(
+    email: Annotated[str, typer.Option(help="Their email address (the sign-in name).")],
+    name: Annotated[str, typer.Option(help="Their name, as the console shows it.")],
+    role: Annotated[Role, typer.Option(help="admin, operator or viewer.")],
+    language: Annotated[str, typer.Option(help="Console language: en, fr or ar.")] = "en",
+) -> None:
+    """Invite a person: prints a one-time set-up link (24 hours) where they choose a
+    password and connect an authenticator app. Give it to them yourself."""
+    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+
+    settings = _settings()
+    try:
+        with _session(settings) as session:
+            link = people.create_person(
+                session, email=email, name=name, role=role, language=language, actor=Principal.cli()
+            )
+            person_id, expires = link.person.id, link.expires_at
+    except AppError as exc:
+        _fail(exc.detail)
+        raise typer.Exit(1) from exc
+    typer.echo(_setup_url(settings, link.token))
+    until = f"{expires:%Y-%m-%d %H:%M} UTC"
+    _note(f"invited {person_id} ({role.value}); the link works once, until {until}")
+
+
+@people_cli.command("list")
+def people_list() -> None:
+    """List people: email, name, role, state, second factor, last sign-in."""
+    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+
+    with _session(_settings()) as session:
+        rows = [
+            (
+                p.email,
+                p.name,
+                p.role,
+                p.status,
+                "totp" if p.totp_secret else "-",
+                p.last_sign_in_at.isoformat(timespec="seconds") if p.last_sign_in_at else "",
+            )
+            for p in people.list_people(session)
+        ]
+    for row in rows:
+        typer.echo("\t".join(row))
+
+
+@people_cli.command("disable")
+def people_disable(email: Annotated[str, typer.Argument(help="Their email address.")]) -> None:
+    """Disable a person: no more sign-ins, and every open session ends now."""
+    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+
+    try:
+        with _session(_settings()) as session:
+            people.disable_person(session, email, actor=Principal.cli())
+    except AppError as exc:
+        _fail(exc.detail)
+        raise typer.Exit(1) from exc
+    _note(f"disabled {email}")
+
+
+@people_cli.command("reset")
+def people_reset(email: Annotated[str, typer.Argument(help="Their email address.")]) -> None:
+    """Forget a person's password, second factor and recovery codes, sign them out
+    everywhere, and print a new set-up link."""
+    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+
+    settings = _settings()
+    try:
+        with _session(settings) as session:
+            link = people.reset_person(session, email, actor=Principal.cli())
+    except AppError as exc:
+        _fail(exc.detail)
+        raise typer.Exit(1) from exc
+    typer.echo(_setup_url(settings, link.token))
+    _note(f"reset {email}: their sessions ended; give them the new link")
 
 
 @members_cli.command("import")

@@ -23,6 +23,7 @@ from app.models.incident import (
 )
 from app.models.member import Member, Roster, RosterMember
 from app.models.notice import OperatorNotice
+from app.models.person import ConsoleSession, Person
 from app.models.template import BriefingTemplate, BriefingTemplateVersion
 from app.models.worker import WorkerHeartbeat
 
@@ -37,6 +38,7 @@ __all__ = [
     "BriefingTargeting",
     "BriefingTemplate",
     "BriefingTemplateVersion",
+    "ConsoleSession",
     "CurrentAck",
     "Delivery",
     "DeliveryCounter",
@@ -46,6 +48,7 @@ __all__ = [
     "IncidentTimer",
     "Member",
     "OperatorNotice",
+    "Person",
     "QuotaCounter",
     "ReferenceCounter",
     "Role",
