@@ -380,7 +380,9 @@ def test_run_points_the_ack_links_at_its_own_port_unless_told(
     settings = Settings(mode="embedded", var_dir=tmp_path)
     env = run_environment(settings, host="127.0.0.1", port=8010, smtp_port=1025)
     assert env["RRMM_PUBLIC_URL"] == "http://127.0.0.1:8010"
-    assert "http://127.0.0.1:8010/docs" in banner(settings, env, host="127.0.0.1", port=8010)
+    shown = banner(settings, env, host="127.0.0.1", port=8010)
+    assert "http://127.0.0.1:8010/docs" in shown
+    assert "http://127.0.0.1:8010/console" in shown
     monkeypatch.setenv("RRMM_PUBLIC_URL", "https://alerts.example.org")
     told = Settings(mode="embedded", var_dir=tmp_path)
     env = run_environment(told, host="127.0.0.1", port=8010, smtp_port=1025)

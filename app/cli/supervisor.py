@@ -137,6 +137,8 @@ def banner(settings: Settings, env: dict[str, str], *, host: str, port: int) -> 
             f"  mail: caught by the local catcher on port {env['RRMM_SMTP_PORT']}, "
             f"kept in {settings.var_dir / 'mail'}/*.eml",
             f"  links in the briefings point at {env.get('RRMM_PUBLIC_URL', settings.public_url)}",
+            f"  console: {base}/console   a person: rrmm people create --email E --name N "
+            "--role operator",
             "  a key: rrmm keys create --name NAME --role operator   (Ctrl-C stops everything)",
         ]
     )
