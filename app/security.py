@@ -18,6 +18,19 @@ API_KEY_PREFIX = "rrmm_"
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 
 
+def page_headers(content_security_policy: str) -> dict[str, str]:
+    """The headers of every HTML page we serve: never cached (a page may hold a credential
+    or a person's data), never framed, never sent on as a referrer, no sniffing, and the
+    page's own Content-Security-Policy."""
+    return {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": content_security_policy,
+    }
+
+
 def new_api_key() -> str:
     """A fresh API key: 256 random bits behind a recognisable prefix (secret scanners)."""
     return API_KEY_PREFIX + secrets.token_urlsafe(32)

@@ -38,10 +38,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.acks import followup
 from app.acks.tokens import AckTokenSigner
+from app.auth.service import Principal
 from app.config import Settings
 from app.db import session_scope
 from app.models import Briefing, Delivery, Role
+from app.models import Person as PersonRow
 from app.models.base import utcnow
+from app.people import service as people
 from app.vocabulary import DeliveryStatus
 from tests import test_roles
 from tests.acks.conftest import HttpResponse, encode_token, token_bytes
@@ -70,6 +73,9 @@ VIEWER_ROUTES: list[Route] = sorted(
 # The status board's shell and assets: public and the same bytes for every incident (once
 # tests/test_roles names them; the board is younger than this file's first version).
 BOARD_PAGE: set[Route] = getattr(test_roles, "BOARD_PAGE", set())
+# The console's pages open with a person's session, not a key: a viewer person's view is
+# checked on its own below (test_a_viewer_person_sees_nothing_private_in_the_console).
+CONSOLE_PAGE: set[Route] = getattr(test_roles, "CONSOLE_PAGE", set())
 EXERCISED: list[Route] = VIEWER_ROUTES + sorted(PUBLIC | BOARD_PAGE)
 # Routes a viewer key may not call: they must say so (403) and nothing else.
 FORBIDDEN: list[Route] = sorted(
@@ -647,6 +653,28 @@ def test_a_viewer_with_a_tampered_link_sees_only_the_invalid_page(
         assert RESOLVED_TITLE not in page.text
 
 
+def test_a_viewer_person_sees_nothing_private_in_the_console(
+    app: FastAPI, seeded: Seeded, session_factory: sessionmaker[Session]
+) -> None:
+    with session_scope(session_factory) as session:
+        link = people.create_person(
+            session, email="watcher@x.org", name="Watcher", role=Role.VIEWER, actor=Principal.cli()
+        )
+        person = session.get(PersonRow, link.person.id)
+        assert person is not None
+        person.status = "active"
+        policy = people.SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=1))
+        cookie, _ = people.open_session(session, person, policy=policy, address=None)
+    with TestClient(app, base_url="https://testserver") as browser:
+        browser.cookies.set("__Host-rrmm_session", cookie)
+        page = browser.get("/console")
+    assert page.status_code == 200, page.text
+    assert ACTIVE_TITLE in page.text  # the incidents are there: titles are not private
+    assert RESOLVED_TITLE in page.text
+    found = seeded.secrets.found_in(page)
+    assert not found, f"the console shows a viewer {found}"
+
+
 def test_every_viewer_route_is_exercised(app: FastAPI) -> None:
     """Any route a viewer key (or no key) can call is in `EXERCISED`, but the event stream.
 
@@ -659,6 +687,7 @@ def test_every_viewer_route_is_exercised(app: FastAPI) -> None:
         }
         - ACK_PAGE
         - TOKEN_AUTHENTICATED
+        - CONSOLE_PAGE
     )
     assert reachable - set(EXERCISED) <= {SSE_ROUTE}, sorted(reachable - set(EXERCISED))
     assert set(EXERCISED) <= reachable, sorted(set(EXERCISED) - reachable)

@@ -27,20 +27,17 @@ from app.deps import Operator, SessionDep, Viewer
 from app.errors import InvalidInput
 from app.fields import CountryCode, LanguageTag, Network
 from app.pagination import DEFAULT_LIMIT, Page, decode_int_cursor, next_cursor
+from app.security import page_headers
 
 pages = APIRouter(tags=["acknowledgements"], include_in_schema=False)
 router = APIRouter(tags=["acknowledgements"])
 
 # The page carries a credential in its URL: never cached, never sent on as a referrer,
 # never framed; it loads nothing from anywhere and runs no script.
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-}
+PAGE_HEADERS = page_headers(
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def signer(request: Request) -> AckTokenSigner:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader
 from limits import parse
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
@@ -33,8 +33,10 @@ from app.db import session_scope
 from app.errors import InvalidInput
 from app.incidents import service as incidents
 from app.incidents.schemas import IncidentFilters
+from app.metrics import RATE_LIMIT_STORAGE_ERRORS
 from app.models import ConsoleSession, Person
 from app.people import service as people
+from app.security import page_headers
 
 pages = APIRouter(include_in_schema=False)
 
@@ -42,13 +44,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-}
+PAGE_HEADERS = page_headers(CONTENT_SECURITY_POLICY)
 _ENV = Environment(loader=PackageLoader("app.console", "templates"), autoescape=True)
 Field = Annotated[str, Form(max_length=400)]
 
@@ -85,9 +81,34 @@ def _box(settings: Settings) -> Any:
     return people.totp_box(settings.secret, settings.previous_secret)
 
 
-@cache
-def _limiter(storage_url: str) -> MovingWindowRateLimiter:
-    return MovingWindowRateLimiter(storage_from_string(storage_url))
+class _FailedSignIns:
+    """Failed sign-ins per client address (any account), in RRMM_RATE_LIMIT_STORAGE. If
+    the storage cannot be reached the address is not limited (counted in
+    rrmm_rate_limit_storage_errors_total): the per-account lockout, in the database, holds."""
+
+    def __init__(self, request: Request, settings: Settings, address: str) -> None:
+        # One limiter per app (its counts are the app's, like the ack limiter's).
+        state = request.app.state
+        if getattr(state, "console_sign_in_limiter", None) is None:
+            state.console_sign_in_limiter = MovingWindowRateLimiter(
+                storage_from_string(settings.rate_limit_storage)
+            )
+        self.limiter: MovingWindowRateLimiter = state.console_sign_in_limiter
+        self.rate = parse(settings.console_sign_in_rate_limit)
+        self.key = ("console-sign-in", address)
+
+    def allowed(self) -> bool:
+        try:
+            return bool(self.limiter.test(self.rate, *self.key))
+        except StorageError:
+            RATE_LIMIT_STORAGE_ERRORS.inc()
+            return True
+
+    def count(self) -> None:
+        try:
+            self.limiter.hit(self.rate, *self.key)
+        except StorageError:
+            RATE_LIMIT_STORAGE_ERRORS.inc()
 
 
 def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -243,10 +264,9 @@ def login_form(
     if not people.csrf_ok(request.cookies.get(cookies.csrf, ""), csrf):
         return _csrf_refused()
     address = client_address(request.scope)
-    limiter = _limiter(settings.rate_limit_storage)
-    per_address = parse(settings.console_sign_in_rate_limit)
+    failures = _FailedSignIns(request, settings, address)
     refused = "Email, password or code not recognised."
-    if not limiter.test(per_address, "console-sign-in", address):
+    if not failures.allowed():
         return _anonymous_page(
             request, "login.html.j2", 429, email=email, error="Too many attempts: try later."
         )
@@ -257,7 +277,7 @@ def login_form(
             )
         except people.SignInRefused as exc:
             session.commit()  # the failure counts, even though the request fails
-            limiter.hit(per_address, "console-sign-in", address)
+            failures.count()
             message = refused
             if exc.locked_until is not None:
                 message = "Too many failed attempts for this account: try again in a while."

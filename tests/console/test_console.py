@@ -231,6 +231,26 @@ def test_wrong_credentials_say_the_same_and_lock_the_account_with_backoff(
         assert timedelta(seconds=30) < waited <= timedelta(minutes=1)
 
 
+def test_failed_sign_ins_are_limited_per_address_whatever_the_account(
+    settings: Settings, engine: Any, session_factory: sessionmaker[Session]
+) -> None:
+    del engine
+    limited = settings.model_copy(update={"console_sign_in_rate_limit": "3/minute"})
+    link = invite(session_factory)
+    with TestClient(
+        create_app(limited), base_url="https://testserver", follow_redirects=False
+    ) as console:
+        assert set_up(console, link.token).status_code == 200
+        secret = totp_secret_of(session_factory, settings)
+        for email in ("a@x.org", "b@x.org", "c@x.org"):  # three accounts, none locked
+            assert sign_in(console, secret, email=email).status_code == 401
+        refused = sign_in(console, secret)  # right credentials, from the same address
+        assert refused.status_code == 429
+        assert "Too many attempts" in refused.text
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(ConsoleSession)) == 0
+
+
 def test_a_recovery_code_signs_in_once(
     console: TestClient, session_factory: sessionmaker[Session], settings: Settings
 ) -> None:
