@@ -29,7 +29,9 @@ from sqlalchemy.orm import Session
 
 from app.clientaddr import client_address
 from app.config import Settings
+from app.console import words
 from app.db import session_scope
+from app.deliveries.content import scale_word
 from app.errors import InvalidInput
 from app.incidents import service as incidents
 from app.incidents.schemas import IncidentFilters
@@ -111,30 +113,36 @@ class _FailedSignIns:
             RATE_LIMIT_STORAGE_ERRORS.inc()
 
 
-def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
-    body = _ENV.get_template(template).render(**values)
+def _page(template: str, language: str, status: int = 200, **values: Any) -> HTMLResponse:
+    body = _ENV.get_template(template).render(**words.context(language), **values)
     return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
 
-def _anonymous_page(request: Request, template: str, status: int = 200, **values: Any) -> Any:
+def _visitor_language(request: Request) -> str:
+    return words.language_of(request.headers.get("accept-language"))
+
+
+def _anonymous_page(
+    request: Request, template: str, language: str, status: int = 200, **values: Any
+) -> Any:
     """A page shown before sign-in, its forms protected by a double-submit token: the same
     random value in a cookie and in the form."""
     cookies = Cookies.of(_settings(request))
     token = request.cookies.get(cookies.csrf) or secrets.token_urlsafe(32)
-    response = _page(template, status, csrf=token, **values)
+    response = _page(template, language, status, csrf=token, **values)
     response.set_cookie(
         cookies.csrf, token, httponly=True, secure=cookies.secure, samesite="strict", path="/"
     )
     return response
 
 
-def _csrf_refused() -> HTMLResponse:
-    return _page(
-        "message.html.j2",
-        403,
-        title="Form expired",
-        message="This form has expired. Go back, reload the page and try again.",
-    )
+def _message(language: str, status: int, title: str, text: str) -> HTMLResponse:
+    said = words.WORDS[words.context(language)["language"]]
+    return _page("message.html.j2", language, status, title=said[title], message=said[text])
+
+
+def _csrf_refused(language: str) -> HTMLResponse:
+    return _message(language, 403, "form_expired", "form_expired_text")
 
 
 _STATIC = {"console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
@@ -165,18 +173,12 @@ def setup_page(token: str, request: Request) -> Any:
     with session_scope(request.app.state.session_factory) as session:
         person = people.person_for_setup(session, token)
         if person is None:
-            return _setup_link_invalid()
+            return _setup_link_invalid(_visitor_language(request))
         return _setup_form(request, session, person, settings)
 
 
-def _setup_link_invalid() -> HTMLResponse:
-    return _page(
-        "message.html.j2",
-        404,
-        title="Link not valid",
-        message="This set-up link is not valid or has expired. Ask an administrator for a "
-        "new one (rrmm people reset).",
-    )
+def _setup_link_invalid(language: str) -> HTMLResponse:
+    return _message(language, 404, "link_invalid", "link_invalid_text")
 
 
 def _setup_form(
@@ -194,6 +196,7 @@ def _setup_form(
     return _anonymous_page(
         request,
         "setup.html.j2",
+        person.language,
         status,
         person=person,
         qr=qr,
@@ -216,11 +219,11 @@ def setup_form(
     """Set the password and the second factor; the recovery codes are shown once."""
     settings = _settings(request)
     if not people.csrf_ok(request.cookies.get(Cookies.of(settings).csrf, ""), csrf):
-        return _csrf_refused()
+        return _csrf_refused(_visitor_language(request))
     with session_scope(request.app.state.session_factory) as session:
         person = people.person_for_setup(session, token)
         if person is None:
-            return _setup_link_invalid()
+            return _setup_link_invalid(_visitor_language(request))
         try:
             codes = people.complete_setup(
                 session,
@@ -237,7 +240,7 @@ def setup_form(
             assert person is not None
             errors = {p.field: p.reason for p in exc.errors or []}
             return _setup_form(request, session, person, settings, status=422, errors=errors)
-        return _page("recovery.html.j2", person=person, codes=codes)
+        return _page("recovery.html.j2", person.language, person=person, codes=codes)
 
 
 # ---------------------------------------------------------------------------- sign-in
@@ -246,7 +249,9 @@ def setup_form(
 @pages.get("/console/login", response_class=HTMLResponse)
 def login_page(request: Request) -> Any:
     """Sign in: email, password and the code of the authenticator app."""
-    return _anonymous_page(request, "login.html.j2", email="", error=None)
+    return _anonymous_page(
+        request, "login.html.j2", _visitor_language(request), email="", error=None
+    )
 
 
 @pages.post("/console/login", response_class=HTMLResponse)
@@ -261,14 +266,15 @@ def login_form(
     incidents page. Failures wait per account (backoff) and per client address."""
     settings = _settings(request)
     cookies = Cookies.of(settings)
+    language = _visitor_language(request)
+    said = words.WORDS[words.context(language)["language"]]
     if not people.csrf_ok(request.cookies.get(cookies.csrf, ""), csrf):
-        return _csrf_refused()
+        return _csrf_refused(language)
     address = client_address(request.scope)
     failures = _FailedSignIns(request, settings, address)
-    refused = "Email, password or code not recognised."
     if not failures.allowed():
         return _anonymous_page(
-            request, "login.html.j2", 429, email=email, error="Too many attempts: try later."
+            request, "login.html.j2", language, 429, email=email, error=said["too_many"]
         )
     with session_scope(request.app.state.session_factory) as session:
         try:
@@ -278,10 +284,10 @@ def login_form(
         except people.SignInRefused as exc:
             session.commit()  # the failure counts, even though the request fails
             failures.count()
-            message = refused
-            if exc.locked_until is not None:
-                message = "Too many failed attempts for this account: try again in a while."
-            return _anonymous_page(request, "login.html.j2", 401, email=email, error=message)
+            message = said["locked" if exc.locked_until is not None else "refused"]
+            return _anonymous_page(
+                request, "login.html.j2", language, 401, email=email, error=message
+            )
         cookie, _ = people.open_session(
             session, person, policy=_policy(settings), address=address[:64]
         )
@@ -328,7 +334,7 @@ def sign_out(request: Request, csrf: Field = "", everywhere: Field = "") -> Any:
         if current is None:
             return _to_login()
         if not people.csrf_ok(current.row.csrf_token, csrf):
-            return _csrf_refused()
+            return _csrf_refused(current.person.language)
         if everywhere:
             people.close_all_sessions(session, current.person.id)
         else:
@@ -349,9 +355,12 @@ def incidents_page(request: Request) -> Any:
         if current is None:
             return _to_login()
         rows = incidents.list_incidents(session, IncidentFilters(), limit=100, after=None)
+        language = current.person.language
         return _page(
             "incidents.html.j2",
+            language,
             current=current.person,
+            severity=lambda value: scale_word(language, value),
             csrf=current.row.csrf_token,
             incidents=rows[:100],
         )

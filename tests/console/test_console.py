@@ -66,7 +66,7 @@ def invite(
 
 
 def totp_now(page: str) -> str:
-    secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', page)
+    secret = re.search(r'id="totp-secret"[^>]*>([A-Z2-7]+)<', page)
     assert secret, "the set-up page shows the key"
     return pyotp.TOTP(secret.group(1)).now()
 
@@ -369,6 +369,56 @@ def test_the_incidents_page_lists_the_incidents(
     assert "Tension &lt;b&gt;in&lt;/b&gt; Fès" in page.text  # escaped
     assert member["email"] not in page.text  # nothing of the members
     assert "Amina Idrissi · viewer" in page.text
+
+
+def test_the_console_speaks_the_persons_language(
+    console: TestClient,
+    client: TestClient,
+    operator: dict[str, str],
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    member = client.post("/v1/members", json=member_payload(), headers=operator).json()
+    declared = client.post(
+        "/v1/incidents",
+        json=declare_body(audience={"member_ids": [member["id"]]}),
+        headers=operator,
+    )
+    assert declared.status_code == 202, declared.text
+    with session_scope(session_factory) as session:
+        link = people.create_person(
+            session,
+            email="karim.haddad@x.org",
+            name="Karim Haddad",
+            role=Role.OPERATOR,
+            language="ar",
+            actor=Principal.cli(),
+        )
+    page = console.get(f"/console/setup/{link.token}")
+    assert '<html lang="ar" dir="rtl">' in page.text
+    assert "مرحباً، Karim Haddad" in page.text
+    short = set_up(console, link.token, password="short", confirmation="short")
+    assert "12 حرفاً على الأقل" in short.text  # the reason next to the field, in Arabic
+    assert set_up(console, link.token).status_code == 200
+    with session_factory() as session:
+        person = session.scalars(select(Person)).one()
+        assert person.totp_secret is not None
+        secret = people.totp_box(settings.secret).decrypt(person.totp_secret)
+    signed_in = sign_in(console, secret, email="karim.haddad@x.org")
+    assert signed_in.status_code == 303, signed_in.text
+    incidents = console.get("/console").text
+    assert '<html lang="ar" dir="rtl">' in incidents
+    assert "<h1>الحوادث</h1>" in incidents
+    assert "Karim Haddad · مشغّل" in incidents
+    assert "<td>شديدة</td>" in incidents  # the severity, in Arabic
+    assert "<td>حقيقي</td>" in incidents
+
+    # Before sign-in, the browser's languages decide.
+    french = console.get("/console/login", headers={"Accept-Language": "de-DE, fr;q=0.8, en;q=0.5"})
+    assert '<html lang="fr" dir="ltr">' in french.text
+    assert "<h1>Se connecter</h1>" in french.text
+    other = console.get("/console/login", headers={"Accept-Language": "de, es;q=0.9"})
+    assert '<html lang="en" dir="ltr">' in other.text
 
 
 @pytest.mark.slow
