@@ -42,6 +42,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.models import Briefing, Delivery, Role
 from app.models.base import utcnow
+from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests import test_roles
 from tests.acks.conftest import HttpResponse, encode_token, token_bytes
@@ -460,7 +461,7 @@ def seeded(
     )
     move(session_factory, active, arabic, DeliveryStatus.SENT, channel="webhook")
 
-    signer: AckTokenSigner = app.state.ack_signer
+    signer: AckTokenSigner = app_state(app).ack_signer
     _answer_on_page(
         client,
         _token(session_factory, signer, active, french, "email"),

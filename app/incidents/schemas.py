@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,12 @@ from app.fields import (
 )
 from app.members.schemas import Email
 from app.vocabulary import BriefingKind, Channel, DeliveryStatus, IncidentStatus, TimelineEventKind
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from app.models import Delivery
+    from app.models import Incident as IncidentRow
 
 Severity = Literal["minor", "moderate", "severe", "extreme"]
 Urgency = Literal["immediate", "expected", "future"]
@@ -230,8 +236,37 @@ class Incident(BaseModel):
     latest_version: int
     links: IncidentLinks
 
+    @classmethod
+    def from_row(cls, incident: IncidentRow, *, targeted: int, latest_version: int) -> Self:
+        base = f"/v1/incidents/{incident.id}"
+        return cls(
+            id=incident.id,
+            reference=incident.reference,
+            title=incident.title,
+            severity=incident.severity,
+            urgency=incident.urgency,
+            mode=incident.mode,
+            status=incident.status,
+            countries=incident.countries,
+            themes=incident.themes,
+            channels=incident.channels,
+            responses=incident.responses,
+            declared_at=incident.declared_at,
+            updated_at=incident.updated_at,
+            ended_at=incident.ended_at,
+            ack_deadline=incident.ack_deadline,
+            approval_expires_at=incident.approval_expires_at,
+            targeted=targeted,
+            latest_version=latest_version,
+            links=IncidentLinks(
+                self=base, status=f"{base}/status", deliveries=f"{base}/deliveries"
+            ),
+        )
+
 
 class BriefingVersion(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     version: int
     kind: BriefingKind
     languages: list[str]
@@ -348,6 +383,25 @@ class DeliveryView(BaseModel):
     updated_at: datetime
     sent_at: datetime | None
 
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Self:
+        """A ledger row (`Delivery`) with its briefing `version` and its member's `name`."""
+        delivery: Delivery = row.Delivery
+        return cls(
+            id=delivery.id,
+            version=row.version,
+            member=DeliveryMember(id=delivery.member_id, name=row.name),
+            channel=delivery.channel,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            language=delivery.language,
+            last_error=delivery.last_error,
+            next_attempt_at=delivery.next_attempt_at,
+            created_at=delivery.created_at,
+            updated_at=delivery.updated_at,
+            sent_at=delivery.sent_at,
+        )
+
 
 class IncidentFilters(BaseModel):
     status: IncidentStatus | None = None
@@ -359,6 +413,8 @@ class IncidentFilters(BaseModel):
 class TimelineEvent(BaseModel):
     """One step of an incident, in order. `actor` is the API key's name for a person's
     action and null for what the system did by itself (fan-out, reminders, deadline)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     seq: int
     kind: TimelineEventKind

@@ -28,6 +28,7 @@ from app.config import Settings
 from app.incidents.events import LISTENER_QUEUE, EventHub, StatusSnapshot
 from app.main import create_app
 from app.models import Role
+from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests.incidents.test_status import (
     SECRET_COMMENT,
@@ -263,7 +264,7 @@ def test_a_client_resumes_on_another_process_and_misses_nothing(
 def test_one_reader_per_incident_per_process(
     servers: Servers, scene: Scene, operator: Headers, viewer: Headers
 ) -> None:
-    hub = servers.apps[0].state.event_hub
+    hub = app_state(servers.apps[0]).event_hub
     with (
         listen(servers.urls[0], scene.incident["id"], operator) as first,
         listen(servers.urls[0], scene.incident["id"], viewer) as second,
@@ -288,8 +289,8 @@ def test_listeners_joining_a_watched_incident_cost_no_reads(
 
     with listen(url, incident_id, operator) as first:
         first.next("status")
-        feed = app.state.event_hub.feeds[uuid.UUID(incident_id)]
-        sqlalchemy.event.listen(app.state.engine, "before_cursor_execute", count)
+        feed = app_state(app).event_hub.feeds[uuid.UUID(incident_id)]
+        sqlalchemy.event.listen(app_state(app).engine, "before_cursor_execute", count)
         try:
             reads_before = feed.reads
             with ExitStack() as stack:
@@ -303,7 +304,7 @@ def test_listeners_joining_a_watched_incident_cost_no_reads(
                 feed_reads = feed.reads - reads_before
                 seen = len(timeline_reads)
         finally:
-            sqlalchemy.event.remove(app.state.engine, "before_cursor_execute", count)
+            sqlalchemy.event.remove(app_state(app).engine, "before_cursor_execute", count)
     # The feed's reads only (one may have started before its count was taken).
     assert seen <= feed_reads + 1, (seen, feed_reads)
 
