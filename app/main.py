@@ -21,6 +21,7 @@ from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
 from app.incidents.polls import StatusPolls
+from app.incidents.schemas import EVENT_STREAM_MODELS
 from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
@@ -140,6 +141,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(problem_schema.pop("$defs", {}))
     components["Problem"] = problem_schema
+    for model in EVENT_STREAM_MODELS:
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     problem = {

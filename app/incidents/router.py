@@ -30,6 +30,7 @@ from app.etags import etag_matches
 from app.incidents import events, preview, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
+    EVENT_STREAM_ITEM,
     BriefingVersion,
     CoverageView,
     DeliveryView,
@@ -245,7 +246,7 @@ def incident_timeline(
             "description": "An endless `text/event-stream`: `status` events (the /status "
             "body, when it changes, at most once per `RRMM_EVENTS_POLL_SECONDS`), "
             "`timeline` events, and `answer` events for operators only.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": EVENT_STREAM_ITEM}},
         }
     },
 )

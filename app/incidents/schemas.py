@@ -424,6 +424,65 @@ class TimelineEvent(BaseModel):
     detail: dict[str, Any]
 
 
+class TimelineStreamEvent(BaseModel):
+    """The data of an `event: timeline` of the event stream: a timeline event as
+    `/timeline` lists it, without `actor` for viewers."""
+
+    seq: int
+    kind: TimelineEventKind
+    at: datetime
+    briefing_version: int | None
+    detail: dict[str, Any]
+    actor: str | None = Field(None, description="Operators only: absent for viewers.")
+
+
+class AnswerStreamEvent(BaseModel):
+    """The data of an `event: answer` of the event stream (operators only): who answered
+    what, when."""
+
+    seq: int
+    ack_id: int
+    member_id: uuid.UUID | None = Field(description="Null once the member is deleted.")
+    member_name: str | None
+    response: str
+    comment: str | None
+    channel: str
+    route: str
+    language: str
+    briefing_version: int
+    late: bool
+    answered_at: datetime
+
+
+def _stream_event(event: str, data: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": event},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "retry": {"type": "integer", "minimum": 0},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data.__name__}"},
+            },
+        },
+    }
+
+
+# The stream's events (`itemSchema`, as OpenAPI 3.2 and FastAPI's own SSE routes describe
+# them): the models are added to the document's components by app/main.py.
+EVENT_STREAM_MODELS = (TimelineStreamEvent, AnswerStreamEvent)
+EVENT_STREAM_ITEM: dict[str, Any] = {
+    "oneOf": [
+        _stream_event("status", IncidentStatusView),
+        _stream_event("timeline", TimelineStreamEvent),
+        _stream_event("answer", AnswerStreamEvent),
+    ]
+}
+
+
 class PreviewEmail(BaseModel):
     subject: str
     text: str = Field(description="The text part, the acknowledgement link a placeholder.")

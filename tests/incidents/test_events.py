@@ -22,10 +22,12 @@ import pytest
 import sqlalchemy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.incidents.events import LISTENER_QUEUE, EventHub, StatusSnapshot
+from app.incidents.schemas import AnswerStreamEvent, IncidentStatusView, TimelineStreamEvent
 from app.main import create_app
 from app.models import Role
 from app.state import app_state
@@ -354,3 +356,53 @@ def test_the_stream_refuses_what_it_cannot_serve(
         headers={**operator, "Last-Event-ID": "not-a-number"},
     )
     assert_problem(bad, 422, "header.Last-Event-ID")
+
+
+def _documented_events(app: FastAPI) -> dict[str, dict[str, Any]]:
+    """Each event name → the component its `data` is documented as."""
+    document = app.openapi()
+    responses = document["paths"]["/v1/incidents/{incident_id}/events"]["get"]["responses"]
+    item = responses["200"]["content"]["text/event-stream"]["itemSchema"]
+    components = document["components"]["schemas"]
+    events = {}
+    for option in item["oneOf"]:
+        ref = option["properties"]["data"]["contentSchema"]["$ref"]
+        events[option["properties"]["event"]["const"]] = components[ref.rsplit("/", 1)[-1]]
+    return events
+
+
+STREAM_MODELS: dict[str, type[BaseModel]] = {
+    "IncidentStatusView": IncidentStatusView,
+    "TimelineStreamEvent": TimelineStreamEvent,
+    "AnswerStreamEvent": AnswerStreamEvent,
+}
+
+
+@pytest.mark.parametrize("role", [Role.OPERATOR, Role.VIEWER])
+def test_every_event_sent_is_its_documented_schema(
+    servers: Servers,
+    scene: Scene,
+    auth: Callable[[Role], Headers],
+    role: Role,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    documented = _documented_events(servers.apps[0])
+    assert set(documented) == {"status", "timeline", "answer"}
+    answer(session_factory, settings, scene.incident, scene.members[0], "will_engage", 5)
+    # From the start: the whole timeline, the answer (for operators), then the status.
+    replay = {**auth(role), "Last-Event-ID": "0"}
+    with listen(servers.urls[0], scene.incident["id"], replay) as stream:
+        events = [stream.next()]
+        while events[-1].event != "status":
+            events.append(stream.next())
+
+    kinds = {e.event for e in events}
+    assert kinds == (
+        {"timeline", "answer", "status"} if role is Role.OPERATOR else {"timeline", "status"}
+    )
+    for event in events:
+        schema = documented[event.event]
+        sent = set(event.data)
+        assert set(schema["required"]) <= sent <= set(schema["properties"]), (event.event, sent)
+        STREAM_MODELS[schema["title"]].model_validate(event.data)
