@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Response, status
@@ -142,14 +142,16 @@ def declare_incident(
 @router.post("/preview", response_model=IncidentPreview)
 def preview_incident(
     body: IncidentCreate, session: SessionDep, _actor: Operator, settings: SettingsDep
-) -> dict[str, Any]:
+) -> IncidentPreview:
     """A dry run of a declaration (the same body): the members it would target, counted by
     network, country, language sent and channel; who gets a fallback language; who would
     wait for the end of their quiet hours; who no channel reaches; and, per language, the
     email and webhook body exactly as a member would get them (a placeholder stands for
     the acknowledgement link). Writes nothing; counted by grouped queries, not per member.
     """
-    return preview.preview_declaration(session, body, settings=settings)
+    return IncidentPreview.model_validate(
+        preview.preview_declaration(session, body, settings=settings)
+    )
 
 
 @router.get("", response_model=Page[Incident])
@@ -207,13 +209,13 @@ def incident_coverage(
     session: SessionDep,
     _viewer: Viewer,
     by: Annotated[CoverageBy, Query(description="How to group the members.")],
-) -> dict[str, Any]:
+) -> CoverageView:
     """The funnel targeted → sent → failed → answered per network, country, language (the
     language a member was sent) or channel, counted in members. Aggregates only.
 
     Runs GROUP BY queries over this incident's rows: its cost grows with the incident's
     audience (poll `/status` for a cheap, frequent read)."""
-    return status_reads.coverage(session, incident_id, by)
+    return CoverageView.model_validate(status_reads.coverage(session, incident_id, by))
 
 
 @router.get("/{incident_id}/timeline", response_model=Page[TimelineEvent])
@@ -333,10 +335,12 @@ def preview_update(
     session: SessionDep,
     _actor: Operator,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> IncidentPreview:
     """A dry run of an update (the same body): who it would reach (everyone targeted so far
     and the members who newly match) and what they would read. Writes nothing."""
-    return preview.preview_update(session, incident_id, body, settings=settings)
+    return IncidentPreview.model_validate(
+        preview.preview_update(session, incident_id, body, settings=settings)
+    )
 
 
 @router.post(
