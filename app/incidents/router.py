@@ -54,7 +54,7 @@ from app.vocabulary import BriefingKind, Channel, DeliveryStatus
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 log = structlog.get_logger(__name__)
 
-# The timeline is read whole more often than not: 500 events a page unless asked otherwise.
+# The timeline's pages hold 500 events unless asked otherwise (the other lists': 50).
 TimelinePageDep = Annotated[PageParams, Depends(page_params(500))]
 IdempotencyKey = Annotated[
     str | None,
@@ -85,8 +85,7 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
 def _view(session: Session, incident: IncidentRow) -> Incident:
-    version = service.latest_versions(session, [incident.id]).get(incident.id, 0)
-    return Incident.from_row(incident, targeted=incident.targeted, latest_version=version)
+    return _views(session, [incident])[0]
 
 
 def _views(session: Session, incidents: Sequence[IncidentRow]) -> list[Incident]:
