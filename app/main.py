@@ -9,6 +9,7 @@ from typing import Any
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
 
 from app.acks.ratelimit import RateLimiter
 from app.acks.tokens import signer_from_settings
@@ -20,12 +21,14 @@ from app.db import create_session_factory, engine_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
 from app.incidents.polls import StatusPolls
+from app.incidents.schemas import EVENT_STREAM_MODELS
 from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
 from app.metrics import RATE_LIMIT_STORAGE_ERRORS, install_metrics
 from app.middleware import AccessLog, BodySizeLimit, ConcurrencyLimit
 from app.security import SecretBox
+from app.state import AppState, Running, set_app_state
 from workers.celery_app import create_publisher
 
 DESCRIPTION = """
@@ -43,22 +46,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         engine = engine_from_settings(settings)
-        app.state.engine = engine
-        app.state.session_factory = create_session_factory(engine)
-        app.state.celery = create_publisher(settings)
-        app.state.event_hub = EventHub(
-            app.state.session_factory,
-            settings.events_poll_seconds,
-            max_streams_per_key=settings.events_max_streams_per_key,
-            key_recheck_seconds=settings.events_key_recheck_seconds,
+        session_factory = create_session_factory(engine)
+        running = state.running = Running(
+            engine=engine,
+            session_factory=session_factory,
+            publisher=create_publisher(settings),
+            event_hub=EventHub(
+                session_factory,
+                settings.events_poll_seconds,
+                max_streams_per_key=settings.events_max_streams_per_key,
+                key_recheck_seconds=settings.events_key_recheck_seconds,
+            ),
         )
         try:
             yield
         finally:
-            await app.state.event_hub.close()
-            app.state.celery.close()
+            await running.event_hub.close()
+            running.publisher.close()
             engine.dispose()
 
     app = FastAPI(
@@ -70,17 +76,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the service's metrics are Prometheus and its traces are the logs' request ids.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.state.settings = settings
-    app.state.member_policy = member_policy(settings)
-    app.state.ack_signer = signer_from_settings(settings)
-    app.state.status_cache = StatusCache(settings.status_cache_seconds)
-    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
-    app.state.ack_limiter = RateLimiter(
-        settings.ack_rate_limit,
-        settings.ack_link_rate_limit,
-        settings.rate_limit_storage,
-        signer=app.state.ack_signer,
+    ack_signer = signer_from_settings(settings)
+    state = AppState(
+        settings=settings,
+        member_policy=member_policy(settings),
+        ack_signer=ack_signer,
+        ack_limiter=RateLimiter(
+            settings.ack_rate_limit,
+            settings.ack_link_rate_limit,
+            settings.rate_limit_storage,
+            signer=ack_signer,
+        ),
+        status_cache=StatusCache(settings.status_cache_seconds),
+        key_cache=KeyCache(settings.api_key_cache_seconds),
+        metrics_registry=CollectorRegistry(auto_describe=True),
     )
+    set_app_state(app, state)
     install_error_handlers(app)
     mount_routers(app)
     # Outermost last: the client address is resolved before anything reads it, the request
@@ -95,8 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outside admission: a poll answered from memory needs no slot (see its module).
     app.add_middleware(
         StatusPolls,
-        keys=app.state.key_cache,
-        statuses=app.state.status_cache,
+        keys=state.key_cache,
+        statuses=state.status_cache,
     )
     app.add_middleware(
         BodySizeLimit,
@@ -104,8 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_limit=settings.max_import_bytes,
         read_timeout=settings.body_read_timeout_seconds,
     )
-    app.add_middleware(AccessLog, histogram=install_metrics(app, settings))
-    app.state.metrics_registry.register(RATE_LIMIT_STORAGE_ERRORS)
+    app.add_middleware(AccessLog, histogram=install_metrics(app, state))
+    state.metrics_registry.register(RATE_LIMIT_STORAGE_ERRORS)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     app.add_middleware(ClientAddress, trusted=settings.trusted_proxies)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -130,6 +141,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(problem_schema.pop("$defs", {}))
     components["Problem"] = problem_schema
+    for model in EVENT_STREAM_MODELS:
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     problem = {

@@ -16,7 +16,7 @@ from datetime import datetime
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -35,6 +35,7 @@ from app.health.service import last_sweep, sweep_runs, worker_health
 from app.incidents import timeline
 from app.models import AnswerCounter, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
+from app.state import AppState, app_state
 from app.vocabulary import DeliveryStatus, IncidentStatus, TimelineEventKind
 
 log = structlog.get_logger(__name__)
@@ -67,8 +68,9 @@ RATE_LIMIT_STORAGE_ERRORS = Counter(
 def metrics(request: Request) -> Response:
     """Prometheus metrics: aggregates only, no contact detail or text. No API key; when
     `RRMM_METRICS_TOKEN` is set, `Authorization: Bearer <token>` is required."""
-    _check_token(request.app.state.metrics_token, request.headers.get("authorization"))
-    registry: CollectorRegistry = request.app.state.metrics_registry
+    state = app_state(request.app)
+    _check_token(state.settings.metrics_token, request.headers.get("authorization"))
+    registry = state.metrics_registry
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(registry), media_type=content_type)
 
@@ -256,11 +258,12 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return float(max((now - then).total_seconds(), 0.0))
 
 
-def install_metrics(app: FastAPI, settings: Settings) -> Histogram:
-    """A registry of this app's own (several apps in one process do not share series) and
-    the `/metrics` route. Returns the HTTP histogram, which the access log middleware
-    (app/middleware.py) observes."""
-    registry = CollectorRegistry(auto_describe=True)
+def install_metrics(app: FastAPI, state: AppState) -> Histogram:
+    """The series of this app's own registry (several apps in one process do not share
+    series) and the `/metrics` route. Returns the HTTP histogram, which the access log
+    middleware (app/middleware.py) observes."""
+    settings = state.settings
+    registry = state.metrics_registry
     histogram = Histogram(
         "rrmm_http_request_duration_seconds",
         "HTTP request duration, by route template, method and status.",
@@ -268,11 +271,11 @@ def install_metrics(app: FastAPI, settings: Settings) -> Histogram:
         buckets=HTTP_BUCKETS,
         registry=registry,
     )
-    registry.register(
-        DatabaseCollector(lambda: getattr(app.state, "session_factory", None), settings)
-    )
-    app.state.metrics_registry = registry
-    app.state.metrics_token = settings.metrics_token
+
+    def session_factory() -> sessionmaker[Session] | None:
+        return state.running.session_factory if state.running is not None else None
+
+    registry.register(DatabaseCollector(session_factory, settings))
     if settings.metrics_token is None and settings.mode == "production":
         log.warning("metrics_unprotected", hint="set RRMM_METRICS_TOKEN")
     app.include_router(router)

@@ -10,16 +10,20 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Generic, TypeVar
 
+from fastapi import Depends, Query
 from pydantic import BaseModel
 
 from app.errors import FieldProblem, InvalidInput
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
 
 
 class Page(BaseModel, Generic[T]):
@@ -75,3 +79,49 @@ def next_cursor(rows: Sequence[T], limit: int, key: str | int | None) -> str | N
     if len(rows) > limit and key is not None:
         return encode_cursor(key)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams:
+    """`?limit=&cursor=` of a list route. The cursor is decoded by the route (its key is a
+    uuid or an integer), after the rows it pages through are known to exist."""
+
+    limit: int
+    cursor: str | None
+
+    def after_uuid(self) -> uuid.UUID | None:
+        return decode_uuid_cursor(self.cursor)
+
+    def after_int(self) -> int | None:
+        return decode_int_cursor(self.cursor)
+
+
+def page_params(default_limit: int = DEFAULT_LIMIT) -> Callable[..., Awaitable[PageParams]]:
+    """The dependency reading `limit` (1 to 500, `default_limit` if absent) and `cursor`
+    (a coroutine: it does no I/O, so it is not worth a worker thread)."""
+
+    async def dependency(
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = default_limit,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> PageParams:
+        return PageParams(limit=limit, cursor=cursor)
+
+    return dependency
+
+
+PageDep = Annotated[PageParams, Depends(page_params())]
+
+
+def page(
+    rows: Sequence[R],
+    limit: int,
+    *,
+    key: Callable[[R], str | int],
+    view: Callable[[Sequence[R]], list[T]],
+) -> Page[T]:
+    """One page from `limit + 1` fetched rows: the first `limit` as `view` shows them, and
+    the cursor after the last of them (`key`) when there are more."""
+    items = rows[:limit]
+    return Page(
+        items=view(items), next_cursor=next_cursor(rows, limit, key(items[-1]) if items else None)
+    )

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.db import session_scope
+from app.health.schemas import Liveness, Readiness
 from app.health.service import record_heartbeat, record_sweep
 from app.models.base import utcnow
 from tests.support.factories import make_client
@@ -140,3 +141,35 @@ def test_readyz_requires_a_worker_when_configured(settings, session_factory):
 def test_ready_requires_worker_is_read_from_the_environment(monkeypatch, settings):
     monkeypatch.setenv("RRMM_READY_REQUIRES_WORKER", "true")
     assert Settings(**settings.model_dump(exclude={"ready_requires_worker"})).ready_requires_worker
+
+
+# --- the bodies are the documented ones ----------------------------------------------------
+
+
+def _documented(client: TestClient, path: str, status: int) -> str:
+    """The component named by the document for this GET response's JSON body."""
+    operation = client.app.openapi()["paths"][path]["get"]  # type: ignore[attr-defined]
+    schema = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+    ref: str = schema["$ref"]
+    return ref.rsplit("/", 1)[-1]
+
+
+def test_healthz_sends_its_documented_body(client):
+    response = client.get("/healthz")
+
+    assert _documented(client, "/healthz", 200) == "Liveness"
+    assert Liveness.model_validate(response.json()).model_dump(mode="json") == response.json()
+
+
+@pytest.mark.usefixtures("engine")
+def test_readyz_sends_its_documented_body_when_ready_and_when_not(client, settings):
+    ready = client.get("/readyz")
+    with client_for(settings.model_copy(update={"broker_url": DEAD_BROKER})) as unready_client:
+        unready = unready_client.get("/readyz")
+
+    assert (ready.status_code, unready.status_code) == (200, 503)
+    for status, response in ((200, ready), (503, unready)):
+        assert _documented(client, "/readyz", status) == "Readiness"
+        body = response.json()
+        # Every key sent is documented, and every documented key is sent.
+        assert Readiness.model_validate(body).model_dump(mode="json") == body

@@ -25,6 +25,7 @@ from app.health.service import record_heartbeat, record_sweep
 from app.metrics import UNMATCHED
 from app.models import Delivery
 from app.models.base import utcnow
+from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests.support.factories import assert_problem, declare_body, member_payload
 
@@ -211,7 +212,7 @@ def test_fanout_latency_and_duration_histograms(
     duration histogram; an unfinished one adds nothing yet."""
     from app.incidents import timeline
 
-    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    settings: Settings = app_state(client.app).settings  # type: ignore[arg-type]
     data = seed(client, operator)
     incident_id = uuid.UUID(data["incident_id"])
     deliveries.dispatch(session_factory, settings, lambda _: None)  # the fan-out starts
@@ -255,7 +256,7 @@ def test_fanout_latency_and_duration_histograms(
 def statements(client: TestClient) -> Iterator[list[str]]:
     """The SQL the app's engine runs while the fixture is active."""
     seen: list[str] = []
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_state(client.app).engine  # type: ignore[arg-type]
 
     def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(" ".join(statement.lower().split()))

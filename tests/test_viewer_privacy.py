@@ -45,6 +45,7 @@ from app.models import Briefing, Delivery, Role
 from app.models import Person as PersonRow
 from app.models.base import utcnow
 from app.people import service as people
+from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests import test_roles
 from tests.acks.conftest import HttpResponse, encode_token, token_bytes
@@ -466,7 +467,7 @@ def seeded(
     )
     move(session_factory, active, arabic, DeliveryStatus.SENT, channel="webhook")
 
-    signer: AckTokenSigner = app.state.ack_signer
+    signer: AckTokenSigner = app_state(app).ack_signer
     _answer_on_page(
         client,
         _token(session_factory, signer, active, french, "email"),

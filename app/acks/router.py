@@ -4,15 +4,13 @@ systems (the token is the credential), and the operators' view of the answers.""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy.orm import Session
 
 from app.acks import service
 from app.acks.page import render_invalid, render_page, response_labels
-from app.acks.ratelimit import RateLimiter
 from app.acks.schemas import (
     AckCreate,
     AckReceipt,
@@ -21,12 +19,19 @@ from app.acks.schemas import (
     QuotaView,
     form_comment,
 )
-from app.acks.tokens import AckTokenSigner
 from app.db import session_scope
-from app.deps import Operator, SessionDep, Viewer
+from app.deps import (
+    IncidentDep,
+    Operator,
+    RateLimiterDep,
+    SessionDep,
+    SessionFactoryDep,
+    SignerDep,
+    Viewer,
+)
 from app.errors import InvalidInput
 from app.fields import CountryCode, LanguageTag, Network
-from app.pagination import DEFAULT_LIMIT, Page, decode_int_cursor, next_cursor
+from app.pagination import Page, PageDep, page
 from app.security import page_headers
 
 pages = APIRouter(tags=["acknowledgements"], include_in_schema=False)
@@ -38,16 +43,6 @@ PAGE_HEADERS = page_headers(
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-def signer(request: Request) -> AckTokenSigner:
-    result: AckTokenSigner = request.app.state.ack_signer
-    return result
-
-
-def limiter(request: Request) -> RateLimiter:
-    result: RateLimiter = request.app.state.ack_limiter
-    return result
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
@@ -86,16 +81,21 @@ def _page(
 
 
 @pages.api_route("/ack/{token}", methods=["GET", "HEAD"], response_class=HTMLResponse)
-def ack_page(token: str, request: Request) -> HTMLResponse:
+def ack_page(
+    token: str,
+    request: Request,
+    limiter: RateLimiterDep,
+    signer: SignerDep,
+    factory: SessionFactoryDep,
+) -> HTMLResponse:
     """The page behind the email's link: the incident and the answer buttons.
 
     Reading it changes nothing: mail scanners fetch links (HEAD, GET) before people do.
     """
-    limiter(request).check(request, "ack-page", token)
-    session: Session
-    with session_scope(request.app.state.session_factory) as session:
+    limiter.check(request, "ack-page", token)
+    with session_scope(factory) as session:
         try:
-            return _page(service.view(session, signer(request), token))
+            return _page(service.view(session, signer, token))
         except service.LinkNotValid:
             return _invalid()
 
@@ -104,16 +104,19 @@ def ack_page(token: str, request: Request) -> HTMLResponse:
 def ack_form(
     token: str,
     request: Request,
+    limiter: RateLimiterDep,
+    signer: SignerDep,
+    factory: SessionFactoryDep,
     response: Annotated[str, Form(max_length=40)] = "",
     comment: Annotated[str, Form(max_length=4000)] = "",
 ) -> HTMLResponse:
     """The page's form: records the answer (again, if it changes) and confirms it."""
-    limiter(request).check(request, "ack-post", token)
+    limiter.check(request, "ack-post", token)
     try:
-        with session_scope(request.app.state.session_factory) as session:
+        with session_scope(factory) as session:
             ack, seen = service.record(
                 session,
-                signer(request),
+                signer,
                 token,
                 response=response,
                 comment=form_comment(comment),
@@ -125,9 +128,9 @@ def ack_form(
         # The page again, with the reason next to the field it is about.
         on_comment = any(problem.field == "comment" for problem in exc.errors or [])
         try:
-            with session_scope(request.app.state.session_factory) as session:
+            with session_scope(factory) as session:
                 return _page(
-                    service.view(session, signer(request), token),
+                    service.view(session, signer, token),
                     status=422,
                     error=None if on_comment else exc.detail,
                     comment_error=exc.detail if on_comment else None,
@@ -150,99 +153,74 @@ def ack_form(
 
 
 @router.post("/v1/acks", response_model=AckReceipt)
-def post_ack(body: AckCreate, request: Request, session: SessionDep) -> dict[str, Any]:
+def post_ack(
+    body: AckCreate,
+    request: Request,
+    session: SessionDep,
+    limiter: RateLimiterDep,
+    signer: SignerDep,
+) -> AckReceipt:
     """Record an answer from a newsroom system, with the token from the webhook's `ack`
     block (no API key: the token is the credential). Repeating it is harmless; a later
     answer replaces the current one and the history keeps both. 404 for any invalid,
     tampered or expired token."""
-    limiter(request).check(request, "ack-api", body.token)
+    limiter.check(request, "ack-api", body.token)
     ack, seen = service.record(
         session,
-        signer(request),
+        signer,
         body.token,
         response=body.response,
         comment=body.comment,
         route="api",
     )
-    return {
-        "incident": seen.incident.reference,
-        "response": ack.response,
-        "answered_at": ack.answered_at,
-        "late": ack.late,
-        "briefing_version": ack.briefing_version,
-    }
+    return AckReceipt.from_ack(ack, reference=seen.incident.reference)
 
 
 @router.get("/v1/incidents/{incident_id}/acks", response_model=Page[CurrentAckView])
 def list_acks(
-    incident_id: uuid.UUID,
     session: SessionDep,
     _actor: Operator,
+    incident: IncidentDep,
+    pages: PageDep,
     response: Annotated[str | None, Query(max_length=40)] = None,
     network: Annotated[Network | None, Query()] = None,
     country: Annotated[CountryCode | None, Query()] = None,
     language: Annotated[LanguageTag | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> dict[str, Any]:
+) -> Page[CurrentAckView]:
     """Each member's current answer, with comment, route, version and language seen,
     delay since delivery and whether it came late; filtered by response, network,
     country or language."""
-    service.get_incident_or_404(session, incident_id)
     rows = service.list_current(
         session,
-        incident_id,
+        incident.id,
         response=response,
         network=network,
         country=country,
         language=language,
-        limit=limit,
-        after=decode_int_cursor(cursor),
+        limit=pages.limit,
+        after=pages.after_int(),
     )
-    items = rows[:limit]
-    return {
-        "items": [
-            {
-                "member": {
-                    "id": row.CurrentAck.member_id,
-                    "name": row.name,
-                    "network": row.network,
-                    "country": row.country,
-                },
-                "answer": row.Ack,
-                "first_answered_at": row.CurrentAck.first_answered_at,
-            }
-            for row in items
-        ],
-        "next_cursor": next_cursor(rows, limit, items[-1].CurrentAck.ack_id if items else None),
-    }
+    return page(
+        rows,
+        pages.limit,
+        key=lambda row: row.CurrentAck.ack_id,
+        view=lambda rows: [CurrentAckView.from_row(row) for row in rows],
+    )
 
 
 @router.get("/v1/incidents/{incident_id}/members/{member_id}/acks", response_model=list[AckView])
 def member_ack_history(
-    incident_id: uuid.UUID, member_id: uuid.UUID, session: SessionDep, _actor: Operator
-) -> list[Any]:
+    incident_id: uuid.UUID,
+    member_id: uuid.UUID,
+    session: SessionDep,
+    _actor: Operator,
+    _incident: IncidentDep,  # or 404
+) -> list[AckView]:
     """Every answer a member gave to the incident, oldest first."""
-    service.get_incident_or_404(session, incident_id)
-    return list(service.history(session, incident_id, member_id))
+    return [AckView.model_validate(a) for a in service.history(session, incident_id, member_id)]
 
 
 @router.get("/v1/incidents/{incident_id}/quotas", response_model=list[QuotaView])
-def quota_progress(
-    incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer
-) -> list[dict[str, Any]]:
+def quota_progress(session: SessionDep, _viewer: Viewer, incident: IncidentDep) -> list[QuotaView]:
     """Coverage quotas and how far each segment is (aggregates only)."""
-    incident = service.get_incident_or_404(session, incident_id)
-    return [
-        {
-            "network": p.quota.get("network"),
-            "countries": p.quota.get("countries", []),
-            "languages": p.quota.get("languages", []),
-            "responses": p.quota["responses"],
-            "min": p.quota["min"],
-            "answered": p.answered,
-            "targeted": p.targeted,
-            "met": p.met,
-        }
-        for p in service.quota_progress(session, incident)
-    ]
+    return [QuotaView.from_progress(p) for p in service.quota_progress(session, incident)]

@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from app.errors import InvalidInput, validation_problems
 from app.fields import Text
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from app.acks.service import QuotaProgress
+    from app.models import Ack
 
 Comment = Annotated[Text, StringConstraints(max_length=2000)]
 _COMMENT = TypeAdapter(Comment)
@@ -44,6 +50,16 @@ class AckReceipt(BaseModel):
     late: bool
     briefing_version: int
 
+    @classmethod
+    def from_ack(cls, ack: Ack, *, reference: str) -> Self:
+        return cls(
+            incident=reference,
+            response=ack.response,
+            answered_at=ack.answered_at,
+            late=ack.late,
+            briefing_version=ack.briefing_version,
+        )
+
 
 class AckMember(BaseModel):
     id: uuid.UUID
@@ -72,6 +88,20 @@ class CurrentAckView(BaseModel):
     answer: AckView
     first_answered_at: datetime
 
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Self:
+        """A `CurrentAck` with its `Ack` and the member's `name`, `network` and `country`."""
+        return cls(
+            member=AckMember(
+                id=row.CurrentAck.member_id,
+                name=row.name,
+                network=row.network,
+                country=row.country,
+            ),
+            answer=AckView.model_validate(row.Ack),
+            first_answered_at=row.CurrentAck.first_answered_at,
+        )
+
 
 class QuotaView(BaseModel):
     network: str | None
@@ -82,3 +112,17 @@ class QuotaView(BaseModel):
     answered: int
     targeted: int
     met: bool
+
+    @classmethod
+    def from_progress(cls, progress: QuotaProgress) -> Self:
+        quota = progress.quota
+        return cls(
+            network=quota.get("network"),
+            countries=quota.get("countries", []),
+            languages=quota.get("languages", []),
+            responses=quota["responses"],
+            min=quota["min"],
+            answered=progress.answered,
+            targeted=progress.targeted,
+            met=progress.met,
+        )

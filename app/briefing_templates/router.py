@@ -15,12 +15,10 @@ from app.briefing_templates.schemas import (
     TemplateUpdate,
 )
 from app.deps import Operator, SessionDep
-from app.pagination import DEFAULT_LIMIT, Page, decode_uuid_cursor, next_cursor
+from app.pagination import Page, PageDep, page
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
-LimitQuery = Annotated[int, Query(ge=1, le=500)]
-CursorQuery = Annotated[str | None, Query(max_length=200)]
 VersionQuery = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
 
 
@@ -62,29 +60,15 @@ def create_template(
 
 
 @router.get("", response_model=Page[TemplateSummary])
-def list_templates(
-    session: SessionDep,
-    _actor: Operator,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
-) -> dict[str, Any]:
+def list_templates(session: SessionDep, _actor: Operator, pages: PageDep) -> Page[TemplateSummary]:
     """All templates at their latest version, without their wording, a page at a time."""
-    rows = service.list_templates(session, limit=limit, after=decode_uuid_cursor(cursor))
-    items = rows[:limit]
-    return {
-        "items": [
-            {
-                "id": t.id,
-                "name": t.name,
-                "description": t.description,
-                "version": t.version,
-                "languages": t.languages,
-                "updated_at": t.updated_at,
-            }
-            for t in items
-        ],
-        "next_cursor": next_cursor(rows, limit, str(items[-1].id) if items else None),
-    }
+    rows = service.list_templates(session, limit=pages.limit, after=pages.after_uuid())
+    return page(
+        rows,
+        pages.limit,
+        key=lambda t: str(t.id),
+        view=lambda templates: [TemplateSummary.model_validate(t) for t in templates],
+    )
 
 
 @router.get("/{template_id}", response_model=BriefingTemplateView)

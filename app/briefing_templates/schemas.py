@@ -114,6 +114,8 @@ class BriefingTemplateView(BaseModel):
 class TemplateSummary(BaseModel):
     """A template in a list: no wording."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     name: str
     description: str | None
@@ -141,3 +143,10 @@ class TemplateRef(BaseModel):
 
     id: uuid.UUID
     version: int
+
+    @classmethod
+    def of(cls, template_id: uuid.UUID | None, version: int | None) -> TemplateRef | None:
+        """The reference a row records, if it records one."""
+        if template_id is None or version is None:
+            return None
+        return cls(id=template_id, version=version)

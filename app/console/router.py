@@ -25,7 +25,7 @@ from limits import parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.clientaddr import client_address
 from app.config import Settings
@@ -39,6 +39,7 @@ from app.metrics import RATE_LIMIT_STORAGE_ERRORS
 from app.models import ConsoleSession, Person
 from app.people import service as people
 from app.security import page_headers
+from app.state import app_state
 
 pages = APIRouter(include_in_schema=False)
 
@@ -68,8 +69,11 @@ class Cookies:
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return app_state(request.app).settings
+
+
+def _sessions(request: Request) -> sessionmaker[Session]:
+    return app_state(request.app).session_factory
 
 
 def _policy(settings: Settings) -> people.SessionPolicy:
@@ -90,8 +94,8 @@ class _FailedSignIns:
 
     def __init__(self, request: Request, settings: Settings, address: str) -> None:
         # One limiter per app (its counts are the app's, like the ack limiter's).
-        state = request.app.state
-        if getattr(state, "console_sign_in_limiter", None) is None:
+        state = app_state(request.app)
+        if state.console_sign_in_limiter is None:
             state.console_sign_in_limiter = MovingWindowRateLimiter(
                 storage_from_string(settings.rate_limit_storage)
             )
@@ -170,7 +174,7 @@ def setup_page(token: str, request: Request) -> Any:
     """The one-time set-up link from `rrmm people create`: choose a password and enrol
     an authenticator app (a QR code drawn here, as SVG)."""
     settings = _settings(request)
-    with session_scope(request.app.state.session_factory) as session:
+    with session_scope(_sessions(request)) as session:
         person = people.person_for_setup(session, token)
         if person is None:
             return _setup_link_invalid(_visitor_language(request))
@@ -220,7 +224,7 @@ def setup_form(
     settings = _settings(request)
     if not people.csrf_ok(request.cookies.get(Cookies.of(settings).csrf, ""), csrf):
         return _csrf_refused(_visitor_language(request))
-    with session_scope(request.app.state.session_factory) as session:
+    with session_scope(_sessions(request)) as session:
         person = people.person_for_setup(session, token)
         if person is None:
             return _setup_link_invalid(_visitor_language(request))
@@ -276,7 +280,7 @@ def login_form(
         return _anonymous_page(
             request, "login.html.j2", language, 429, email=email, error=said["too_many"]
         )
-    with session_scope(request.app.state.session_factory) as session:
+    with session_scope(_sessions(request)) as session:
         try:
             person = people.sign_in(
                 session, email=email, password=password, code=code, box=_box(settings)
@@ -329,7 +333,7 @@ def _to_login() -> RedirectResponse:
 def sign_out(request: Request, csrf: Field = "", everywhere: Field = "") -> Any:
     """End this session (or, with `everywhere`, every session of the person)."""
     cookies = Cookies.of(_settings(request))
-    with session_scope(request.app.state.session_factory) as session:
+    with session_scope(_sessions(request)) as session:
         current = _signed_in(request, session)
         if current is None:
             return _to_login()
@@ -350,7 +354,7 @@ def sign_out(request: Request, csrf: Field = "", everywhere: Field = "") -> Any:
 @pages.get("/console", response_class=HTMLResponse)
 def incidents_page(request: Request) -> Any:
     """The incidents, newest first, with their state (every role)."""
-    with session_scope(request.app.state.session_factory) as session:
+    with session_scope(_sessions(request)) as session:
         current = _signed_in(request, session)
         if current is None:
             return _to_login()

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.briefing_templates import service as briefing_templates
-from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
+from app.deps import (
+    EventHubDep,
+    IncidentDep,
+    Operator,
+    PollingViewer,
+    PublisherDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StatusCacheDep,
+    Viewer,
+    WriteSessionDep,
+)
 from app.etags import etag_matches
 from app.incidents import events, preview, service, timeline
 from app.incidents import status as status_reads
 from app.incidents.schemas import (
+    EVENT_STREAM_ITEM,
     BriefingVersion,
     CoverageView,
     DeliveryView,
@@ -36,20 +51,14 @@ from app.incidents.service import Dispatcher
 from app.incidents.status import CoverageBy
 from app.models import Incident as IncidentRow
 from app.models import Role
-from app.pagination import (
-    DEFAULT_LIMIT,
-    Page,
-    decode_int_cursor,
-    decode_uuid_cursor,
-    next_cursor,
-)
+from app.pagination import Page, PageDep, PageParams, page, page_params
 from app.vocabulary import BriefingKind, Channel, DeliveryStatus
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 log = structlog.get_logger(__name__)
 
-LimitQuery = Annotated[int, Query(ge=1, le=500)]
-CursorQuery = Annotated[str | None, Query(max_length=200)]
+# The timeline's pages hold 500 events unless asked otherwise (the other lists': 50).
+TimelinePageDep = Annotated[PageParams, Depends(page_params(500))]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -62,10 +71,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(celery: PublisherDep) -> Dispatcher:
     """Publishes the dispatch task after commit. If the broker is down the declaration still
     stands: the rows are in the ledger and the sweeper starts them once it is back."""
-    celery = request.app.state.celery
 
     def dispatch(briefing_id: int) -> None:
         try:
@@ -78,56 +86,17 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
-_INCIDENT_FIELDS = (
-    "id",
-    "reference",
-    "title",
-    "severity",
-    "urgency",
-    "mode",
-    "status",
-    "countries",
-    "themes",
-    "channels",
-    "responses",
-    "declared_at",
-    "updated_at",
-    "ended_at",
-    "ack_deadline",
-    "approval_expires_at",
-)
-_DELIVERY_FIELDS = (
-    "id",
-    "channel",
-    "status",
-    "attempts",
-    "language",
-    "last_error",
-    "next_attempt_at",
-    "created_at",
-    "updated_at",
-    "sent_at",
-)
+
+def _view(session: Session, incident: IncidentRow) -> Incident:
+    return _views(session, [incident])[0]
 
 
-def _template_ref(template_id: uuid.UUID | None, version: int | None) -> dict[str, Any] | None:
-    return None if template_id is None else {"id": template_id, "version": version}
-
-
-def _out(session: Any, incident: IncidentRow) -> dict[str, Any]:
-    version = service.latest_versions(session, [incident.id]).get(incident.id, 0)
-    return _shape(incident, incident.targeted, version)
-
-
-def _shape(incident: IncidentRow, targeted: int, version: int) -> dict[str, Any]:
-    base = f"/v1/incidents/{incident.id}"
-    return {
-        **{k: getattr(incident, k) for k in _INCIDENT_FIELDS},
-        "targeted": targeted,
-        "latest_version": version,
-        "template": _template_ref(incident.template_id, incident.template_version),
-        "links": {"self": base, "status": f"{base}/status", "deliveries": f"{base}/deliveries"},
-    }
+def _views(session: Session, incidents: Sequence[IncidentRow]) -> list[Incident]:
+    versions = service.latest_versions(session, [i.id for i in incidents])
+    return [
+        Incident.from_row(i, targeted=i.targeted, latest_version=versions.get(i.id, 0))
+        for i in incidents
+    ]
 
 
 @router.post(
@@ -146,7 +115,7 @@ def declare_incident(
     settings: SettingsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> dict[str, Any]:
+) -> Incident:
     """Declare a tension incident and brief its audience.
 
     The answer comes as soon as the ledger rows are written (202); the briefing goes out
@@ -174,13 +143,13 @@ def declare_incident(
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-    return _out(session, incident)
+    return _view(session, incident)
 
 
 @router.post("/preview", response_model=IncidentPreview)
 def preview_incident(
     body: IncidentDeclaration, session: SessionDep, _actor: Operator, settings: SettingsDep
-) -> dict[str, Any]:
+) -> IncidentPreview:
     """A dry run of a declaration (the same body): the members it would target, counted by
     network, country, language sent and channel; who gets a fallback language; who would
     wait for the end of their quiet hours; who no channel reaches; and, per language, the
@@ -188,7 +157,9 @@ def preview_incident(
     the acknowledgement link). Writes nothing; counted by grouped queries, not per member.
     """
     data, _ = briefing_templates.written(session, body, IncidentCreate)
-    return preview.preview_declaration(session, data, settings=settings)
+    return IncidentPreview.model_validate(
+        preview.preview_declaration(session, data, settings=settings)
+    )
 
 
 @router.get("", response_model=Page[Incident])
@@ -196,25 +167,18 @@ def list_incidents(
     session: SessionDep,
     _viewer: Viewer,
     filters: Annotated[IncidentFilters, Query()],
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
-) -> dict[str, Any]:
+    pages: PageDep,
+) -> Page[Incident]:
     """Incidents, newest first, filtered by status, mode, severity or text in the title or
     reference. No briefing text: dashboards may read this."""
-    rows = service.list_incidents(session, filters, limit=limit, after=decode_uuid_cursor(cursor))
-    items = rows[:limit]
-    ids = [i.id for i in items]
-    versions = service.latest_versions(session, ids)
-    return {
-        "items": [_shape(i, i.targeted, versions.get(i.id, 0)) for i in items],
-        "next_cursor": next_cursor(rows, limit, str(items[-1].id) if items else None),
-    }
+    rows = service.list_incidents(session, filters, limit=pages.limit, after=pages.after_uuid())
+    return page(rows, pages.limit, key=lambda i: str(i.id), view=partial(_views, session))
 
 
 @router.get("/{incident_id}", response_model=Incident)
-def get_incident(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -> dict[str, Any]:
+def get_incident(session: SessionDep, _viewer: Viewer, incident: IncidentDep) -> Incident:
     """One incident (no briefing text)."""
-    return _out(session, service.get_incident(session, incident_id))
+    return _view(session, incident)
 
 
 @router.get(
@@ -224,7 +188,8 @@ def get_incident(incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer) -
 )
 async def incident_status(
     incident_id: uuid.UUID,
-    request: Request,
+    cache: StatusCacheDep,
+    factory: SessionFactoryDep,
     _viewer: PollingViewer,
     if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
 ) -> Response:
@@ -239,8 +204,7 @@ async def incident_status(
     second per incident, and a poll within that second neither a thread nor a database
     connection.
     """
-    cache: status_reads.StatusCache = request.app.state.status_cache
-    payload, etag = await cache.document(request.app.state.session_factory, incident_id)
+    payload, etag = await cache.document(factory, incident_id)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -253,46 +217,35 @@ def incident_coverage(
     session: SessionDep,
     _viewer: Viewer,
     by: Annotated[CoverageBy, Query(description="How to group the members.")],
-) -> dict[str, Any]:
+) -> CoverageView:
     """The funnel targeted → sent → failed → answered per network, country, language (the
     language a member was sent) or channel, counted in members. Aggregates only.
 
     Runs GROUP BY queries over this incident's rows: its cost grows with the incident's
     audience (poll `/status` for a cheap, frequent read)."""
-    return status_reads.coverage(session, incident_id, by)
+    return CoverageView.model_validate(status_reads.coverage(session, incident_id, by))
 
 
 @router.get("/{incident_id}/timeline", response_model=Page[TimelineEvent])
 def incident_timeline(
-    incident_id: uuid.UUID,
     session: SessionDep,
     _actor: Operator,
-    limit: LimitQuery = 500,
-    cursor: CursorQuery = None,
-) -> dict[str, Any]:
+    incident: IncidentDep,
+    pages: TimelinePageDep,
+) -> Page[TimelineEvent]:
     """What happened, oldest first, and who did it: declared, fan-out started and finished
     (with outcome counts and duration) per briefing version, updates, reminders,
     escalations, quotas met (or unmet again), the deadline and the operators' notice,
     resolve or cancel (operators only: it names the API keys that acted)."""
-    service.get_incident(session, incident_id)
     rows = timeline.events(
-        session, incident_id, after_seq=decode_int_cursor(cursor) or 0, limit=limit + 1
+        session, incident.id, after_seq=pages.after_int() or 0, limit=pages.limit + 1
     )
-    items = rows[:limit]
-    return {
-        "items": [
-            {
-                "seq": e.seq,
-                "kind": e.kind,
-                "at": e.at,
-                "actor": e.actor,
-                "briefing_version": e.briefing_version,
-                "detail": e.detail,
-            }
-            for e in items
-        ],
-        "next_cursor": next_cursor(rows, limit, items[-1].seq if items else None),
-    }
+    return page(
+        rows,
+        pages.limit,
+        key=lambda e: e.seq,
+        view=lambda events: [TimelineEvent.model_validate(e) for e in events],
+    )
 
 
 @router.get(
@@ -303,13 +256,14 @@ def incident_timeline(
             "description": "An endless `text/event-stream`: `status` events (the /status "
             "body, when it changes, at most once per `RRMM_EVENTS_POLL_SECONDS`), "
             "`timeline` events, and `answer` events for operators only.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": EVENT_STREAM_ITEM}},
         }
     },
 )
 async def incident_events(
     incident_id: uuid.UUID,
-    request: Request,
+    settings: SettingsDep,
+    hub: EventHubDep,
     principal: PollingViewer,
     last_event_id: Annotated[
         str | None,
@@ -330,8 +284,6 @@ async def incident_events(
     revocation; one key holds at most `RRMM_EVENTS_MAX_STREAMS_PER_KEY` streams per API
     process (429 beyond). Each API process reads an incident once per interval however
     many listen: a dashboard joining a watched incident costs no database read."""
-    settings = request.app.state.settings
-    hub: events.EventHub = request.app.state.event_hub
     if not hub.watched(incident_id):
         await hub.in_thread(partial(service.get_incident, incident_id=incident_id))  # or 404
     # Last, so nothing can fail between taking the place and the stream that gives it back
@@ -355,19 +307,9 @@ async def incident_events(
 @router.get("/{incident_id}/briefings", response_model=list[BriefingVersion])
 def list_briefings(
     incident_id: uuid.UUID, session: SessionDep, _actor: Operator
-) -> list[dict[str, Any]]:
+) -> list[BriefingVersion]:
     """Every briefing version with its text, oldest first (operators only)."""
-    return [
-        {
-            "version": b.version,
-            "kind": b.kind,
-            "languages": b.languages,
-            "content": b.content,
-            "template": _template_ref(b.template_id, b.template_version),
-            "created_at": b.created_at,
-        }
-        for b in service.briefings(session, incident_id)
-    ]
+    return [BriefingVersion.from_row(b) for b in service.briefings(session, incident_id)]
 
 
 @router.post(
@@ -380,7 +322,7 @@ def post_update(
     actor: Operator,
     dispatch: DispatcherDep,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> Incident:
     """Send a new briefing version to the same audience, and to members who newly match
     it. Unsent deliveries of earlier versions are superseded. Written out, or from a
     template (`template` instead of `briefing`)."""
@@ -395,7 +337,7 @@ def post_update(
     )
     if template is not None:
         briefing_templates.record_use(session, incident, template, briefing=briefing)
-    return _out(session, incident)
+    return _view(session, incident)
 
 
 @router.post("/{incident_id}/updates/preview", response_model=IncidentPreview)
@@ -405,11 +347,13 @@ def preview_update(
     session: SessionDep,
     _actor: Operator,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> IncidentPreview:
     """A dry run of an update (the same body): who it would reach (everyone targeted so far
     and the members who newly match) and what they would read. Writes nothing."""
     data, _ = briefing_templates.written(session, body, IncidentUpdate)
-    return preview.preview_update(session, incident_id, data, settings=settings)
+    return IncidentPreview.model_validate(
+        preview.preview_update(session, incident_id, data, settings=settings)
+    )
 
 
 @router.post(
@@ -421,7 +365,7 @@ def approve_incident(
     actor: Operator,
     dispatch: DispatcherDep,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> Incident:
     """Approve a declaration waiting for a second person: its fan-out starts now. The
     principal who declared it gets 403; an incident not pending (approved, rejected,
     expired) is a 409."""
@@ -432,16 +376,16 @@ def approve_incident(
         dispatch=dispatch,
         chunk_members=settings.targeting_chunk_members,
     )
-    return _out(session, incident)
+    return _view(session, incident)
 
 
 @router.post("/{incident_id}/reject", response_model=Incident)
 def reject_incident(
     incident_id: uuid.UUID, body: IncidentReject, session: WriteSessionDep, actor: Operator
-) -> dict[str, Any]:
+) -> Incident:
     """Reject a declaration waiting for approval, with a reason: it ends `rejected` and
     nothing is ever sent. An incident not pending is a 409."""
-    return _out(session, service.reject(session, incident_id, body.reason, actor=actor))
+    return _view(session, service.reject(session, incident_id, body.reason, actor=actor))
 
 
 @router.post(
@@ -453,7 +397,7 @@ def resolve_incident(
     actor: Operator,
     dispatch: DispatcherDep,
     body: IncidentEnd | None = None,
-) -> dict[str, Any]:
+) -> Incident:
     """Resolve: the stand-down goes to every member already briefed; nothing else is sent."""
     incident, _ = service.end_incident(
         session,
@@ -463,7 +407,7 @@ def resolve_incident(
         actor=actor,
         dispatch=dispatch,
     )
-    return _out(session, incident)
+    return _view(session, incident)
 
 
 @router.post("/{incident_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Incident)
@@ -473,7 +417,7 @@ def cancel_incident(
     actor: Operator,
     dispatch: DispatcherDep,
     body: IncidentEnd | None = None,
-) -> dict[str, Any]:
+) -> Incident:
     """Cancel: what has not been sent is not sent, and members already briefed are told."""
     incident, _ = service.end_incident(
         session,
@@ -483,7 +427,7 @@ def cancel_incident(
         actor=actor,
         dispatch=dispatch,
     )
-    return _out(session, incident)
+    return _view(session, incident)
 
 
 @router.get("/{incident_id}/deliveries", response_model=Page[DeliveryView])
@@ -491,11 +435,10 @@ def list_deliveries(
     incident_id: uuid.UUID,
     session: SessionDep,
     _actor: Operator,
+    pages: PageDep,
     status_filter: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
     channel: Annotated[Channel | None, Query()] = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
-) -> dict[str, Any]:
+) -> Page[DeliveryView]:
     """The ledger of an incident: member, channel, status, attempts, language, last error
     and timestamps of every delivery, filtered by status or channel."""
     rows = service.list_deliveries(
@@ -503,18 +446,12 @@ def list_deliveries(
         incident_id,
         status=status_filter,
         channel=channel,
-        limit=limit,
-        after=decode_int_cursor(cursor),
+        limit=pages.limit,
+        after=pages.after_int(),
     )
-    items = rows[:limit]
-    return {
-        "items": [
-            {
-                **{k: getattr(row.Delivery, k) for k in _DELIVERY_FIELDS},
-                "version": row.version,
-                "member": {"id": row.Delivery.member_id, "name": row.name},
-            }
-            for row in items
-        ],
-        "next_cursor": next_cursor(rows, limit, items[-1].Delivery.id if items else None),
-    }
+    return page(
+        rows,
+        pages.limit,
+        key=lambda row: row.Delivery.id,
+        view=lambda rows: [DeliveryView.from_row(row) for row in rows],
+    )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,13 @@ from app.fields import (
 )
 from app.members.schemas import Email
 from app.vocabulary import BriefingKind, Channel, DeliveryStatus, IncidentStatus, TimelineEventKind
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from app.models import Briefing as BriefingRow
+    from app.models import Delivery
+    from app.models import Incident as IncidentRow
 
 Severity = Literal["minor", "moderate", "severe", "extreme"]
 Urgency = Literal["immediate", "expected", "future"]
@@ -276,8 +283,38 @@ class Incident(BaseModel):
     )
     links: IncidentLinks
 
+    @classmethod
+    def from_row(cls, incident: IncidentRow, *, targeted: int, latest_version: int) -> Self:
+        base = f"/v1/incidents/{incident.id}"
+        return cls(
+            id=incident.id,
+            reference=incident.reference,
+            title=incident.title,
+            severity=incident.severity,
+            urgency=incident.urgency,
+            mode=incident.mode,
+            status=incident.status,
+            countries=incident.countries,
+            themes=incident.themes,
+            channels=incident.channels,
+            responses=incident.responses,
+            declared_at=incident.declared_at,
+            updated_at=incident.updated_at,
+            ended_at=incident.ended_at,
+            ack_deadline=incident.ack_deadline,
+            approval_expires_at=incident.approval_expires_at,
+            targeted=targeted,
+            latest_version=latest_version,
+            template=TemplateRef.of(incident.template_id, incident.template_version),
+            links=IncidentLinks(
+                self=base, status=f"{base}/status", deliveries=f"{base}/deliveries"
+            ),
+        )
+
 
 class BriefingVersion(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     version: int
     kind: BriefingKind
     languages: list[str]
@@ -286,6 +323,17 @@ class BriefingVersion(BaseModel):
         None, description="The template this version was written from, at its version."
     )
     created_at: datetime
+
+    @classmethod
+    def from_row(cls, briefing: BriefingRow) -> Self:
+        return cls(
+            version=briefing.version,
+            kind=briefing.kind,
+            languages=briefing.languages,
+            content=briefing.content,
+            template=TemplateRef.of(briefing.template_id, briefing.template_version),
+            created_at=briefing.created_at,
+        )
 
 
 class DeliveryCounts(BaseModel):
@@ -397,6 +445,25 @@ class DeliveryView(BaseModel):
     updated_at: datetime
     sent_at: datetime | None
 
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Self:
+        """A ledger row (`Delivery`) with its briefing `version` and its member's `name`."""
+        delivery: Delivery = row.Delivery
+        return cls(
+            id=delivery.id,
+            version=row.version,
+            member=DeliveryMember(id=delivery.member_id, name=row.name),
+            channel=delivery.channel,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            language=delivery.language,
+            last_error=delivery.last_error,
+            next_attempt_at=delivery.next_attempt_at,
+            created_at=delivery.created_at,
+            updated_at=delivery.updated_at,
+            sent_at=delivery.sent_at,
+        )
+
 
 class IncidentFilters(BaseModel):
     status: IncidentStatus | None = None
@@ -409,12 +476,73 @@ class TimelineEvent(BaseModel):
     """One step of an incident, in order. `actor` is the API key's name for a person's
     action and null for what the system did by itself (fan-out, reminders, deadline)."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     seq: int
     kind: TimelineEventKind
     at: datetime
     actor: str | None
     briefing_version: int | None
     detail: dict[str, Any]
+
+
+class TimelineStreamEvent(BaseModel):
+    """The data of an `event: timeline` of the event stream: a timeline event as
+    `/timeline` lists it, without `actor` for viewers."""
+
+    seq: int
+    kind: TimelineEventKind
+    at: datetime
+    briefing_version: int | None
+    detail: dict[str, Any]
+    actor: str | None = Field(None, description="Operators only: absent for viewers.")
+
+
+class AnswerStreamEvent(BaseModel):
+    """The data of an `event: answer` of the event stream (operators only): who answered
+    what, when."""
+
+    seq: int
+    ack_id: int
+    member_id: uuid.UUID | None = Field(description="Null once the member is deleted.")
+    member_name: str | None
+    response: str
+    comment: str | None
+    channel: str
+    route: str
+    language: str
+    briefing_version: int
+    late: bool
+    answered_at: datetime
+
+
+def _stream_event(event: str, data: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": event},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "retry": {"type": "integer", "minimum": 0},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{data.__name__}"},
+            },
+        },
+    }
+
+
+# The stream's events (`itemSchema`, as OpenAPI 3.2 and FastAPI's own SSE routes describe
+# them): the models are added to the document's components by app/main.py.
+EVENT_STREAM_MODELS = (TimelineStreamEvent, AnswerStreamEvent)
+EVENT_STREAM_ITEM: dict[str, Any] = {
+    "oneOf": [
+        _stream_event("status", IncidentStatusView),
+        _stream_event("timeline", TimelineStreamEvent),
+        _stream_event("answer", AnswerStreamEvent),
+    ]
+}
 
 
 class PreviewEmail(BaseModel):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from collections.abc import Iterator, Sequence
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
-from app.deps import Operator, SessionDep
+from app.deps import MemberPolicyDep, Operator, SessionDep, SessionFactoryDep
 from app.errors import UnsupportedMediaType
 from app.members import csv_io, service
 from app.members.schemas import (
@@ -22,33 +23,37 @@ from app.members.schemas import (
     MemberWithSecret,
     WebhookSecret,
 )
-from app.members.service import MemberPolicy
-from app.pagination import DEFAULT_LIMIT, Page, decode_uuid_cursor, next_cursor
+from app.models import Member as MemberRow
+from app.pagination import Page, PageDep, page
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 
 CSV_MEDIA_TYPES = ("text/csv", "application/csv", "text/plain")
 
 
-def get_policy(request: Request) -> MemberPolicy:
-    policy: MemberPolicy = request.app.state.member_policy
-    return policy
+def _view(member: MemberRow) -> Member:
+    return Member.model_validate(service.member_out(member))
 
 
-PolicyDep = Annotated[MemberPolicy, Depends(get_policy)]
+def _views(members: Sequence[MemberRow]) -> list[Member]:
+    return [_view(m) for m in members]
+
+
+def _with_secret(member: MemberRow, secret: str | None) -> MemberWithSecret:
+    return MemberWithSecret.model_validate({**service.member_out(member), "webhook_secret": secret})
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=MemberWithSecret)
 def create_member(
-    body: MemberCreate, session: SessionDep, policy: PolicyDep, actor: Operator
-) -> dict[str, Any]:
+    body: MemberCreate, session: SessionDep, policy: MemberPolicyDep, actor: Operator
+) -> MemberWithSecret:
     """Add a member to a network.
 
     A member with a `webhook_url` gets a Standard Webhooks signing secret, returned here
     once as `webhook_secret`; keep it, it is not shown again (rotate it if lost).
     """
     member, secret = service.create_member(session, body, policy=policy, actor=actor)
-    return {**service.member_out(member), "webhook_secret": secret}
+    return _with_secret(member, secret)
 
 
 @router.get("", response_model=Page[Member])
@@ -56,18 +61,12 @@ def list_members(
     session: SessionDep,
     _actor: Operator,
     filters: Annotated[MemberFilters, Query()],
-    limit: Annotated[int, Query(ge=1, le=500)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> dict[str, Any]:
+    pages: PageDep,
+) -> Page[Member]:
     """List members, filtered by network, language, theme, country, tag, status or free
     text `q` (name, organization, title, email), in creation order, a page at a time."""
-    after = decode_uuid_cursor(cursor)
-    rows = service.list_members(session, filters, limit=limit, after=after)
-    items = rows[:limit]
-    return {
-        "items": [service.member_out(m) for m in items],
-        "next_cursor": next_cursor(rows, limit, str(items[-1].id) if items else None),
-    }
+    rows = service.list_members(session, filters, limit=pages.limit, after=pages.after_uuid())
+    return page(rows, pages.limit, key=lambda m: str(m.id), view=_views)
 
 
 @router.get(
@@ -76,13 +75,13 @@ def list_members(
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def export_members(
-    request: Request, _actor: Operator, filters: Annotated[MemberFilters, Query()]
+    factory: SessionFactoryDep, _actor: Operator, filters: Annotated[MemberFilters, Query()]
 ) -> StreamingResponse:
     """Export the filtered members as CSV, in the columns that the import accepts."""
 
-    def chunks() -> Any:
+    def chunks() -> Iterator[bytes]:
         # The request's session is closed once this function returns; the stream needs its own.
-        with session_scope(request.app.state.session_factory) as session:
+        with session_scope(factory) as session:
             for chunk in csv_io.export_csv(session, filters):
                 yield chunk.encode()
 
@@ -105,6 +104,8 @@ def export_members(
 )
 async def import_members(
     request: Request,
+    policy: MemberPolicyDep,
+    factory: SessionFactoryDep,
     actor: Operator,
     on_error: Annotated[csv_io.OnError, Query()] = "abort",
 ) -> ImportResult:
@@ -118,10 +119,9 @@ async def import_members(
     if content_type not in CSV_MEDIA_TYPES:
         raise UnsupportedMediaType("send the file as `Content-Type: text/csv`")
     raw = await request.body()
-    policy: MemberPolicy = request.app.state.member_policy
 
     def run() -> ImportResult:
-        with session_scope(request.app.state.session_factory) as session:
+        with session_scope(factory) as session:
             return csv_io.import_members(
                 session, raw, policy=policy, actor=actor, on_error=on_error
             )
@@ -130,9 +130,9 @@ async def import_members(
 
 
 @router.get("/{member_id}", response_model=Member)
-def get_member(member_id: uuid.UUID, session: SessionDep, _actor: Operator) -> dict[str, Any]:
+def get_member(member_id: uuid.UUID, session: SessionDep, _actor: Operator) -> Member:
     """One member, with contact details (operators and admins only)."""
-    return service.member_out(service.get_member(session, member_id))
+    return _view(service.get_member(session, member_id))
 
 
 @router.patch("/{member_id}", response_model=MemberWithSecret)
@@ -140,13 +140,13 @@ def update_member(
     member_id: uuid.UUID,
     body: MemberUpdate,
     session: SessionDep,
-    policy: PolicyDep,
+    policy: MemberPolicyDep,
     actor: Operator,
-) -> dict[str, Any]:
+) -> MemberWithSecret:
     """Change some fields of a member. Adding a webhook to a member that had none returns
     its new signing secret as `webhook_secret`, once."""
     member, secret = service.update_member(session, member_id, body, policy=policy, actor=actor)
-    return {**service.member_out(member), "webhook_secret": secret}
+    return _with_secret(member, secret)
 
 
 @router.delete("/{member_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -158,8 +158,8 @@ def delete_member(member_id: uuid.UUID, session: SessionDep, actor: Operator) ->
 
 @router.post("/{member_id}/webhook-secret", response_model=WebhookSecret)
 def rotate_webhook_secret(
-    member_id: uuid.UUID, session: SessionDep, policy: PolicyDep, actor: Operator
-) -> dict[str, str]:
+    member_id: uuid.UUID, session: SessionDep, policy: MemberPolicyDep, actor: Operator
+) -> WebhookSecret:
     """Issue a new webhook signing secret; the previous one stops being used at once."""
     secret = service.rotate_webhook_secret(session, member_id, policy=policy, actor=actor)
-    return {"webhook_secret": secret}
+    return WebhookSecret(webhook_secret=secret)

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.fields import Name, Text
+
+if TYPE_CHECKING:
+    from app.models import Roster as RosterRow
 
 Description = Annotated[Text, StringConstraints(max_length=2000)]
 
@@ -42,6 +45,17 @@ class Roster(BaseModel):
     member_count: int
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def from_row(cls, roster: RosterRow, *, member_count: int) -> Self:
+        return cls(
+            id=roster.id,
+            name=roster.name,
+            description=roster.description,
+            member_count=member_count,
+            created_at=roster.created_at,
+            updated_at=roster.updated_at,
+        )
 
 
 class RosterMembersChange(BaseModel):

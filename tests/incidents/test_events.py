@@ -22,12 +22,15 @@ import pytest
 import sqlalchemy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.incidents.events import LISTENER_QUEUE, EventHub, StatusSnapshot
+from app.incidents.schemas import AnswerStreamEvent, IncidentStatusView, TimelineStreamEvent
 from app.main import create_app
 from app.models import Role
+from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests.incidents.test_status import (
     SECRET_COMMENT,
@@ -263,7 +266,7 @@ def test_a_client_resumes_on_another_process_and_misses_nothing(
 def test_one_reader_per_incident_per_process(
     servers: Servers, scene: Scene, operator: Headers, viewer: Headers
 ) -> None:
-    hub = servers.apps[0].state.event_hub
+    hub = app_state(servers.apps[0]).event_hub
     with (
         listen(servers.urls[0], scene.incident["id"], operator) as first,
         listen(servers.urls[0], scene.incident["id"], viewer) as second,
@@ -288,8 +291,8 @@ def test_listeners_joining_a_watched_incident_cost_no_reads(
 
     with listen(url, incident_id, operator) as first:
         first.next("status")
-        feed = app.state.event_hub.feeds[uuid.UUID(incident_id)]
-        sqlalchemy.event.listen(app.state.engine, "before_cursor_execute", count)
+        feed = app_state(app).event_hub.feeds[uuid.UUID(incident_id)]
+        sqlalchemy.event.listen(app_state(app).engine, "before_cursor_execute", count)
         try:
             reads_before = feed.reads
             with ExitStack() as stack:
@@ -303,7 +306,7 @@ def test_listeners_joining_a_watched_incident_cost_no_reads(
                 feed_reads = feed.reads - reads_before
                 seen = len(timeline_reads)
         finally:
-            sqlalchemy.event.remove(app.state.engine, "before_cursor_execute", count)
+            sqlalchemy.event.remove(app_state(app).engine, "before_cursor_execute", count)
     # The feed's reads only (one may have started before its count was taken).
     assert seen <= feed_reads + 1, (seen, feed_reads)
 
@@ -353,3 +356,53 @@ def test_the_stream_refuses_what_it_cannot_serve(
         headers={**operator, "Last-Event-ID": "not-a-number"},
     )
     assert_problem(bad, 422, "header.Last-Event-ID")
+
+
+def _documented_events(app: FastAPI) -> dict[str, dict[str, Any]]:
+    """Each event name → the component its `data` is documented as."""
+    document = app.openapi()
+    responses = document["paths"]["/v1/incidents/{incident_id}/events"]["get"]["responses"]
+    item = responses["200"]["content"]["text/event-stream"]["itemSchema"]
+    components = document["components"]["schemas"]
+    events = {}
+    for option in item["oneOf"]:
+        ref = option["properties"]["data"]["contentSchema"]["$ref"]
+        events[option["properties"]["event"]["const"]] = components[ref.rsplit("/", 1)[-1]]
+    return events
+
+
+STREAM_MODELS: dict[str, type[BaseModel]] = {
+    "IncidentStatusView": IncidentStatusView,
+    "TimelineStreamEvent": TimelineStreamEvent,
+    "AnswerStreamEvent": AnswerStreamEvent,
+}
+
+
+@pytest.mark.parametrize("role", [Role.OPERATOR, Role.VIEWER])
+def test_every_event_sent_is_its_documented_schema(
+    servers: Servers,
+    scene: Scene,
+    auth: Callable[[Role], Headers],
+    role: Role,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    documented = _documented_events(servers.apps[0])
+    assert set(documented) == {"status", "timeline", "answer"}
+    answer(session_factory, settings, scene.incident, scene.members[0], "will_engage", 5)
+    # From the start: the whole timeline, the answer (for operators), then the status.
+    replay = {**auth(role), "Last-Event-ID": "0"}
+    with listen(servers.urls[0], scene.incident["id"], replay) as stream:
+        events = [stream.next()]
+        while events[-1].event != "status":
+            events.append(stream.next())
+
+    kinds = {e.event for e in events}
+    assert kinds == (
+        {"timeline", "answer", "status"} if role is Role.OPERATOR else {"timeline", "status"}
+    )
+    for event in events:
+        schema = documented[event.event]
+        sent = set(event.data)
+        assert set(schema["required"]) <= sent <= set(schema["properties"]), (event.event, sent)
+        STREAM_MODELS[schema["title"]].model_validate(event.data)

@@ -30,6 +30,7 @@ from app.deliveries import ledger
 from app.main import create_app
 from app.models import Delivery, Member, Role
 from app.models.base import utcnow
+from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests.support.clock import ManualClock
 from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, briefing, declare_body
@@ -344,7 +345,7 @@ def test_each_process_serves_a_status_for_its_cache_time(
     caching = settings.model_copy(update={"status_cache_seconds": 3})
     clock = ManualClock()
     cached_app = create_app(caching)
-    cached_app.state.status_cache.clock = clock
+    app_state(cached_app).status_cache.clock = clock
     with TestClient(cached_app) as cached_client:
         first = cached_client.get(url, headers=viewer)
         move(session_factory, incident, members[0], DeliveryStatus.SENT)
@@ -417,7 +418,7 @@ def test_status_304_is_in_openapi(client: TestClient) -> None:
 def statements(client: TestClient) -> Iterator[list[str]]:
     """The SQL the app's engine runs, while the fixture is active."""
     seen: list[str] = []
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = app_state(client.app).engine  # type: ignore[arg-type]
 
     def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
