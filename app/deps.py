@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.cache import KeyCache
-from app.auth.service import Principal, authenticate
+from app.auth.principal import Principal
+from app.auth.service import authenticate
 from app.config import Settings
 from app.db import begin_immediate, session_scope
 from app.errors import Forbidden, NotAuthenticated

@@ -24,7 +24,8 @@ import aiohttp
 import httpx
 from sqlalchemy.orm import sessionmaker
 
-from app.auth.service import Principal, create_key
+from app.auth.principal import Principal
+from app.auth.service import create_key
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.models import Role
 from bench.fanout import BRIEFING, BenchError, Components, Service, log, rollup_kb

@@ -48,8 +48,9 @@ from sqlalchemy import Engine, Table, event, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import counters
-from app.acks.service import delay_bucket, in_segment, quota_progress
-from app.auth.service import Principal
+from app.acks.quotas import in_segment, quota_progress
+from app.acks.service import delay_bucket
+from app.auth.principal import Principal
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.deliveries import ledger
 from app.incidents.schemas import IncidentCreate

@@ -24,7 +24,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import migrate
-from app.auth.service import Principal, create_key
+from app.auth.principal import Principal
+from app.auth.service import create_key
 from app.cli.supervisor import redis_answers, redis_server_argv
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope

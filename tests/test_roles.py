@@ -20,7 +20,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.service import Principal, create_key, revoke_key
+from app.auth.principal import Principal
+from app.auth.service import create_key, revoke_key
 from app.db import session_scope
 from app.models import Role
 from app.security import new_api_key

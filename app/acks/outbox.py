@@ -24,6 +24,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import session_scope
 from app.deliveries.email import mail_domain, safe_header_value
 from app.deliveries.transport import SmtpSettings, open_smtp
 from app.incidents import timeline
@@ -240,8 +241,6 @@ def _record(session: Session, settings: Settings, claimed: _Claimed, outcome: _O
 def send_due(session_factory: Any, settings: Settings, limit: int = 20) -> int:
     """Send due operators' notices, each claimed and recorded in its own short transaction
     with none open while the relay is spoken to. Returns how many were sent."""
-    from app.db import session_scope
-
     sent = 0
     for _ in range(limit):
         with session_scope(session_factory) as session:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from app.acks import service
+from app.acks import quotas, service
 from app.acks.page import render_invalid, render_page, response_labels
 from app.acks.ratelimit import RateLimiter
 from app.acks.schemas import (
@@ -26,6 +26,7 @@ from app.db import session_scope
 from app.deps import Operator, SessionDep, Viewer
 from app.errors import InvalidInput
 from app.fields import CountryCode, LanguageTag, Network
+from app.incidents.service import get_incident
 from app.pagination import DEFAULT_LIMIT, Page, decode_int_cursor, next_cursor
 
 pages = APIRouter(tags=["acknowledgements"], include_in_schema=False)
@@ -191,7 +192,7 @@ def list_acks(
     """Each member's current answer, with comment, route, version and language seen,
     delay since delivery and whether it came late; filtered by response, network,
     country or language."""
-    service.get_incident_or_404(session, incident_id)
+    get_incident(session, incident_id)
     rows = service.list_current(
         session,
         incident_id,
@@ -226,7 +227,7 @@ def member_ack_history(
     incident_id: uuid.UUID, member_id: uuid.UUID, session: SessionDep, _actor: Operator
 ) -> list[Any]:
     """Every answer a member gave to the incident, oldest first."""
-    service.get_incident_or_404(session, incident_id)
+    get_incident(session, incident_id)
     return list(service.history(session, incident_id, member_id))
 
 
@@ -235,7 +236,7 @@ def quota_progress(
     incident_id: uuid.UUID, session: SessionDep, _viewer: Viewer
 ) -> list[dict[str, Any]]:
     """Coverage quotas and how far each segment is (aggregates only)."""
-    incident = service.get_incident_or_404(session, incident_id)
+    incident = get_incident(session, incident_id)
     return [
         {
             "network": p.quota.get("network"),
@@ -247,5 +248,5 @@ def quota_progress(
             "targeted": p.targeted,
             "met": p.met,
         }
-        for p in service.quota_progress(session, incident)
+        for p in quotas.quota_progress(session, incident)
     ]

@@ -24,9 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
 from app import migrate
-from app.auth.service import Principal, create_key
-from app.cli.demo import DemoError, Options
+from app.auth.principal import Principal
+from app.auth.service import create_key
 from app.cli.demo_network import DemoMember, briefing, build_network
+from app.cli.demo_options import DemoError, Options
 from app.cli.demo_peers import MailReader, NewsroomReceiver
 from app.cli.supervisor import (
     Supervisor,

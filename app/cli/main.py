@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import migrate
 from app.auth import service as auth_service
-from app.auth.service import Principal
+from app.auth.principal import Principal
 from app.cli.demo import demo as demo_command
 from app.cli.watch import watch as watch_command
 from app.config import Settings, get_settings
@@ -86,6 +86,7 @@ def run(
     """Run the whole service on the embedded default: bundled redis-server, SQLite, the API,
     a worker, a sweeper with beat and a local SMTP catcher (mail lands in var/mail). Ctrl-C
     stops all."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.cli.supervisor import run as run_all
 
     settings = Settings(mode="embedded")
@@ -105,6 +106,7 @@ def api(
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
 ) -> None:
     """Serve the HTTP API against the configured database and broker."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     import uvicorn
 
     from app.serving import uvicorn_options
@@ -134,6 +136,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (and, with --beat, the periodic scheduler)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from workers.celery_app import celery_app
 
     settings = _settings()
@@ -157,6 +160,7 @@ def sweeper(
     """Run the consumer of beat's queue alone: sweeps, heartbeats and operators' notices,
     one at a time, on schedule however busy the send workers are (their pool processes
     can all be in long batches during a large fan-out). One or more per site."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from workers.celery_app import BEAT_QUEUE, celery_app
 
     settings = _settings()
@@ -177,6 +181,7 @@ def sweeper(
 @cli.command()
 def beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO") -> None:
     """Run the beat scheduler alone (exactly one per deployment)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from workers.celery_app import celery_app
 
     settings = _settings()
@@ -193,6 +198,7 @@ def smtp_catcher(
     directory: Annotated[Path, typer.Option("--dir")] = Path("var/mail"),
 ) -> None:
     """A local SMTP server that stores what it receives as .eml files."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.cli.smtp_catcher import serve
 
     serve(host, port, directory)
@@ -225,6 +231,7 @@ def backup_command(
 ) -> None:
     """Copy the embedded SQLite database to PATH, consistently, while the service runs
     (SQLite's online backup API). PostgreSQL: use pg_dump -Fc (docs/production.md)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.backup import BackupError, backup
 
     try:
@@ -249,6 +256,7 @@ def restore_command(
     """Replace the embedded SQLite database with the backup PATH. Refused while the API, a
     worker or beat has the database open, unless --force; the replaced database is kept
     beside it. Then run `rrmm db upgrade` and start the service."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.backup import BackupError, restore
 
     try:
@@ -335,6 +343,7 @@ def members_import(
     ] = "abort",
 ) -> None:
     """Import members from a CSV file (upsert by email), with a progress bar."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.main import member_policy
     from app.members import csv_io
 
@@ -385,6 +394,7 @@ def secrets_rotate(
     RRMM_SECRET_KEY_PREVIOUS), one batch per transaction. Safe to run again: secrets already
     under the current key are left alone. Once it reports nothing unreadable, unset
     RRMM_SECRET_KEY_PREVIOUS (after the old ack links have expired)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.members.secret_rotation import rotate_webhook_secrets
     from app.security import SecretBox
 

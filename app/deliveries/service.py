@@ -349,6 +349,7 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     if choice == "asyncio":
         return None
     try:
+        # uvloop is optional: its absence is found out here, when a loop is chosen.
         import uvloop
     except ImportError:
         if choice == "uvloop":

@@ -15,6 +15,7 @@ from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, W
 from app.etags import etag_matches
 from app.incidents import events, preview, service, timeline
 from app.incidents import status as status_reads
+from app.incidents.briefings import Dispatcher
 from app.incidents.schemas import (
     BriefingVersion,
     CoverageView,
@@ -29,7 +30,6 @@ from app.incidents.schemas import (
     IncidentUpdate,
     TimelineEvent,
 )
-from app.incidents.service import Dispatcher
 from app.incidents.status import CoverageBy
 from app.models import Incident as IncidentRow
 from app.models import Role

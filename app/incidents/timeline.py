@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app.db import session_scope
 from app.models import (
     Briefing,
     BriefingTargeting,
@@ -183,8 +184,6 @@ def record_finished_fanouts(session_factory: Any) -> int:
     so an incident with none open has every started fan-out finished; the event's time is
     its last row's, however late the sweep notices. Each is written in its own transaction.
     """
-    from app.db import session_scope
-
     with session_scope(session_factory) as session:
         candidates = _unfinished_fanouts(session)
         if not candidates:

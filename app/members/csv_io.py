@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
+from app.auth.principal import Principal
 from app.errors import Conflict, FieldProblem, InvalidInput
 from app.members.schemas import (
     ImportedSecret,

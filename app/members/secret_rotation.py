@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
+from app.auth.principal import Principal
 from app.models import Member
 from app.security import SecretBox
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.audit.service import record
-from app.auth.service import Principal
+from app.auth.principal import Principal
 from app.db import contains_pattern
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from app.members.schemas import Consent, MemberCreate, MemberFilters, MemberUpdate, QuietHours

@@ -22,7 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import migrate
-from app.auth.service import Principal, create_key
+from app.auth.principal import Principal
+from app.auth.service import create_key
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Role

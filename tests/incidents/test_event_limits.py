@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.service import Principal, create_key, revoke_key
+from app.auth.principal import Principal
+from app.auth.service import create_key, revoke_key
 from app.config import Settings
 from app.db import session_scope
 from app.main import create_app

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.acks import followup
 from app.acks.service import record
 from app.acks.tokens import signer_from_settings
-from app.auth.service import Principal, create_key, revoke_key
+from app.auth.principal import Principal
+from app.auth.service import create_key, revoke_key
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
