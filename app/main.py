@@ -14,6 +14,7 @@ from app.acks.ratelimit import RateLimiter
 from app.acks.tokens import signer_from_settings
 from app.api import mount_routers
 from app.auth.cache import KeyCache
+from app.broker import create_publisher
 from app.clientaddr import ClientAddress
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
@@ -26,7 +27,6 @@ from app.members.service import MemberPolicy
 from app.metrics import RATE_LIMIT_STORAGE_ERRORS, install_metrics
 from app.middleware import AccessLog, BodySizeLimit, ConcurrencyLimit
 from app.security import SecretBox
-from workers.celery_app import create_publisher
 
 DESCRIPTION = """
 The Rapid Response Media Mechanism: rosters of the two networks (personalities and

@@ -161,7 +161,8 @@ def sweeper(
     one at a time, on schedule however busy the send workers are (their pool processes
     can all be in long batches during a large fan-out). One or more per site."""
     # Imported when the command runs, so that `rrmm --help` stays fast.
-    from workers.celery_app import BEAT_QUEUE, celery_app
+    from app.broker import BEAT_QUEUE
+    from workers.celery_app import celery_app
 
     settings = _settings()
     argv = [

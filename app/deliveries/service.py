@@ -455,24 +455,11 @@ class Transports:
         self.runner.close()
 
 
-_transports: Transports | None = None
-
-
-def transports(settings: Settings) -> Transports:
-    global _transports
-    if _transports is None:
-        _transports = Transports(settings)
-    return _transports
-
-
-def forget_transports() -> None:
-    """In a freshly forked child: the parent's loop and sockets are not ours to use."""
-    global _transports
-    _transports = None
-
-
 def send_batch(
-    session_factory: sessionmaker[Session], settings: Settings, ids: Sequence[int]
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    ids: Sequence[int],
+    transports: Transports,
 ) -> BatchReport:
     """Claim, send and record one batch of deliveries. Safe to run twice for the same ids.
 
@@ -533,9 +520,7 @@ def send_batch(
                 webhooks.append(builder.webhook(job, send_time))
         except (UnsafeHeader, ValueError) as exc:
             recorder.done(SendResult(job.delivery_id, ok=False, error=f"not sendable: {exc}"))
-    transports(settings).send(
-        emails, webhooks, recorder, deadline=settings.delivery_batch_deadline_seconds
-    )
+    transports.send(emails, webhooks, recorder, deadline=settings.delivery_batch_deadline_seconds)
     report = BatchReport(claimed=report.claimed, skipped=report.skipped, **asdict(recorder.tally))
     if report.lost:
         log.warning("outcomes_not_written_lease_lost", count=report.lost)

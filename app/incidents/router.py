@@ -6,11 +6,11 @@ import uuid
 from functools import partial
 from typing import Annotated, Any
 
-import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from app.broker import api_dispatcher
 from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
 from app.incidents import events, preview, service, timeline
@@ -43,7 +43,6 @@ from app.pagination import (
 from app.vocabulary import BriefingKind, Channel, DeliveryStatus
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
-log = structlog.get_logger(__name__)
 
 LimitQuery = Annotated[int, Query(ge=1, le=500)]
 CursorQuery = Annotated[str | None, Query(max_length=200)]
@@ -60,17 +59,8 @@ IdempotencyKey = Annotated[
 
 
 def get_dispatcher(request: Request) -> Dispatcher:
-    """Publishes the dispatch task after commit. If the broker is down the declaration still
-    stands: the rows are in the ledger and the sweeper starts them once it is back."""
-    celery = request.app.state.celery
-
-    def dispatch(briefing_id: int) -> None:
-        try:
-            celery.send_task("rrmm.dispatch_briefing", args=(briefing_id,), retry=False)
-        except Exception as exc:  # any broker failure: the sweeper will pick the rows up
-            log.warning("dispatch_not_published", briefing_id=briefing_id, error=type(exc).__name__)
-
-    return dispatch
+    """Publishes the dispatch task after commit (see `app.broker.api_dispatcher`)."""
+    return api_dispatcher(request.app.state.celery)
 
 
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

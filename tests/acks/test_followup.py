@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.acks import followup
+from app.broker import DISPATCH_TASK, create_publisher
 from app.config import Settings
 from app.models import Ack, Briefing, Delivery, IncidentTimer, Role
 from app.models.base import utcnow
@@ -36,7 +37,6 @@ from tests.support.clock import ManualClock
 from tests.support.factories import declare_body, wait_final
 from tests.support.sinks import CaughtMail, Hit, SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
-from workers.celery_app import DISPATCH_TASK, create_publisher
 
 pytestmark = pytest.mark.slow
 
