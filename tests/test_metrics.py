@@ -15,12 +15,13 @@ from pydantic import SecretStr
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import sweep
 from app.acks.service import record
 from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
+from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
-from app.deliveries import service as deliveries
 from app.health.service import record_heartbeat, record_sweep
 from app.metrics import UNMATCHED
 from app.models import Delivery
@@ -193,8 +194,8 @@ def test_each_sweep_is_recorded(
 ) -> None:
     published: list[list[int]] = []
     _text, before = scrape(client)
-    deliveries.sweep(session_factory, settings, published.append)
-    deliveries.sweep(session_factory, settings, published.append)
+    sweep.sweep(session_factory, settings, published.append)
+    sweep.sweep(session_factory, settings, published.append)
 
     _text, samples = scrape(client)
 

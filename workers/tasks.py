@@ -4,16 +4,15 @@ delivered twice (or after its work was done by the sweeper) does nothing twice."
 from __future__ import annotations
 
 import socket
-from datetime import timedelta
 
 import structlog
 
-from app.acks import followup, outbox
+from app import sweep as periodic
+from app.acks import outbox
 from app.broker import DISPATCH_TASK, HEARTBEAT_TASK, NOTICES_TASK, SEND_TASK, SWEEP_TASK
 from app.db import session_scope
-from app.deliveries import service as deliveries
+from app.deliveries import jobs as delivery_jobs
 from app.health.service import record_heartbeat
-from app.incidents import service as incidents
 from app.incidents import targeting
 from workers.base import ProcessTask
 from workers.celery_app import celery_app
@@ -40,7 +39,7 @@ def heartbeat(self: ProcessTask) -> None:
 @celery_app.task(name=SEND_TASK, bind=True, base=ProcessTask)
 def send_deliveries(self: ProcessTask, ids: list[int]) -> None:
     """Claim and send these ledger rows (ids only: the content is read from the database)."""
-    report = deliveries.send_batch(self.session_factory, self.settings, ids, self.transports)
+    report = delivery_jobs.send_batch(self.session_factory, self.settings, ids, self.transports)
     log.info("batch_sent", **report.__dict__)
 
 
@@ -52,7 +51,7 @@ def dispatch_briefing(self: ProcessTask, briefing_id: int) -> None:
     settings = self.settings
 
     def queue(briefing_id: int) -> int:
-        return deliveries.dispatch(
+        return delivery_jobs.dispatch(
             self.session_factory, settings, publish_batch, briefing_id=briefing_id
         )
 
@@ -70,18 +69,12 @@ def dispatch_briefing(self: ProcessTask, briefing_id: int) -> None:
 def sweep(self: ProcessTask) -> None:
     """Beat's periodic sweep: re-queue due or stuck rows (so losing the broker loses
     nothing) and fire due reminders, escalations and deadlines."""
-    settings = self.settings
-    with session_scope(self.session_factory) as session:
-        resumed = targeting.resume_stalled(
-            session,
-            stalled_after=timedelta(seconds=settings.targeting_stalled_seconds),
-            resume=publish_dispatch,
-        )
-        expired = incidents.expire_pending(session)
-    result = deliveries.sweep(self.session_factory, settings, publish_batch)
-    result["targeting_resumed"] = resumed
-    result["approvals_expired"] = expired
-    result["timers"] = followup.fire_due(self.session_factory, settings, publish_dispatch)
+    result = periodic.run(
+        self.session_factory,
+        self.settings,
+        publish_batch=publish_batch,
+        publish_dispatch=publish_dispatch,
+    )
     if any(result.values()):
         log.info("swept", **result)
 

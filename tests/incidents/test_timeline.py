@@ -22,8 +22,8 @@ from app.acks.service import record
 from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
+from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
-from app.deliveries import service as deliveries
 from app.incidents import timeline
 from app.incidents.service import activate_mobilized
 from app.models import Ack, Delivery, IncidentEvent, IncidentTimer, Role
