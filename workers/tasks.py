@@ -8,7 +8,7 @@ import socket
 import structlog
 
 from app import sweep as periodic
-from app.acks import outbox
+from app.acks import jobs as acks_jobs
 from app.broker import DISPATCH_TASK, HEARTBEAT_TASK, NOTICES_TASK, SEND_TASK, SWEEP_TASK
 from app.db import session_scope
 from app.deliveries import jobs as delivery_jobs
@@ -83,6 +83,6 @@ def sweep(self: ProcessTask) -> None:
 def send_operator_notices(self: ProcessTask) -> None:
     """Beat's periodic outbox run: send the operators' notices that are due. A task of its
     own, so a hung relay delays the notices, never the sweep (lease recovery, retries)."""
-    sent = outbox.send_due(self.session_factory, self.settings)
+    sent = acks_jobs.send_due(self.session_factory, self.settings)
     if sent:
         log.info("operator_notices_sent", count=sent)

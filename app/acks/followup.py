@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy import ColumnElement, and_, select, update
@@ -17,17 +16,13 @@ from sqlalchemy.orm import Session
 
 from app.acks import outbox
 from app.acks.quotas import met_segments, quota_progress
-from app.clock import SYSTEM, Clock
 from app.config import Settings
-from app.db import session_scope
 from app.incidents import audience, briefings, timeline
 from app.models import CurrentAck, Incident, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
 from app.vocabulary import ENDED_INCIDENT_STATUSES, BriefingKind, TimelineEventKind, TimerKind
 
 log = structlog.get_logger(__name__)
-
-RETRY_FAILED_TIMER = timedelta(minutes=1)
 
 
 def create_timers(session: Session, incident: Incident, now: datetime) -> None:
@@ -186,7 +181,7 @@ def _deadline(
     return f"deadline passed, {len(unmet)} quota(s) unmet: operators' notice queued"
 
 
-def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
+def add_to_timeline(session: Session, timer: IncidentTimer) -> None:
     """What a fired timer did, for the timeline (nothing if the incident had ended)."""
     outcome = timer.outcome or ""
     if outcome == "incident ended":
@@ -202,47 +197,3 @@ def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
     timeline.add(
         session, timer.incident_id, kind, detail={"sequence": timer.sequence, "outcome": outcome}
     )
-
-
-def fire_due(
-    session_factory: Any,
-    settings: Settings,
-    dispatch: briefings.Dispatcher,
-    limit: int = 50,
-    *,
-    clock: Clock = SYSTEM,
-) -> int:
-    """Fire due timers, one transaction each. A timer whose work fails is postponed a
-    minute and fired again then. (The operators' notice is only queued here: see
-    app/acks/outbox.py for its sending and retries.)"""
-    fired = 0
-    for _ in range(limit):
-        timer_id = None
-        try:
-            with session_scope(session_factory) as session:
-                timer = take_due_timer(session, clock.now())
-                if timer is None:
-                    return fired
-                timer_id = timer.id
-                timer.outcome = fire(session, timer, settings=settings, dispatch=dispatch)[:200]
-                _add_to_timeline(session, timer)
-                log.info(
-                    "timer_fired",
-                    kind=timer.kind,
-                    incident_id=str(timer.incident_id),
-                    outcome=timer.outcome,
-                )
-        except Exception as exc:
-            # Whatever failed (a database error, or a bug), this timer waits a minute and
-            # the others still fire: one bad timer never blocks the rest.
-            log.warning("timer_postponed", timer_id=timer_id, error=type(exc).__name__)
-            if timer_id is not None:
-                with session_scope(session_factory) as session:
-                    session.execute(
-                        update(IncidentTimer)
-                        .where(IncidentTimer.id == timer_id)
-                        .values(due_at=clock.now() + RETRY_FAILED_TIMER)
-                    )
-            continue
-        fired += 1
-    return fired

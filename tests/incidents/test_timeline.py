@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
+from app.acks import jobs as acks_jobs
 from app.acks.service import record
 from app.acks.tokens import signer_from_settings
 from app.config import Settings
@@ -80,7 +80,7 @@ def fire_timers_now(session_factory: sessionmaker[Session], settings: Settings) 
         timers = session.scalars(select(IncidentTimer).order_by(IncidentTimer.due_at)).all()
         for n, timer in enumerate(timers):
             timer.due_at = utcnow() - timedelta(seconds=len(timers) - n)
-    return followup.fire_due(session_factory, settings, lambda _: None)
+    return acks_jobs.fire_due(session_factory, settings, lambda _: None)
 
 
 def test_the_timeline_tells_the_whole_incident_in_order(
