@@ -14,8 +14,9 @@ from app.db import session_scope
 from app.deliveries import ledger
 from app.deliveries.jobs import Publish, dispatch
 from app.health.service import record_sweep
+from app.incidents import jobs as incident_jobs
 from app.incidents import service as incidents
-from app.incidents import targeting, timeline
+from app.incidents import targeting
 from app.incidents.briefings import Dispatcher
 from app.models.base import utcnow
 
@@ -36,7 +37,7 @@ def sweep(
         activated = incidents.activate_mobilized(session)
         record_sweep(session)
     queued = dispatch(session_factory, settings, publish)
-    finished = timeline.record_finished_fanouts(session_factory)
+    finished = incident_jobs.record_finished_fanouts(session_factory)
     return {
         "queued": queued,
         "failed_lost": failed,

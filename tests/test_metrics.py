@@ -23,6 +23,7 @@ from app.db import session_scope
 from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
 from app.health.service import record_heartbeat, record_sweep
+from app.incidents import jobs as incident_jobs
 from app.metrics import UNMATCHED
 from app.models import Delivery
 from app.models.base import utcnow
@@ -210,7 +211,6 @@ def test_fanout_latency_and_duration_histograms(
 ) -> None:
     """A finished fan-out adds its sends to the latency histogram and itself to the
     duration histogram; an unfinished one adds nothing yet."""
-    from app.incidents import timeline
 
     settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
     data = seed(client, operator)
@@ -235,7 +235,7 @@ def test_fanout_latency_and_duration_histograms(
                 values={"sent_at": created + timedelta(seconds=delay)},
                 now=utcnow(),
             )
-    assert timeline.record_finished_fanouts(session_factory) == 1
+    assert incident_jobs.record_finished_fanouts(session_factory) == 1
 
     _, after = scrape(client)
 

@@ -13,7 +13,7 @@ from app.broker import DISPATCH_TASK, HEARTBEAT_TASK, NOTICES_TASK, SEND_TASK, S
 from app.db import session_scope
 from app.deliveries import jobs as delivery_jobs
 from app.health.service import record_heartbeat
-from app.incidents import targeting
+from app.incidents import jobs as incident_jobs
 from workers.base import ProcessTask
 from workers.celery_app import celery_app
 
@@ -55,7 +55,7 @@ def dispatch_briefing(self: ProcessTask, briefing_id: int) -> None:
             self.session_factory, settings, publish_batch, briefing_id=briefing_id
         )
 
-    chunks = targeting.advance(
+    chunks = incident_jobs.advance(
         self.session_factory,
         briefing_id,
         chunk_members=settings.targeting_chunk_members,

@@ -119,7 +119,7 @@ def declare(
     approval: ApprovalPolicy | None = None,
 ) -> tuple[Incident, bool]:
     """Declare an incident; its first chunk of members is targeted and their ledger rows
-    written now, the rest by the worker (`targeting.advance`); dispatch starts after commit.
+    written now, the rest by the worker (`jobs.advance`); dispatch starts after commit.
     A declaration the `approval` policy covers is written `pending_approval`, its briefing
     and nothing else: no target, no ledger row, no timer (`approve` writes them).
 

@@ -1,13 +1,14 @@
-"""Who a briefing version goes to, written set-based.
+"""Who a briefing version goes to, written set-based, chunk by chunk; and a preview's
+counts of the same.
 
 Targets (`incident_targets`) and ledger rows (`deliveries`) are written by INSERT … SELECT
-over `members`: no member row passes through Python. Each row's language is chosen in SQL
-by a CASE over the few distinct language lists of the members written (`choose_language`
-decides each list once), and a deferred first attempt (quiet hours) likewise over their
-distinct quiet-hours settings.
+over `members` (app/incidents/briefings.py): no member row passes through Python. Each
+row's language is chosen in SQL by a CASE over the few distinct language lists of the
+members written (`choose_language` decides each list once), and a deferred first attempt
+(quiet hours) likewise over their distinct quiet-hours settings.
 
 A declaration or an update writes its first chunk of members in the request (bounded work,
-however large the network) and answers. `advance()` writes the rest in the worker right
+however large the network) and answers. `jobs.advance()` writes the rest in the worker right
 after commit, one member-id chunk per transaction, dispatching each chunk's deliveries as
 soon as it is written; the sweeper resumes a job whose worker died (`resume_stalled`).
 A chunk's targets, rows, counters and the job's cursor are written in one transaction
@@ -40,9 +41,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from app.db import begin_immediate, session_scope
 from app.incidents import timeline
 from app.incidents.audience import (
     REACHES,
@@ -213,7 +213,7 @@ def start(
     now: datetime,
 ) -> BriefingTargeting:
     """Count who the version goes to, target its first chunk and write its rows. The
-    rest is the worker's (`advance`), unless the first chunk was everyone."""
+    rest is the worker's (`jobs.advance`), unless the first chunk was everyone."""
     if briefing.kind == "declared":
         # Nobody is targeted yet: everyone it goes to is new. One COUNT, no lookups.
         audience = audience_condition(session, Audience(**incident.audience), check=False)
@@ -242,11 +242,11 @@ def start(
     bump_targeted(session, incident.id, expected)
     session.expire(incident, ["targeted"])
     session.flush()
-    _write_chunk(session, incident, briefing, job, chunk_members=chunk_members, now=now)
+    write_chunk(session, incident, briefing, job, chunk_members=chunk_members, now=now)
     return job
 
 
-def _write_chunk(
+def write_chunk(
     session: Session,
     incident: Incident,
     briefing: Briefing,
@@ -344,42 +344,6 @@ def stop_pending(session: Session, incident: Incident, now: datetime) -> int:
         assert briefing is not None  # the job's row is deleted with its briefing
         _finish(session, incident, briefing, job, now, stopped=True)
     return len(jobs)
-
-
-Dispatch = Callable[[int], object]
-
-
-def advance(
-    session_factory: sessionmaker[Session],
-    briefing_id: int,
-    *,
-    chunk_members: int,
-    dispatch: Dispatch,
-) -> int:
-    """Write the version's remaining chunks, each in its own transaction, handing each
-    chunk's rows to `dispatch` (by briefing id) as soon as it is committed. Returns the
-    chunks written. Safe to run twice at once: the incident's row lock orders them."""
-    chunks = 0
-    while True:
-        with session_scope(session_factory) as session:
-            begin_immediate(session)
-            job = session.get(BriefingTargeting, briefing_id)
-            if job is None or job.finished_at is not None:
-                return chunks
-            # The incident row first (lock order), then the job's, re-read under it.
-            incident = session.get(Incident, job.incident_id, with_for_update=True)
-            session.refresh(job, with_for_update=True)
-            briefing = session.get(Briefing, briefing_id)
-            if incident is None or briefing is None or job.finished_at is not None:
-                return chunks
-            _write_chunk(
-                session, incident, briefing, job, chunk_members=chunk_members, now=utcnow()
-            )
-            finished = job.finished_at is not None
-        chunks += 1
-        dispatch(briefing_id)
-        if finished:
-            return chunks
 
 
 def resume_stalled(

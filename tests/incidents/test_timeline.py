@@ -24,7 +24,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
-from app.incidents import timeline
+from app.incidents import jobs as incident_jobs
 from app.incidents.service import activate_mobilized
 from app.models import Ack, Delivery, IncidentEvent, IncidentTimer, Role
 from app.models.base import utcnow
@@ -112,12 +112,12 @@ def test_the_timeline_tells_the_whole_incident_in_order(
     # The fan-out starts when the rows are queued, once however often they are queued.
     assert dispatch_all(session_factory, settings)
     deliveries.dispatch(session_factory, settings, lambda _: None)
-    assert timeline.record_finished_fanouts(session_factory) == 0  # rows still open
+    assert incident_jobs.record_finished_fanouts(session_factory) == 0  # rows still open
     settle_everything(session_factory, incident)
     with session_scope(session_factory) as session:
         assert activate_mobilized(session) == 1  # every first delivery has been tried
-    assert timeline.record_finished_fanouts(session_factory) == 1
-    assert timeline.record_finished_fanouts(session_factory) == 0  # once
+    assert incident_jobs.record_finished_fanouts(session_factory) == 1
+    assert incident_jobs.record_finished_fanouts(session_factory) == 0  # once
     update_body = {"briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}}
     updated = client.post(
         f"/v1/incidents/{incident['id']}/updates", json=update_body, headers=operator
