@@ -300,10 +300,3 @@ def history(session: Session, incident_id: uuid.UUID, member_id: uuid.UUID) -> l
             .order_by(Ack.id)
         )
     )
-
-
-def get_incident_or_404(session: Session, incident_id: uuid.UUID) -> Incident:
-    incident = session.get(Incident, incident_id)
-    if incident is None:
-        raise NotFound(f"no incident {incident_id}")
-    return incident

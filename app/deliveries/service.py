@@ -1,9 +1,10 @@
-"""Sending a batch of ledger rows, and finding the rows that should be sent.
+"""What a batch of ledger rows is sent with: the claimed rows and their members read in
+one session, the messages built from them, and the process's senders (`Transports`).
 
-`send_batch` is what a worker task runs: claim (commit) → build the messages → send them
-all concurrently, writing outcomes under the lease as they finish (`recorder`). `dispatch`
-and `sweep` find due rows in the database and hand their ids to `publish` (the broker is
-only a doorbell).
+`jobs.send_batch` is what a worker task runs: claim (commit) → build the messages → send
+them all concurrently, writing outcomes under the lease as they finish (`recorder`).
+`jobs.dispatch` and the sweep (app/sweep.py) find due rows in the database and hand their
+ids to `publish` (the broker is only a doorbell).
 """
 
 from __future__ import annotations
