@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.cache import KeyCache
-from app.auth.principal import Principal
 from app.auth.service import authenticate
 from app.config import Settings
 from app.db import begin_immediate, session_scope
 from app.errors import Forbidden, NotAuthenticated
 from app.models import Role
+from app.principal import Principal
 from app.security import hash_api_key
 
 

@@ -11,13 +11,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.acks.ratelimit import RateLimiter
-from app.acks.tokens import signer_from_settings
 from app.api import mount_routers
 from app.auth.cache import KeyCache
 from app.broker import create_publisher
 from app.clientaddr import ClientAddress
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
+from app.deliveries.tokens import signer_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
 from app.incidents.polls import StatusPolls

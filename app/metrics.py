@@ -29,10 +29,10 @@ from pydantic import SecretStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import timeline
 from app.config import Settings
 from app.errors import NotAuthenticated, Problem
 from app.health.service import last_sweep, sweep_runs, worker_health
-from app.incidents import timeline
 from app.models import AnswerCounter, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
 from app.vocabulary import DeliveryStatus, IncidentStatus, TimelineEventKind

@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import jobs as acks_jobs
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
@@ -66,5 +65,5 @@ def run(
     result = sweep(session_factory, settings, publish_batch)
     result["targeting_resumed"] = resumed
     result["approvals_expired"] = expired
-    result["timers"] = acks_jobs.fire_due(session_factory, settings, publish_dispatch)
+    result["timers"] = incident_jobs.fire_due(session_factory, settings, publish_dispatch)
     return result

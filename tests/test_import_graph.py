@@ -99,6 +99,32 @@ def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def is_edge(module: str) -> bool:
+    """The modules that compose the domains: HTTP (routers, the app, its dependencies),
+    the transactions (jobs, the sweep), the CLI and the workers."""
+    return (
+        module.rpartition(".")[2] in ("router", "jobs")
+        or module in ("app.main", "app.api", "app.deps", "app.sweep")
+        or module.startswith(("app.cli", "workers"))
+    )
+
+
+def package_graph(graph: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+    """`app.<package>` (or top-level module) → those it imports, leaving out the edge."""
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        if is_edge(module):
+            continue
+        for target in targets:
+            if target != "app" and package(target) != package(module):
+                packages.setdefault(package(module), set()).add(package(target))
+    return packages
+
+
 def deferred_imports(root: Path, packages: Iterable[str]) -> list[tuple[str, int, bool]]:
     """Every import made inside a function: (module, line, whether a comment is right above
     it or above the run of imports it belongs to)."""
@@ -127,6 +153,15 @@ def test_the_modules_import_each_other_in_one_direction() -> None:
     assert cycles(import_graph(ROOT, PACKAGES)) == []
 
 
+def test_the_domains_depend_on_each_other_in_one_direction() -> None:
+    """incidents → acks → deliveries (→ timeline, models): drawn in the README's Layout."""
+    packages = package_graph(import_graph(ROOT, PACKAGES))
+    assert cycles(packages) == []
+    order = ["app.incidents", "app.acks", "app.deliveries", "app.timeline", "app.models"]
+    for lower, higher in ((b, a) for i, a in enumerate(order) for b in order[i + 1 :]):
+        assert higher not in packages.get(lower, set()), f"{lower} imports {higher}"
+
+
 def test_the_app_never_imports_the_workers() -> None:
     """The app publishes through app/broker.py; only the commands that start a worker or
     beat (`rrmm worker`, `sweeper`, `beat`) load the workers' Celery application."""
@@ -142,6 +177,18 @@ def test_the_app_never_imports_the_workers() -> None:
 def test_every_deferred_import_says_why() -> None:
     unexplained = [(m, line) for m, line, said in deferred_imports(ROOT, PACKAGES) if not said]
     assert unexplained == []
+
+
+def test_packages_are_grouped_without_the_edge() -> None:
+    graph = {
+        "app.a.service": {"app.b.service", "app.a.schemas", "app"},
+        "app.a.router": {"app.c.service"},
+        "app.b.service": {"app.a.schemas", "app.db"},
+        "app.db": set(),
+    }
+    packages = package_graph(graph)
+    assert packages == {"app.a": {"app.b"}, "app.b": {"app.a", "app.db"}}
+    assert cycles(packages) == [["app.a", "app.b"]]
 
 
 def test_cycles_are_found_in_a_graph() -> None:

@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import sweep
 from app.acks.service import record
-from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
+from app.deliveries.tokens import signer_from_settings
 from app.health.service import record_heartbeat, record_sweep
 from app.incidents import jobs as incident_jobs
 from app.metrics import UNMATCHED

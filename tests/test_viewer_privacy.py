@@ -36,10 +36,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
-from app.acks.tokens import AckTokenSigner
 from app.config import Settings
 from app.db import session_scope
+from app.deliveries.tokens import AckTokenSigner
+from app.incidents import followup
 from app.models import Briefing, Delivery, Role
 from app.models.base import utcnow
 from app.vocabulary import DeliveryStatus

@@ -23,10 +23,10 @@ import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from app import timeline
 from app.config import Settings
 from app.deliveries.email import mail_domain, safe_header_value
 from app.deliveries.transport import SmtpSettings, open_smtp
-from app.incidents import timeline
 from app.models import OperatorNotice
 from app.models.base import utcnow
 from app.vocabulary import TimelineEventKind

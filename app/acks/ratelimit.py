@@ -26,8 +26,8 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from app.acks.tokens import AckTokenSigner, InvalidToken
 from app.clientaddr import client_address
+from app.deliveries.tokens import AckTokenSigner, InvalidToken
 from app.errors import AppError
 from app.metrics import RATE_LIMIT_STORAGE_ERRORS
 

@@ -21,8 +21,8 @@ from app.acks.schemas import (
     QuotaView,
     form_comment,
 )
-from app.acks.tokens import AckTokenSigner
 from app.db import session_scope
+from app.deliveries.tokens import AckTokenSigner
 from app.deps import Operator, SessionDep, Viewer
 from app.errors import InvalidInput
 from app.fields import CountryCode, LanguageTag, Network

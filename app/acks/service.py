@@ -15,11 +15,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app import counters
+from app import counters, timeline
 from app.acks.quotas import in_segment
-from app.acks.tokens import AckTokenSigner, InvalidToken
+from app.deliveries.tokens import AckTokenSigner, InvalidToken
 from app.errors import FieldProblem, InvalidInput, NotFound
-from app.incidents import timeline
 from app.models import (
     Ack,
     AnswerCounter,
@@ -104,7 +103,7 @@ def record(
     now = now or utcnow()
     delivery = seen.delivery
     assert delivery.member_id is not None
-    # The incident row first (lock order, see app.incidents.timeline): the answer's place
+    # The incident row first (lock order, see app.timeline): the answer's place
     # in the events stream.
     seq = timeline.take_seq(session, seen.incident.id)
     reference_time = delivery.sent_at or delivery.created_at

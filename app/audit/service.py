@@ -9,8 +9,8 @@ from asgi_correlation_id import correlation_id
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth.principal import Principal
 from app.models import AuditEntry
+from app.principal import Principal
 
 
 def record(

@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.errors import NotAuthenticated, NotFound
 from app.models import ApiKey, Role
 from app.models.base import utcnow
+from app.principal import Principal
 from app.security import hash_api_key, new_api_key
 
 

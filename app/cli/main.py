@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 
 from app import migrate
 from app.auth import service as auth_service
-from app.auth.principal import Principal
 from app.cli.demo import demo as demo_command
 from app.cli.watch import watch as watch_command
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.errors import AppError
 from app.models import ApiKey, Role
+from app.principal import Principal
 
 cli = typer.Typer(help="RRMM: the Rapid Response Media Mechanism.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)

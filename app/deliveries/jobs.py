@@ -12,6 +12,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import timeline
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
@@ -27,7 +28,6 @@ from app.deliveries.service import (
     skip_answered_reminders,
 )
 from app.deliveries.transport import EmailRequest, SendResult, WebhookRequest
-from app.incidents import timeline
 from app.models.base import utcnow
 from app.vocabulary import Channel, DeliveryStatus
 

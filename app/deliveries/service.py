@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
-from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.deliveries import ledger
 from app.deliveries.content import (
@@ -44,6 +43,7 @@ from app.deliveries.email import (
     thread_id,
 )
 from app.deliveries.recorder import OutcomeRecorder
+from app.deliveries.tokens import signer_from_settings
 from app.deliveries.transport import (
     EmailRequest,
     SmtpSender,

@@ -31,7 +31,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.acks.quotas import Segment, count_quota_targets
-from app.auth.principal import Principal
 from app.db import on_commit
 from app.deliveries import ledger
 from app.deliveries.content import choose_language, has_language
@@ -39,6 +38,7 @@ from app.deliveries.quiet_hours import DEFERRABLE_SEVERITIES, first_attempt_at
 from app.incidents.audience import REACHES
 from app.models import Briefing, Delivery, Incident, IncidentTarget, Member
 from app.models.base import UTCDateTime, utcnow
+from app.principal import Principal
 from app.vocabulary import BriefingKind, DeliveryStatus
 
 # Called after commit with the id of a briefing version whose deliveries should start.

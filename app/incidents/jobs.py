@@ -1,21 +1,24 @@
 """The incidents' work that runs its own transactions (the worker's and the sweep's):
-write a version's remaining targets and ledger rows chunk by chunk, and note the fan-outs
-that have finished. What each step writes in one session is targeting.py's and
-timeline.py's."""
+write a version's remaining targets and ledger rows chunk by chunk, note the fan-outs that
+have finished, and fire the due follow-up timers, one transaction each. What each step
+writes in one session is targeting.py's, app/timeline.py's and followup.py's."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+import structlog
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from app.clock import SYSTEM, Clock
+from app.config import Settings
 from app.db import begin_immediate, session_scope
+from app.incidents import briefings, followup
 from app.incidents.targeting import write_chunk
-from app.incidents.timeline import LATENCY_BUCKETS, add_once
 from app.models import (
     Briefing,
     BriefingTargeting,
@@ -23,9 +26,13 @@ from app.models import (
     DeliveryCounter,
     Incident,
     IncidentEvent,
+    IncidentTimer,
 )
 from app.models.base import utcnow
+from app.timeline import LATENCY_BUCKETS, add_once
 from app.vocabulary import OPEN_DELIVERY_STATUSES, TimelineEventKind
+
+log = structlog.get_logger(__name__)
 
 Dispatch = Callable[[int], object]
 
@@ -161,3 +168,52 @@ def record_finished_fanouts(session_factory: Any) -> int:
                 },
             )
     return finished
+
+
+RETRY_FAILED_TIMER = timedelta(minutes=1)
+
+
+def fire_due(
+    session_factory: Any,
+    settings: Settings,
+    dispatch: briefings.Dispatcher,
+    limit: int = 50,
+    *,
+    clock: Clock = SYSTEM,
+) -> int:
+    """Fire due timers, one transaction each. A timer whose work fails is postponed a
+    minute and fired again then. (The operators' notice is only queued here: see
+    app/acks/outbox.py for its sending and retries.)"""
+    fired = 0
+    for _ in range(limit):
+        timer_id = None
+        try:
+            with session_scope(session_factory) as session:
+                timer = followup.take_due_timer(session, clock.now())
+                if timer is None:
+                    return fired
+                timer_id = timer.id
+                timer.outcome = followup.fire(session, timer, settings=settings, dispatch=dispatch)[
+                    :200
+                ]
+                followup.add_to_timeline(session, timer)
+                log.info(
+                    "timer_fired",
+                    kind=timer.kind,
+                    incident_id=str(timer.incident_id),
+                    outcome=timer.outcome,
+                )
+        except Exception as exc:
+            # Whatever failed (a database error, or a bug), this timer waits a minute and
+            # the others still fire: one bad timer never blocks the rest.
+            log.warning("timer_postponed", timer_id=timer_id, error=type(exc).__name__)
+            if timer_id is not None:
+                with session_scope(session_factory) as session:
+                    session.execute(
+                        update(IncidentTimer)
+                        .where(IncidentTimer.id == timer_id)
+                        .values(due_at=clock.now() + RETRY_FAILED_TIMER)
+                    )
+            continue
+        fired += 1
+    return fired

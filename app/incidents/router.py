@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from app import timeline
 from app.broker import api_dispatcher
 from app.deps import Operator, PollingViewer, SessionDep, SettingsDep, Viewer, WriteSessionDep
 from app.etags import etag_matches
-from app.incidents import events, preview, service, timeline
+from app.incidents import events, preview, service
 from app.incidents import status as status_reads
 from app.incidents.briefings import Dispatcher
 from app.incidents.schemas import (

@@ -14,14 +14,13 @@ from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.acks.followup import create_timers
+from app import timeline
 from app.acks.outbox import add_notice
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.config import Settings
 from app.db import contains_pattern
 from app.errors import Conflict, FieldProblem, Forbidden, InvalidInput, NotFound
-from app.incidents import audience, targeting, timeline
+from app.incidents import audience, targeting
 from app.incidents.briefings import (
     STANDARD_END,
     Dispatcher,
@@ -31,6 +30,7 @@ from app.incidents.briefings import (
     retire_unsent,
     supersede_versions,
 )
+from app.incidents.followup import create_timers
 from app.incidents.schemas import (
     DEFAULT_RESPONSES,
     IncidentCreate,
@@ -49,6 +49,7 @@ from app.models import (
     Roster,
 )
 from app.models.base import utcnow
+from app.principal import Principal
 from app.vocabulary import (
     ENDED_INCIDENT_STATUSES,
     BriefingKind,

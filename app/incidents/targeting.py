@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from app.incidents import timeline
+from app import timeline
 from app.incidents.audience import (
     REACHES,
     audience_condition,

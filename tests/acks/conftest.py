@@ -18,9 +18,9 @@ from kombu import Connection, Queue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks.tokens import AckTokenSigner, signer_from_settings
 from app.broker import BEAT_QUEUE, SEND_QUEUE
 from app.config import Settings
+from app.deliveries.tokens import AckTokenSigner, signer_from_settings
 from app.main import create_app
 from app.models import Ack, Briefing, CurrentAck, Delivery, Role
 from tests.support.factories import declare_body, member_payload

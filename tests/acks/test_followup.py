@@ -26,9 +26,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import jobs as acks_jobs
 from app.broker import DISPATCH_TASK, create_publisher
 from app.config import Settings
+from app.incidents import jobs as incident_jobs
 from app.models import Ack, Briefing, Delivery, IncidentTimer, Role
 from app.models.base import utcnow
 from app.netutil import wait_until
@@ -90,7 +90,7 @@ def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerPro
 def fire_timers(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> Iterator[Callable[[ManualClock], int]]:
-    """Beat's timer step (`acks.jobs.fire_due`) at the test's clock, publishing what it
+    """Beat's timer step (`incidents.jobs.fire_due`) at the test's clock, publishing what it
     dispatches to the real broker as the worker's sweep does. Tests that use it declare
     timers far enough ahead that the worker's own beat never reaches them."""
     publisher = create_publisher(settings.model_copy(update={"operator_emails": [OPERATOR]}))
@@ -99,7 +99,7 @@ def fire_timers(
         publisher.send_task(DISPATCH_TASK, args=(briefing_id,))
 
     def fire(clock: ManualClock) -> int:
-        return acks_jobs.fire_due(
+        return incident_jobs.fire_due(
             session_factory,
             settings.model_copy(update={"operator_emails": [OPERATOR]}),
             dispatch,

@@ -25,6 +25,7 @@ from app.acks import jobs as acks_jobs
 from app.acks import outbox
 from app.config import Settings
 from app.db import session_scope
+from app.incidents import jobs as incident_jobs
 from app.models import IncidentEvent, IncidentTimer, OperatorNotice
 from app.models.base import utcnow
 from app.netutil import free_port, wait_until
@@ -132,7 +133,7 @@ def test_a_hung_relay_does_not_hold_the_incident_and_the_notice_goes_out_when_it
     results: dict[str, int] = {}
 
     def sweep() -> None:  # what workers.tasks.sweep runs, in this order
-        results["timers"] = acks_jobs.fire_due(session_factory, settings, lambda _: None)
+        results["timers"] = incident_jobs.fire_due(session_factory, settings, lambda _: None)
         results["notices"] = acks_jobs.send_due(session_factory, settings)
 
     sweeper = threading.Thread(target=sweep, daemon=True)
@@ -207,7 +208,7 @@ def test_attempts_are_bounded_and_back_off(
     closed_port = free_port()  # nothing listens: every attempt is refused at once
     settings = notice_settings(ack_settings, closed_port, operator_notice_max_attempts=3)
     incident, _ = incident_at_its_deadline(api, session_factory)
-    assert acks_jobs.fire_due(session_factory, settings, lambda _: None) == 1
+    assert incident_jobs.fire_due(session_factory, settings, lambda _: None) == 1
 
     waits = []
     for attempt in (1, 2, 3):
@@ -247,7 +248,7 @@ def test_no_notice_without_unmet_quotas_or_addresses(
     with session_scope(session_factory) as session:
         session.execute(update(IncidentTimer).values(due_at=utcnow() - timedelta(seconds=1)))
 
-    assert acks_jobs.fire_due(session_factory, settings, lambda _: None) == 1
+    assert incident_jobs.fire_due(session_factory, settings, lambda _: None) == 1
 
     with session_factory() as session:
         assert session.scalars(select(OperatorNotice)).all() == []
@@ -267,7 +268,7 @@ def test_the_notice_follows_the_starttls_mode(
         required = notice_settings(
             ack_settings, plain.port, smtp_starttls="required", **credentials
         )
-        assert acks_jobs.fire_due(session_factory, required, lambda _: None) == 1
+        assert incident_jobs.fire_due(session_factory, required, lambda _: None) == 1
         # The relay does not offer STARTTLS: refused before any password or message.
         assert acks_jobs.send_due(session_factory, required) == 0
         refused = the_notice(session_factory)
@@ -310,7 +311,7 @@ def test_two_senders_never_send_the_same_notice_twice(
     try:
         settings = notice_settings(ack_settings, sink.port)
         incident_at_its_deadline(api, session_factory)
-        assert acks_jobs.fire_due(session_factory, settings, lambda _: None) == 1
+        assert incident_jobs.fire_due(session_factory, settings, lambda _: None) == 1
         sent: list[int] = []
         barrier = threading.Barrier(2)
 

@@ -17,13 +17,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import jobs as acks_jobs
 from app.acks.service import record
-from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
+from app.deliveries.tokens import signer_from_settings
 from app.incidents import jobs as incident_jobs
 from app.incidents.service import activate_mobilized
 from app.models import Ack, Delivery, IncidentEvent, IncidentTimer, Role
@@ -80,7 +79,7 @@ def fire_timers_now(session_factory: sessionmaker[Session], settings: Settings) 
         timers = session.scalars(select(IncidentTimer).order_by(IncidentTimer.due_at)).all()
         for n, timer in enumerate(timers):
             timer.due_at = utcnow() - timedelta(seconds=len(timers) - n)
-    return acks_jobs.fire_due(session_factory, settings, lambda _: None)
+    return incident_jobs.fire_due(session_factory, settings, lambda _: None)
 
 
 def test_the_timeline_tells_the_whole_incident_in_order(

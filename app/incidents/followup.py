@@ -14,10 +14,11 @@ import structlog
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
+from app import timeline
 from app.acks import outbox
 from app.acks.quotas import met_segments, quota_progress
 from app.config import Settings
-from app.incidents import audience, briefings, timeline
+from app.incidents import audience, briefings
 from app.models import CurrentAck, Incident, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
 from app.vocabulary import ENDED_INCIDENT_STATUSES, BriefingKind, TimelineEventKind, TimerKind
@@ -89,7 +90,7 @@ def fire(
     session: Session, timer: IncidentTimer, *, settings: Settings, dispatch: briefings.Dispatcher
 ) -> str:
     """Do what the timer is for; returns a short outcome kept on the timer row."""
-    # The incident row first (see app.incidents.timeline for the lock order): a reminder
+    # The incident row first (see app.timeline for the lock order): a reminder
     # and an update of one incident also get distinct briefing versions this way.
     incident = session.get(Incident, timer.incident_id, with_for_update=True)
     if incident is None or incident.status in ENDED_INCIDENT_STATUSES:
