@@ -14,16 +14,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.acks.ratelimit import RateLimiter
-from app.acks.tokens import AckTokenSigner
-from app.auth.service import Principal, authenticate
+from app.auth.service import authenticate
 from app.config import Settings
 from app.db import begin_immediate, session_scope
+from app.deliveries.tokens import AckTokenSigner
 from app.errors import Forbidden, NotAuthenticated
 from app.incidents.events import EventHub
 from app.incidents.service import get_incident
 from app.incidents.status import StatusCache
 from app.members.service import MemberPolicy
 from app.models import Incident, Role
+from app.principal import Principal
 from app.security import hash_api_key
 from app.state import AppState, app_state
 

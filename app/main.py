@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
-from app.acks.ratelimit import RateLimiter
-from app.acks.tokens import signer_from_settings
+from app.acks.ratelimit import RATE_LIMIT_STORAGE_ERRORS, RateLimiter
 from app.api import mount_routers
 from app.auth.cache import KeyCache
+from app.broker import create_publisher
 from app.clientaddr import ClientAddress
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings
+from app.deliveries.tokens import signer_from_settings
 from app.errors import PROBLEM_JSON, Problem, install_error_handlers
 from app.incidents.events import EventHub
 from app.incidents.polls import StatusPolls
@@ -25,11 +26,10 @@ from app.incidents.schemas import EVENT_STREAM_MODELS
 from app.incidents.status import StatusCache
 from app.logging import configure_logging
 from app.members.service import MemberPolicy
-from app.metrics import RATE_LIMIT_STORAGE_ERRORS, install_metrics
+from app.metrics import install_metrics
 from app.middleware import AccessLog, BodySizeLimit, ConcurrencyLimit
 from app.security import SecretBox
 from app.state import AppState, Running, set_app_state
-from workers.celery_app import create_publisher
 
 DESCRIPTION = """
 The Rapid Response Media Mechanism: rosters of the two networks (personalities and

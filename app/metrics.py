@@ -16,7 +16,7 @@ from datetime import datetime
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -29,10 +29,10 @@ from pydantic import SecretStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import timeline
 from app.config import Settings
 from app.errors import NotAuthenticated, Problem
 from app.health.service import last_sweep, sweep_runs, worker_health
-from app.incidents import timeline
 from app.models import AnswerCounter, Delivery, DeliveryCounter, Incident, IncidentEvent
 from app.models.base import utcnow
 from app.state import AppState, app_state
@@ -48,13 +48,6 @@ INCIDENT_STATUSES = tuple(IncidentStatus)
 UNMATCHED = "<unmatched>"
 
 router = APIRouter(tags=["health"])
-
-# Counted in the process, registered into each app's registry by create_app (app/main.py).
-RATE_LIMIT_STORAGE_ERRORS = Counter(
-    "rrmm_rate_limit_storage_errors_total",
-    "Rate-limit checks let through because the limiter's storage could not be reached.",
-    registry=None,
-)
 
 
 @router.get(

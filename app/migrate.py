@@ -6,6 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+
+from app.db import create_db_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -28,10 +31,6 @@ def downgrade(database_url: str, revision: str) -> None:
 
 
 def current_heads(database_url: str) -> set[str]:
-    from alembic.runtime.migration import MigrationContext
-
-    from app.db import create_db_engine
-
     engine = create_db_engine(database_url)
     try:
         with engine.connect() as connection:

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from app.acks.ratelimit import RateLimiter
-    from app.acks.tokens import AckTokenSigner
     from app.auth.cache import KeyCache
     from app.config import Settings
+    from app.deliveries.tokens import AckTokenSigner
     from app.incidents.events import EventHub
     from app.incidents.status import StatusCache
     from app.members.service import MemberPolicy

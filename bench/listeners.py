@@ -24,9 +24,10 @@ import aiohttp
 import httpx
 from sqlalchemy.orm import sessionmaker
 
-from app.auth.service import Principal, create_key
+from app.auth.service import create_key
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.models import Role
+from app.principal import Principal
 from bench.fanout import BRIEFING, BenchError, Components, Service, log, rollup_kb
 
 STREAMS_PER_KEY = 10  # RRMM_EVENTS_MAX_STREAMS_PER_KEY's default

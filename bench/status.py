@@ -48,8 +48,8 @@ from sqlalchemy import Engine, Table, event, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import counters
-from app.acks.service import delay_bucket, in_segment, quota_progress
-from app.auth.service import Principal
+from app.acks.quotas import in_segment, quota_progress
+from app.acks.service import delay_bucket
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.deliveries import ledger
 from app.incidents.schemas import IncidentCreate
@@ -67,6 +67,7 @@ from app.models import (
     QuotaCounter,
 )
 from app.models.base import utcnow, uuid7
+from app.principal import Principal
 from app.vocabulary import DeliveryStatus
 from bench.fanout import (
     LANGUAGES,
@@ -658,7 +659,7 @@ def add_answers(session: Session, incident_id: uuid.UUID, share: float, rng: ran
         delay = timedelta(seconds=math.exp(rng.uniform(math.log(5), math.log(7200))))
         answers.append((row, rng.choice(incident.responses), incident.declared_at + delay))
     # Answers take the incident's next event numbers in time order, as one at a time would
-    # (app.incidents.timeline.take_seq, here for all at once).
+    # (app.timeline.take_seq, here for all at once).
     answers.sort(key=lambda answer: answer[2])
     last_seq = session.execute(
         update(Incident)

@@ -24,12 +24,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import migrate
-from app.auth.service import Principal, create_key
+from app.auth.service import create_key
 from app.cli.supervisor import redis_answers, redis_server_argv
 from app.config import Settings
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Base, Role
+from app.principal import Principal
 from tests.support.database import scratch_database
 from tests.support.factories import TEST_SECRET_KEY
 from tests.support.sinks import SmtpSink, WebhookReceiver, sinks

@@ -32,10 +32,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
-from app.acks.tokens import signer_from_settings
+from app.broker import BEAT_QUEUE, SEND_QUEUE
 from app.cli.main import cli
 from app.config import Settings, get_settings
 from app.db import create_db_engine
+from app.deliveries.tokens import signer_from_settings
 from app.main import create_app
 from app.models import Base, Delivery, Role
 from app.netutil import wait_until
@@ -44,7 +45,6 @@ from tests.support.database import scratch_database
 from tests.support.factories import declare_body, wait_final
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
-from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 MEMBERS = 400
 ROSTER_SIZE = 25

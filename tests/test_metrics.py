@@ -15,13 +15,15 @@ from pydantic import SecretStr
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import sweep
 from app.acks.service import record
-from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
+from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
-from app.deliveries import service as deliveries
+from app.deliveries.tokens import signer_from_settings
 from app.health.service import record_heartbeat, record_sweep
+from app.incidents import jobs as incident_jobs
 from app.metrics import UNMATCHED
 from app.models import Delivery
 from app.models.base import utcnow
@@ -194,8 +196,8 @@ def test_each_sweep_is_recorded(
 ) -> None:
     published: list[list[int]] = []
     _text, before = scrape(client)
-    deliveries.sweep(session_factory, settings, published.append)
-    deliveries.sweep(session_factory, settings, published.append)
+    sweep.sweep(session_factory, settings, published.append)
+    sweep.sweep(session_factory, settings, published.append)
 
     _text, samples = scrape(client)
 
@@ -210,7 +212,6 @@ def test_fanout_latency_and_duration_histograms(
 ) -> None:
     """A finished fan-out adds its sends to the latency histogram and itself to the
     duration histogram; an unfinished one adds nothing yet."""
-    from app.incidents import timeline
 
     settings: Settings = app_state(client.app).settings  # type: ignore[arg-type]
     data = seed(client, operator)
@@ -235,7 +236,7 @@ def test_fanout_latency_and_duration_histograms(
                 values={"sent_at": created + timedelta(seconds=delay)},
                 now=utcnow(),
             )
-    assert timeline.record_finished_fanouts(session_factory) == 1
+    assert incident_jobs.record_finished_fanouts(session_factory) == 1
 
     _, after = scrape(client)
 

@@ -7,8 +7,8 @@ from typing import Any
 from celery import Celery
 from kombu import Connection, Queue
 
+from app.broker import BEAT_QUEUE, SEND_QUEUE, SEND_TASK, celery_config
 from app.config import Settings
-from workers.celery_app import BEAT_QUEUE, SEND_QUEUE, SEND_TASK, celery_config
 
 
 def depth(connection: Any, name: str) -> int:

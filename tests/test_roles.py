@@ -20,9 +20,10 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.service import Principal, create_key, revoke_key
+from app.auth.service import create_key, revoke_key
 from app.db import session_scope
 from app.models import Role
+from app.principal import Principal
 from app.security import new_api_key
 from tests.support.factories import PUBLIC_WEBHOOK, assert_problem, member_payload
 

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner, Result
 
-from app.acks.tokens import AckTokenSigner, InvalidToken
 from app.cli.main import cli
 from app.config import Settings, get_settings
+from app.deliveries.tokens import AckTokenSigner, InvalidToken
 from app.models import AuditEntry, Member, Role
 from app.security import SecretBox
 from tests.acks.conftest import Api, ack_settings_from, delivery_of, sign

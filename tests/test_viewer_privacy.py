@@ -36,15 +36,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
-from app.acks.tokens import AckTokenSigner
-from app.auth.service import Principal
 from app.config import Settings
 from app.db import session_scope
+from app.deliveries.tokens import AckTokenSigner
+from app.incidents import followup
 from app.models import Briefing, Delivery, Role
 from app.models import Person as PersonRow
 from app.models.base import utcnow
 from app.people import service as people
+from app.principal import Principal
 from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests import test_roles

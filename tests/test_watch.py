@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner, Result
 
 from app.acks.service import record
-from app.acks.tokens import signer_from_settings
 from app.cli.main import cli
 from app.cli.watch import Grouping, StatusClient, is_settled
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
+from app.deliveries.tokens import signer_from_settings
 from app.main import create_app
 from app.models import Delivery, Role
 from app.models.base import utcnow

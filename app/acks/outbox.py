@@ -23,10 +23,10 @@ import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from app import timeline
 from app.config import Settings
 from app.deliveries.email import mail_domain, safe_header_value
 from app.deliveries.transport import SmtpSettings, open_smtp
-from app.incidents import timeline
 from app.models import OperatorNotice
 from app.models.base import utcnow
 from app.vocabulary import TimelineEventKind
@@ -95,7 +95,7 @@ def _due(now: datetime) -> Any:
     )
 
 
-def _claim(session: Session, settings: Settings, now: datetime) -> _Claimed | None:
+def claim(session: Session, settings: Settings, now: datetime) -> _Claimed | None:
     """Take the oldest due notice: the conditional UPDATE makes sure one sender has it."""
     candidate = session.scalar(
         select(OperatorNotice.id).where(_due(now)).order_by(OperatorNotice.id).limit(1)
@@ -159,7 +159,7 @@ class _Outcome:
     final: bool = False  # no later attempt can do better
 
 
-def _send(settings: Settings, claimed: _Claimed) -> _Outcome:
+def send(settings: Settings, claimed: _Claimed) -> _Outcome:
     """The SMTP conversation, bounded by an overall deadline."""
     try:
         message = _message(settings, claimed)
@@ -193,7 +193,7 @@ def retry_delay(settings: Settings, attempt: int) -> timedelta:
     return min(timedelta(seconds=seconds), MAX_RETRY_DELAY)
 
 
-def _record(session: Session, settings: Settings, claimed: _Claimed, outcome: _Outcome) -> str:
+def record(session: Session, settings: Settings, claimed: _Claimed, outcome: _Outcome) -> str:
     """Write the outcome if the claim is still ours; returns the notice's new status."""
     now = utcnow()
     mine = and_(
@@ -235,34 +235,3 @@ def _record(session: Session, settings: Settings, claimed: _Claimed, outcome: _O
             },
         )
     return status
-
-
-def send_due(session_factory: Any, settings: Settings, limit: int = 20) -> int:
-    """Send due operators' notices, each claimed and recorded in its own short transaction
-    with none open while the relay is spoken to. Returns how many were sent."""
-    from app.db import session_scope
-
-    sent = 0
-    for _ in range(limit):
-        with session_scope(session_factory) as session:
-            claimed = _claim(session, settings, utcnow())
-        if claimed is None:
-            break
-        outcome = _send(settings, claimed)
-        with session_scope(session_factory) as session:
-            status = _record(session, settings, claimed, outcome)
-        log_event = log.info if status == SENT else log.warning
-        log_event(
-            "operator_notice",
-            notice_id=claimed.id,
-            incident_id=str(claimed.incident_id),
-            attempt=claimed.attempt,
-            status=status,
-            error=outcome.error,
-        )
-        sent += status == SENT
-        if not outcome.sent and status != FAILED:
-            # The relay is failing: the other due notices wait for the next sweep rather
-            # than each waiting out its own timeout now.
-            break
-    return sent

@@ -25,13 +25,21 @@ from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
 
-from app.acks.tokens import AckTokenSigner, InvalidToken
 from app.clientaddr import client_address
+from app.deliveries.tokens import AckTokenSigner, InvalidToken
 from app.errors import AppError
-from app.metrics import RATE_LIMIT_STORAGE_ERRORS
 
 log = structlog.get_logger(__name__)
+
+# Counted in the process (by the ack routes' limiter and the console's), registered into
+# each app's registry by create_app (app/main.py).
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "rrmm_rate_limit_storage_errors_total",
+    "Rate-limit checks let through because the limiter's storage could not be reached.",
+    registry=None,
+)
 
 # A limiter check waits at most this long for Redis before letting the request through.
 STORAGE_TIMEOUT_SECONDS = 0.5

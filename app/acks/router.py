@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse
 
-from app.acks import service
+from app.acks import quotas, service
 from app.acks.page import render_invalid, render_page, response_labels
 from app.acks.schemas import (
     AckCreate,
@@ -223,4 +223,4 @@ def member_ack_history(
 @router.get("/v1/incidents/{incident_id}/quotas", response_model=list[QuotaView])
 def quota_progress(session: SessionDep, _viewer: Viewer, incident: IncidentDep) -> list[QuotaView]:
     """Coverage quotas and how far each segment is (aggregates only)."""
-    return [QuotaView.from_progress(p) for p in service.quota_progress(session, incident)]
+    return [QuotaView.from_progress(p) for p in quotas.quota_progress(session, incident)]

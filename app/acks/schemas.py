@@ -12,7 +12,7 @@ from app.fields import Text
 if TYPE_CHECKING:
     from sqlalchemy import Row
 
-    from app.acks.service import QuotaProgress
+    from app.acks.quotas import QuotaProgress
     from app.models import Ack
 
 Comment = Annotated[Text, StringConstraints(max_length=2000)]

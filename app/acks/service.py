@@ -1,25 +1,24 @@
 """Answers to incidents: recorded from a signed token, one current answer per member, the
-whole history kept; and the coverage quotas measured against them."""
+whole history kept; each answer counted into the coverage quotas (app/acks/quotas.py)."""
 
 from __future__ import annotations
 
 import math
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app import counters
-from app.acks.tokens import AckTokenSigner, InvalidToken
+from app import counters, timeline
+from app.acks.quotas import in_segment
+from app.deliveries.tokens import AckTokenSigner, InvalidToken
 from app.errors import FieldProblem, InvalidInput, NotFound
-from app.incidents import timeline
 from app.models import (
     Ack,
     AnswerCounter,
@@ -28,7 +27,6 @@ from app.models import (
     CurrentAck,
     Delivery,
     Incident,
-    IncidentTarget,
     Member,
     QuotaCounter,
 )
@@ -118,7 +116,7 @@ def record(
     now = now or utcnow()
     delivery = seen.delivery
     assert delivery.member_id is not None
-    # The incident row first (lock order, see app.incidents.timeline): the answer's place
+    # The incident row first (lock order, see app.timeline): the answer's place
     # in the events stream.
     seq = timeline.take_seq(session, seen.incident.id)
     reference_time = delivery.sent_at or delivery.created_at
@@ -190,18 +188,6 @@ def bucket_seconds(bucket: int) -> float:
     """A bucket's representative delay: its geometric middle (within ±4.5% of any delay
     in it)."""
     return 0.5 if bucket == 0 else float(2 ** ((bucket - 0.5) / 8))
-
-
-def in_segment(quota: dict[str, Any], network: str, country: str, languages: list[str]) -> bool:
-    """Python twin of `segment_condition`, for counting one member at a time."""
-    if quota.get("network") and network != quota["network"]:
-        return False
-    if quota.get("countries") and country not in quota["countries"]:
-        return False
-    wanted = quota.get("languages") or []
-    return not wanted or any(
-        have == lang or have.startswith(lang + "-") for lang in wanted for have in languages
-    )
 
 
 def _count_answer(
@@ -285,41 +271,6 @@ def _note_quota_crossings(session: Session, incident: Incident, changes: dict[in
         )
 
 
-class Segment(NamedTuple):
-    """Members sharing a network, country and language list: `members` of them."""
-
-    network: str
-    country: str
-    languages: list[str]
-    members: int
-
-
-def count_quota_targets(session: Session, incident: Incident, segments: Sequence[Segment]) -> None:
-    """Count newly targeted members into each quota's segment."""
-    quotas = incident.followup.get("quotas", [])
-    if not quotas or not segments:
-        return
-    counters.add(
-        session,
-        QuotaCounter,
-        [
-            {
-                "incident_id": incident.id,
-                "quota_index": index,
-                "answered": 0,
-                "targeted": sum(
-                    s.members
-                    for s in segments
-                    if in_segment(quota, s.network, s.country, s.languages)
-                ),
-            }
-            for index, quota in enumerate(quotas)
-        ],
-        keys=("incident_id", "quota_index"),
-        sums=("targeted",),
-    )
-
-
 def list_current(
     session: Session,
     incident_id: uuid.UUID,
@@ -361,76 +312,3 @@ def history(session: Session, incident_id: uuid.UUID, member_id: uuid.UUID) -> l
             .order_by(Ack.id)
         )
     )
-
-
-def segment_condition(session: Session, quota: dict[str, Any]) -> Any:
-    """SQL for "this member belongs to the quota's segment"."""
-    from app.members.service import json_array_has_language
-
-    conditions = []
-    if quota.get("network"):
-        conditions.append(Member.network == quota["network"])
-    if quota.get("countries"):
-        conditions.append(Member.country.in_(quota["countries"]))
-    if quota.get("languages"):
-        conditions.append(
-            or_(
-                *(
-                    json_array_has_language(session, Member.languages, lang)
-                    for lang in quota["languages"]
-                )
-            )
-        )
-    return and_(*conditions) if conditions else Member.id.is_not(None)
-
-
-@dataclass(frozen=True)
-class QuotaProgress:
-    index: int
-    quota: dict[str, Any]
-    answered: int
-    targeted: int
-
-    @property
-    def met(self) -> bool:
-        return self.answered >= int(self.quota["min"])
-
-
-def quota_progress(session: Session, incident: Incident) -> list[QuotaProgress]:
-    """For each quota: targeted members of the segment, and how many gave a counting answer."""
-    progress = []
-    for index, quota in enumerate(incident.followup.get("quotas", [])):
-        segment = segment_condition(session, quota)
-        targeted = session.scalar(
-            select(func.count())
-            .select_from(IncidentTarget)
-            .join(Member, Member.id == IncidentTarget.member_id)
-            .where(IncidentTarget.incident_id == incident.id, segment)
-        )
-        answered = session.scalar(
-            select(func.count())
-            .select_from(CurrentAck)
-            .join(Member, Member.id == CurrentAck.member_id)
-            .where(
-                CurrentAck.incident_id == incident.id,
-                CurrentAck.response.in_(quota["responses"]),
-                segment,
-            )
-        )
-        progress.append(QuotaProgress(index, quota, answered or 0, targeted or 0))
-    return progress
-
-
-def met_segments(session: Session, incident: Incident) -> Any | None:
-    """SQL for "the member is in a segment whose quota is met" (None if no quota is met)."""
-    met = [p.quota for p in quota_progress(session, incident) if p.met]
-    if not met:
-        return None
-    return or_(*(segment_condition(session, quota) for quota in met))
-
-
-def get_incident_or_404(session: Session, incident_id: uuid.UUID) -> Incident:
-    incident = session.get(Incident, incident_id)
-    if incident is None:
-        raise NotFound(f"no incident {incident_id}")
-    return incident

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgi_correlation_id import correlation_id
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import AuditEntry
-
-if TYPE_CHECKING:
-    from app.auth.service import Principal
+from app.principal import Principal
 
 
 def record(

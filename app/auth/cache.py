@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
-from app.auth.service import Principal
+from app.principal import Principal
 
 
 class KeyCache:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,20 +11,8 @@ from app.audit.service import record
 from app.errors import NotAuthenticated, NotFound
 from app.models import ApiKey, Role
 from app.models.base import utcnow
+from app.principal import Principal
 from app.security import hash_api_key, new_api_key
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the key's id (for the audit trail), its name and its role."""
-
-    key_id: uuid.UUID | None
-    name: str
-    role: Role
-
-    @classmethod
-    def cli(cls) -> Principal:
-        return cls(key_id=None, name="cli", role=Role.ADMIN)
 
 
 def create_key(session: Session, *, name: str, role: Role, actor: Principal) -> tuple[ApiKey, str]:

@@ -13,17 +13,15 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
 from app.briefing_templates.schemas import (
     TemplateCreate,
     TemplateRef,
@@ -31,9 +29,9 @@ from app.briefing_templates.schemas import (
     TemplateUse,
 )
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
-from app.incidents.schemas import BriefingEntry, BriefingSource
-from app.models import Briefing, BriefingTemplate, BriefingTemplateVersion, Incident
+from app.models import BriefingTemplate, BriefingTemplateVersion
 from app.models.base import utcnow
+from app.principal import Principal
 
 _PARTS = ("subject", "body")
 
@@ -251,8 +249,8 @@ def render_briefing(
 ) -> tuple[dict[str, Any], TemplateRef]:
     """The briefing (`{"en": {"subject", "body", "talking_points"}}`) a template renders to
     with the given values, and which version it was. A value for no variable of the
-    template, a required one missing or a rendering the briefing's limits refuse: 422s
-    naming the field."""
+    template or a required one missing: 422s naming the field. (Whether the rendering fits
+    a briefing's limits is the incidents' to say: app/incidents/templated.py.)"""
     try:
         at = template_at(session, use.id, use.version, field="body.template.version")
     except NotFound as exc:
@@ -284,48 +282,5 @@ def render_briefing(
         except TemplateError as exc:
             raise _invalid("body.template", f"the {language} entry does not render: {exc}") from exc
         rendered["talking_points"] = [p for p in points if p]
-        try:
-            briefing[language] = BriefingEntry.model_validate(rendered).model_dump()
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            part = ".".join(str(p) for p in error["loc"])
-            raise _invalid(
-                "body.template.variables",
-                f"the rendered {language} {part} is not a valid briefing: {error['msg']}",
-            ) from exc
+        briefing[language] = rendered
     return briefing, TemplateRef(id=at.template.id, version=at.version)
-
-
-Written = TypeVar("Written", bound=BaseModel)
-
-
-def written(
-    session: Session, body: BriefingSource, into: type[Written]
-) -> tuple[Written, TemplateRef | None]:
-    """A declaration or update as the incidents service takes it: with its briefing
-    written out, rendered from the template when the body names one."""
-    fields = body.model_dump(exclude={"template"})
-    if body.template is None:
-        return into.model_validate(fields), None
-    briefing, used = render_briefing(session, body.template, require_english=body.require_english)
-    try:
-        return into.model_validate({**fields, "briefing": briefing}), used
-    except ValidationError as exc:
-        raise _invalid(
-            "body.template", f"the rendered briefing is not valid: {exc.errors()[0]['msg']}"
-        ) from exc
-
-
-def record_use(
-    session: Session, incident: Incident, used: TemplateRef, *, briefing: Briefing | None = None
-) -> None:
-    """Record on the incident (for its declaration) or on the briefing version which
-    template, at which version, the wording came from."""
-    if briefing is None:
-        incident.template_id, incident.template_version = used.id, used.version
-        briefing = session.scalars(
-            select(Briefing).where(Briefing.incident_id == incident.id).order_by(Briefing.version)
-        ).first()
-    if briefing is not None:
-        briefing.template_id, briefing.template_version = used.id, used.version
-    session.flush()

@@ -10,30 +10,13 @@ two coverage quotas and a quick reminder, and shows it unfold with `rrmm watch`'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-
-class DemoError(Exception):
-    """Why the demo cannot go on, in one line."""
-
-
-@dataclass(frozen=True)
-class Options:
-    members: int
-    auto_ack: float
-    email_ack: float
-    port: int
-    smtp_port: int
-    keep_running: bool
-    var: Path
-    reminder_after: int
-    timeout: float
-    seed: int
+from app.cli.demo_options import DemoError, Options
 
 
 def demo(

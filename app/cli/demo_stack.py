@@ -24,9 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
 from app import migrate
-from app.auth.service import Principal, create_key
-from app.cli.demo import DemoError, Options
+from app.auth.service import create_key
 from app.cli.demo_network import DemoMember, briefing, build_network
+from app.cli.demo_options import DemoError, Options
 from app.cli.demo_peers import MailReader, NewsroomReceiver
 from app.cli.supervisor import (
     Supervisor,
@@ -41,6 +41,7 @@ from app.db import create_session_factory, engine_from_settings, session_scope
 from app.logging import configure_logging
 from app.models import Role
 from app.netutil import free_port
+from app.principal import Principal
 
 log = structlog.get_logger("rrmm.demo")
 MARKER = ".rrmm-demo"

@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 
 from app import migrate
 from app.auth import service as auth_service
-from app.auth.service import Principal
 from app.cli.demo import demo as demo_command
 from app.cli.watch import watch as watch_command
 from app.config import Settings, get_settings
 from app.db import create_session_factory, engine_from_settings, session_scope
 from app.errors import AppError
 from app.models import ApiKey, Role
+from app.principal import Principal
 
 cli = typer.Typer(help="RRMM: the Rapid Response Media Mechanism.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -90,6 +90,7 @@ def run(
     """Run the whole service on the embedded default: bundled redis-server, SQLite, the API,
     a worker, a sweeper with beat and a local SMTP catcher (mail lands in var/mail). Ctrl-C
     stops all."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.cli.supervisor import run as run_all
 
     settings = Settings(mode="embedded")
@@ -109,6 +110,7 @@ def api(
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
 ) -> None:
     """Serve the HTTP API against the configured database and broker."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     import uvicorn
 
     from app.serving import uvicorn_options
@@ -138,6 +140,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (and, with --beat, the periodic scheduler)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from workers.celery_app import celery_app
 
     settings = _settings()
@@ -161,7 +164,9 @@ def sweeper(
     """Run the consumer of beat's queue alone: sweeps, heartbeats and operators' notices,
     one at a time, on schedule however busy the send workers are (their pool processes
     can all be in long batches during a large fan-out). One or more per site."""
-    from workers.celery_app import BEAT_QUEUE, celery_app
+    # Imported when the command runs, so that `rrmm --help` stays fast.
+    from app.broker import BEAT_QUEUE
+    from workers.celery_app import celery_app
 
     settings = _settings()
     argv = [
@@ -181,6 +186,7 @@ def sweeper(
 @cli.command()
 def beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO") -> None:
     """Run the beat scheduler alone (exactly one per deployment)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from workers.celery_app import celery_app
 
     settings = _settings()
@@ -197,6 +203,7 @@ def smtp_catcher(
     directory: Annotated[Path, typer.Option("--dir")] = Path("var/mail"),
 ) -> None:
     """A local SMTP server that stores what it receives as .eml files."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.cli.smtp_catcher import serve
 
     serve(host, port, directory)
@@ -229,6 +236,7 @@ def backup_command(
 ) -> None:
     """Copy the embedded SQLite database to PATH, consistently, while the service runs
     (SQLite's online backup API). PostgreSQL: use pg_dump -Fc (docs/production.md)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.backup import BackupError, backup
 
     try:
@@ -253,6 +261,7 @@ def restore_command(
     """Replace the embedded SQLite database with the backup PATH. Refused while the API, a
     worker or beat has the database open, unless --force; the replaced database is kept
     beside it. Then run `rrmm db upgrade` and start the service."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.backup import BackupError, restore
 
     try:
@@ -344,7 +353,8 @@ def people_create(
 ) -> None:
     """Invite a person: prints a one-time set-up link (24 hours) where they choose a
     password and connect an authenticator app. Give it to them yourself."""
-    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+    # Argon2 and TOTP: kept out of `rrmm --help`.
+    from app.people import service as people
 
     settings = _settings()
     try:
@@ -364,7 +374,8 @@ def people_create(
 @people_cli.command("list")
 def people_list() -> None:
     """List people: email, name, role, state, second factor, last sign-in."""
-    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+    # Argon2 and TOTP: kept out of `rrmm --help`.
+    from app.people import service as people
 
     with _session(_settings()) as session:
         rows = [
@@ -385,7 +396,8 @@ def people_list() -> None:
 @people_cli.command("disable")
 def people_disable(email: Annotated[str, typer.Argument(help="Their email address.")]) -> None:
     """Disable a person: no more sign-ins, and every open session ends now."""
-    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+    # Argon2 and TOTP: kept out of `rrmm --help`.
+    from app.people import service as people
 
     try:
         with _session(_settings()) as session:
@@ -400,7 +412,8 @@ def people_disable(email: Annotated[str, typer.Argument(help="Their email addres
 def people_reset(email: Annotated[str, typer.Argument(help="Their email address.")]) -> None:
     """Forget a person's password, second factor and recovery codes, sign them out
     everywhere, and print a new set-up link."""
-    from app.people import service as people  # Argon2 and TOTP: kept out of `rrmm --help`
+    # Argon2 and TOTP: kept out of `rrmm --help`.
+    from app.people import service as people
 
     settings = _settings()
     try:
@@ -421,6 +434,7 @@ def members_import(
     ] = "abort",
 ) -> None:
     """Import members from a CSV file (upsert by email), with a progress bar."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.main import member_policy
     from app.members import csv_io
 
@@ -471,6 +485,7 @@ def secrets_rotate(
     RRMM_SECRET_KEY_PREVIOUS), one batch per transaction. Safe to run again: secrets already
     under the current key are left alone. Once it reports nothing unreadable, unset
     RRMM_SECRET_KEY_PREVIOUS (after the old ack links have expired)."""
+    # Imported when the command runs, so that `rrmm --help` stays fast.
     from app.members.secret_rotation import rotate_webhook_secrets
     from app.security import SecretBox
 

@@ -27,6 +27,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.acks.ratelimit import RATE_LIMIT_STORAGE_ERRORS
 from app.clientaddr import client_address
 from app.config import Settings
 from app.console import words
@@ -35,7 +36,6 @@ from app.deliveries.content import scale_word
 from app.errors import InvalidInput
 from app.incidents import service as incidents
 from app.incidents.schemas import IncidentFilters
-from app.metrics import RATE_LIMIT_STORAGE_ERRORS
 from app.models import ConsoleSession, Person
 from app.people import service as people
 from app.security import page_headers

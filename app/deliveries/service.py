@@ -1,9 +1,10 @@
-"""Sending a batch of ledger rows, and finding the rows that should be sent.
+"""What a batch of ledger rows is sent with: the claimed rows and their members read in
+one session, the messages built from them, and the process's senders (`Transports`).
 
-`send_batch` is what a worker task runs: claim (commit) → build the messages → send them
-all concurrently, writing outcomes under the lease as they finish (`recorder`). `dispatch`
-and `sweep` find due rows in the database and hand their ids to `publish` (the broker is
-only a doorbell).
+`jobs.send_batch` is what a worker task runs: claim (commit) → build the messages → send
+them all concurrently, writing outcomes under the lease as they finish (`recorder`).
+`jobs.dispatch` and the sweep (app/sweep.py) find due rows in the database and hand their
+ids to `publish` (the broker is only a doorbell).
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
-from app.acks.tokens import signer_from_settings
 from app.config import Settings
-from app.db import session_scope
 from app.deliveries import ledger
 from app.deliveries.content import (
     WEBHOOK_TYPES,
@@ -35,7 +34,6 @@ from app.deliveries.content import (
 )
 from app.deliveries.email import (
     EmailTemplate,
-    UnsafeHeader,
     address_member,
     build_template,
     cached_template,
@@ -44,34 +42,21 @@ from app.deliveries.email import (
     message_id,
     thread_id,
 )
-from app.deliveries.recorder import OutcomeRecorder, SentJob, Tally, with_db_retries
+from app.deliveries.recorder import OutcomeRecorder
+from app.deliveries.tokens import signer_from_settings
 from app.deliveries.transport import (
     EmailRequest,
-    SendResult,
     SmtpSender,
     SmtpSettings,
     WebhookRequest,
     WebhookSender,
 )
-from app.health.service import record_sweep
-from app.incidents import timeline
-from app.incidents.service import activate_mobilized
 from app.models import Briefing, CurrentAck, Delivery, Incident, Member
 from app.models.base import utcnow
 from app.security import SecretBox
-from app.vocabulary import BriefingKind, Channel, DeliveryStatus, MemberStatus
+from app.vocabulary import BriefingKind, Channel, MemberStatus
 
 log = structlog.get_logger(__name__)
-
-Publish = Callable[[list[int]], None]
-
-
-@dataclass
-class BatchReport(Tally):
-    """What a batch did: the recorder's tally of outcomes, and what the claim found."""
-
-    claimed: int = 0
-    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +77,7 @@ class Job:
     usable: str | None  # why the row cannot be sent any more, if so
 
 
-def _skip_answered_reminders(session: Session, jobs: list[Job], context: Context) -> list[Job]:
+def skip_answered_reminders(session: Session, jobs: list[Job], context: Context) -> list[Job]:
     """A member who answered is never reminded: the answer may have come after the
     reminder rows were written."""
     reminders = [j for j in jobs if context.briefings[j.briefing_id].kind == BriefingKind.REMINDER]
@@ -139,7 +124,7 @@ def _reason_unusable(channel: str, member: Any) -> str | None:
     return None
 
 
-def _load_jobs(session: Session, claimed: Sequence[ledger.Claimed]) -> list[Job]:
+def load_jobs(session: Session, claimed: Sequence[ledger.Claimed]) -> list[Job]:
     """The claimed rows with their members' addresses (one query by member)."""
     member_ids = {c.member_id for c in claimed if c.member_id is not None}
     members = {
@@ -177,7 +162,7 @@ def _load_jobs(session: Session, claimed: Sequence[ledger.Claimed]) -> list[Job]
     return jobs
 
 
-def _load_context(session: Session, jobs: Sequence[Job]) -> Context:
+def load_context(session: Session, jobs: Sequence[Job]) -> Context:
     context = Context()
     incident_ids = {j.incident_id for j in jobs}
     briefing_ids = {j.briefing_id for j in jobs}
@@ -349,6 +334,7 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     if choice == "asyncio":
         return None
     try:
+        # uvloop is optional: its absence is found out here, when a loop is chosen.
         import uvloop
     except ImportError:
         if choice == "uvloop":
@@ -452,169 +438,3 @@ class Transports:
 
         self.runner.run(close_all())
         self.runner.close()
-
-
-_transports: Transports | None = None
-
-
-def transports(settings: Settings) -> Transports:
-    global _transports
-    if _transports is None:
-        _transports = Transports(settings)
-    return _transports
-
-
-def forget_transports() -> None:
-    """In a freshly forked child: the parent's loop and sockets are not ours to use."""
-    global _transports
-    _transports = None
-
-
-def send_batch(
-    session_factory: sessionmaker[Session], settings: Settings, ids: Sequence[int]
-) -> BatchReport:
-    """Claim, send and record one batch of deliveries. Safe to run twice for the same ids.
-
-    Outcomes are written as sends finish (see `recorder`), so a worker killed mid-batch
-    repeats only what was in flight, and a batch out of time keeps what it did.
-    """
-    report = BatchReport()
-
-    def claim_and_load() -> tuple[list[Job], Context]:
-        now = utcnow()
-        with session_scope(session_factory) as session:
-            claimed = ledger.claim(
-                session,
-                list(ids),
-                lease=timedelta(seconds=settings.delivery_lease_seconds),
-                max_attempts=settings.delivery_max_attempts,
-            )
-            if not claimed:
-                return [], Context()
-            jobs = _load_jobs(session, claimed)
-            context = _load_context(session, jobs)
-            jobs = _skip_answered_reminders(session, jobs, context)
-            for job in jobs:
-                if job.usable is not None:
-                    ledger.finish_one(
-                        session,
-                        delivery_id=job.delivery_id,
-                        attempt=job.attempt,
-                        to_status=DeliveryStatus.SKIPPED,
-                        now=now,
-                        error=job.usable,
-                    )
-            return jobs, context
-
-    jobs, context = with_db_retries(claim_and_load, what="claim")
-    if not jobs:
-        return report
-    report.claimed = len(jobs)
-    report.skipped = sum(job.usable is not None for job in jobs)
-    sendable = [job for job in jobs if job.usable is None]
-    recorder = OutcomeRecorder(
-        session_factory,
-        settings,
-        [
-            SentJob(j.delivery_id, j.attempt, j.briefing_id, j.member_id, j.created_at)
-            for j in sendable
-        ],
-    )
-    builder = MessageBuilder(settings, context)
-    emails: list[EmailRequest] = []
-    webhooks: list[WebhookRequest] = []
-    send_time = utcnow()
-    for job in sendable:
-        try:
-            if job.channel == Channel.EMAIL:
-                emails.append(builder.email(job))
-            else:
-                webhooks.append(builder.webhook(job, send_time))
-        except (UnsafeHeader, ValueError) as exc:
-            recorder.done(SendResult(job.delivery_id, ok=False, error=f"not sendable: {exc}"))
-    transports(settings).send(
-        emails, webhooks, recorder, deadline=settings.delivery_batch_deadline_seconds
-    )
-    report = BatchReport(claimed=report.claimed, skipped=report.skipped, **asdict(recorder.tally))
-    if report.lost:
-        log.warning("outcomes_not_written_lease_lost", count=report.lost)
-    return report
-
-
-# Rows taken from the ledger per statement: a sweep or a dispatch of 100,000 rows holds one
-# page in memory at a time, and its first batches are on the broker before the last page
-# is read.
-DISPATCH_PAGE_ROWS = 5_000
-
-
-def dispatch(
-    session_factory: sessionmaker[Session],
-    settings: Settings,
-    publish: Publish,
-    *,
-    briefing_id: int | None = None,
-    limit: int = 1_000_000,
-    page_rows: int = DISPATCH_PAGE_ROWS,
-) -> int:
-    """Hand every due row (of one briefing, or of all) to `publish`, in per-channel batches,
-    one page of the ledger at a time.
-
-    Rows are marked as queued in the database first: if publishing fails, they are picked
-    up again by the sweeper after `requeue_after_seconds`.
-    """
-    now = utcnow()
-    queued = 0
-    after_id: int | None = None
-    while queued < limit:
-        page = min(page_rows, limit - queued)
-        with session_scope(session_factory) as session:
-            rows = ledger.take_due(
-                session,
-                requeue_after=timedelta(seconds=settings.requeue_after_seconds),
-                limit=page,
-                briefing_id=briefing_id,
-                after_id=after_id,
-            )
-        if not rows:
-            break
-        after_id = rows[-1].id
-        # Its own short transaction, after the rows are marked: the timeline's lock on the
-        # incident row is never held while delivery rows are (lock order).
-        with session_scope(session_factory) as session:
-            timeline.record_fanout_started(session, [row.briefing_id for row in rows], now)
-        # Rows of one member's channels are adjacent, so a batch holds both channels and
-        # its SMTP and HTTP exchanges overlap.
-        ids = [row.id for row in rows]
-        size = settings.delivery_batch_size
-        for start in range(0, len(ids), size):
-            publish(ids[start : start + size])
-        queued += len(rows)
-        if len(rows) < page:
-            break
-    return queued
-
-
-def sweep(
-    session_factory: sessionmaker[Session], settings: Settings, publish: Publish
-) -> dict[str, int]:
-    """What beat runs every few seconds: finish what is stuck, start what is due."""
-    with session_scope(session_factory) as session:
-        failed = ledger.fail_exhausted_leases(session, max_attempts=settings.delivery_max_attempts)
-        retired = ledger.retire_unwanted(
-            session,
-            since=utcnow() - timedelta(seconds=settings.delivery_max_age_seconds),
-        )
-    # Its own transaction: incident rows are locked before delivery counters everywhere
-    # else (updates, answers), so they are never held together here in the other order.
-    with session_scope(session_factory) as session:
-        activated = activate_mobilized(session)
-        record_sweep(session)
-    queued = dispatch(session_factory, settings, publish)
-    finished = timeline.record_finished_fanouts(session_factory)
-    return {
-        "queued": queued,
-        "failed_lost": failed,
-        "retired": retired,
-        "activated": activated,
-        "fanouts_finished": finished,
-    }

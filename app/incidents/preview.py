@@ -19,7 +19,7 @@ from app.config import Settings
 from app.deliveries.content import ACK_URL_PLACEHOLDER
 from app.deliveries.service import sample_messages
 from app.errors import Conflict
-from app.incidents import targeting
+from app.incidents import audience, targeting
 from app.incidents.schemas import Audience, IncidentCreate, IncidentUpdate
 from app.incidents.service import get_incident, incident_from
 from app.models import Briefing, Incident, ReferenceCounter, Roster
@@ -45,14 +45,14 @@ def preview_declaration(
 ) -> dict[str, Any]:
     """What `POST /v1/incidents` with this body would target and send, writing nothing."""
     now = utcnow()
-    targeting.check_known(
+    audience.check_known(
         session,
         Roster.id,
         data.followup.escalation_rosters,
         "followup.escalation_rosters",
         "no such roster",
     )
-    audience = targeting.audience_condition(session, data.audience)
+    described = audience.audience_condition(session, data.audience)
     incident = incident_from(
         data,
         reference=_next_reference(session, now.year),
@@ -70,8 +70,8 @@ def preview_declaration(
         content=_content(data),
         created_at=now,
     )
-    condition = and_(audience, targeting.reachable(channels))
-    return _answer(session, settings, incident, briefing, audience, condition, now)
+    condition = and_(described, audience.reachable(channels))
+    return _answer(session, settings, incident, briefing, described, condition, now)
 
 
 def preview_update(
@@ -97,9 +97,9 @@ def preview_update(
         content=_content(data),
         created_at=now,
     )
-    audience = targeting.audience_condition(session, Audience(**incident.audience), check=False)
-    condition = or_(targeting.newcomers(session, incident), targeting.recipients(incident))
-    return _answer(session, settings, incident, briefing, audience, condition, now)
+    described = audience.audience_condition(session, Audience(**incident.audience), check=False)
+    condition = or_(audience.newcomers(session, incident), audience.recipients(incident))
+    return _answer(session, settings, incident, briefing, described, condition, now)
 
 
 def _answer(
@@ -107,13 +107,13 @@ def _answer(
     settings: Settings,
     incident: Incident,
     briefing: Briefing,
-    audience: Any,
+    described: Any,
     condition: Any,
     now: datetime,
 ) -> dict[str, Any]:
     counts = targeting.breakdown(
         session,
-        audience,
+        described,
         condition,
         channels=incident.channels,
         briefing_languages=briefing.languages,

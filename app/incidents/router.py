@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Annotated
 
-import structlog
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.briefing_templates import service as briefing_templates
+from app import timeline
+from app.broker import api_dispatcher
 from app.deps import (
     EventHubDep,
     IncidentDep,
@@ -28,8 +28,9 @@ from app.deps import (
     WriteSessionDep,
 )
 from app.etags import etag_matches
-from app.incidents import events, preview, service, timeline
+from app.incidents import events, preview, service, templated
 from app.incidents import status as status_reads
+from app.incidents.briefings import Dispatcher
 from app.incidents.schemas import (
     EVENT_STREAM_ITEM,
     BriefingVersion,
@@ -47,7 +48,6 @@ from app.incidents.schemas import (
     IncidentUpdateRequest,
     TimelineEvent,
 )
-from app.incidents.service import Dispatcher
 from app.incidents.status import CoverageBy
 from app.models import Incident as IncidentRow
 from app.models import Role
@@ -55,7 +55,6 @@ from app.pagination import Page, PageDep, PageParams, page, page_params
 from app.vocabulary import BriefingKind, Channel, DeliveryStatus
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
-log = structlog.get_logger(__name__)
 
 # The timeline's pages hold 500 events unless asked otherwise (the other lists': 50).
 TimelinePageDep = Annotated[PageParams, Depends(page_params(500))]
@@ -72,16 +71,8 @@ IdempotencyKey = Annotated[
 
 
 async def get_dispatcher(celery: PublisherDep) -> Dispatcher:
-    """Publishes the dispatch task after commit. If the broker is down the declaration still
-    stands: the rows are in the ledger and the sweeper starts them once it is back."""
-
-    def dispatch(briefing_id: int) -> None:
-        try:
-            celery.send_task("rrmm.dispatch_briefing", args=(briefing_id,), retry=False)
-        except Exception as exc:  # any broker failure: the sweeper will pick the rows up
-            log.warning("dispatch_not_published", briefing_id=briefing_id, error=type(exc).__name__)
-
-    return dispatch
+    """Publishes the dispatch task after commit (see `app.broker.api_dispatcher`)."""
+    return api_dispatcher(celery)
 
 
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
@@ -128,7 +119,7 @@ def declare_incident(
     `briefing`, the briefing is written from that template (`/v1/templates`) and the
     incident records which template and version.
     """
-    data, template = briefing_templates.written(session, body, IncidentCreate)
+    data, template = templated.written(session, body, IncidentCreate)
     incident, created = service.declare(
         session,
         data,
@@ -139,7 +130,7 @@ def declare_incident(
         approval=service.ApprovalPolicy.from_settings(settings),
     )
     if created and template is not None:
-        briefing_templates.record_use(session, incident, template)
+        templated.record_use(session, incident, template)
     response.headers["Location"] = f"/v1/incidents/{incident.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -156,7 +147,7 @@ def preview_incident(
     email and webhook body exactly as a member would get them (a placeholder stands for
     the acknowledgement link). Writes nothing; counted by grouped queries, not per member.
     """
-    data, _ = briefing_templates.written(session, body, IncidentCreate)
+    data, _ = templated.written(session, body, IncidentCreate)
     return IncidentPreview.model_validate(
         preview.preview_declaration(session, data, settings=settings)
     )
@@ -326,7 +317,7 @@ def post_update(
     """Send a new briefing version to the same audience, and to members who newly match
     it. Unsent deliveries of earlier versions are superseded. Written out, or from a
     template (`template` instead of `briefing`)."""
-    data, template = briefing_templates.written(session, body, IncidentUpdate)
+    data, template = templated.written(session, body, IncidentUpdate)
     incident, briefing = service.post_update(
         session,
         incident_id,
@@ -336,7 +327,7 @@ def post_update(
         chunk_members=settings.targeting_chunk_members,
     )
     if template is not None:
-        briefing_templates.record_use(session, incident, template, briefing=briefing)
+        templated.record_use(session, incident, template, briefing=briefing)
     return _view(session, incident)
 
 
@@ -350,7 +341,7 @@ def preview_update(
 ) -> IncidentPreview:
     """A dry run of an update (the same body): who it would reach (everyone targeted so far
     and the members who newly match) and what they would read. Writes nothing."""
-    data, _ = briefing_templates.written(session, body, IncidentUpdate)
+    data, _ = templated.written(session, body, IncidentUpdate)
     return IncidentPreview.model_validate(
         preview.preview_update(session, incident_id, data, settings=settings)
     )

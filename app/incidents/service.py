@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,15 +14,23 @@ from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.acks.followup import create_timers
+from app import timeline
 from app.acks.outbox import add_notice
 from app.audit.service import record
-from app.auth.service import Principal
 from app.config import Settings
-from app.db import contains_pattern, on_commit
-from app.deliveries import ledger
+from app.db import contains_pattern
 from app.errors import Conflict, FieldProblem, Forbidden, InvalidInput, NotFound
-from app.incidents import targeting, timeline
+from app.incidents import audience, targeting
+from app.incidents.briefings import (
+    STANDARD_END,
+    Dispatcher,
+    add_briefing,
+    add_deliveries,
+    dispatch_after_commit,
+    retire_unsent,
+    supersede_versions,
+)
+from app.incidents.followup import create_timers
 from app.incidents.schemas import (
     DEFAULT_RESPONSES,
     IncidentCreate,
@@ -41,6 +49,7 @@ from app.models import (
     Roster,
 )
 from app.models.base import utcnow
+from app.principal import Principal
 from app.vocabulary import (
     ENDED_INCIDENT_STATUSES,
     BriefingKind,
@@ -49,9 +58,6 @@ from app.vocabulary import (
     IncidentStatus,
     TimelineEventKind,
 )
-
-# Called after commit with the id of a briefing version whose deliveries should start.
-Dispatcher = Callable[[int], None]
 
 # Who the audit trail names for what the sweeper decides by itself.
 _SWEEPER = Principal(key_id=None, name="sweeper", role=Role.ADMIN)
@@ -79,28 +85,6 @@ class ApprovalPolicy:
         return severity in self.severities and (mode == "actual" or self.for_exercises)
 
 
-# The notice sent on resolve/cancel when the operator gives no text.
-_STANDARD_END: dict[str, dict[str, tuple[str, str]]] = {
-    BriefingKind.RESOLVED: {
-        "en": (
-            "Stand-down",
-            "The incident is over. Thank you for your engagement: no further action is needed.",
-        ),
-        "fr": (
-            "Fin d'alerte",
-            "L'incident est terminé. Merci de votre engagement : "
-            "aucune autre action n'est nécessaire.",
-        ),
-        "ar": ("إنهاء التنبيه", "انتهى الحادث. شكراً لالتزامكم، لا حاجة لأي إجراء آخر."),
-    },
-    BriefingKind.CANCELLED: {
-        "en": ("Cancelled", "This alert is cancelled. Please disregard the earlier briefing."),
-        "fr": ("Annulé", "Cette alerte est annulée. Merci de ne pas tenir compte du briefing."),
-        "ar": ("إلغاء", "تم إلغاء هذا التنبيه. يرجى تجاهل الإحاطة السابقة."),
-    },
-}
-
-
 def request_hash(payload: dict[str, Any]) -> str:
     """A digest of the request body, to tell a retry from a different request."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -125,32 +109,6 @@ def next_reference(session: Session, year: int) -> str:
     return f"RRMM-{year}-{value:04d}"
 
 
-def _add_briefing(
-    session: Session,
-    incident: Incident,
-    *,
-    kind: str,
-    content: dict[str, Any],
-    actor: Principal | None,
-    now: datetime,
-) -> Briefing:
-    latest = session.scalar(
-        select(func.max(Briefing.version)).where(Briefing.incident_id == incident.id)
-    )
-    briefing = Briefing(
-        incident_id=incident.id,
-        version=(latest or 0) + 1,
-        kind=kind,
-        languages=list(content),
-        content=content,
-        created_by_key_id=actor.key_id if actor else None,
-        created_at=now,
-    )
-    session.add(briefing)
-    session.flush()
-    return briefing
-
-
 def declare(
     session: Session,
     data: IncidentCreate,
@@ -162,7 +120,7 @@ def declare(
     approval: ApprovalPolicy | None = None,
 ) -> tuple[Incident, bool]:
     """Declare an incident; its first chunk of members is targeted and their ledger rows
-    written now, the rest by the worker (`targeting.advance`); dispatch starts after commit.
+    written now, the rest by the worker (`jobs.advance`); dispatch starts after commit.
     A declaration the `approval` policy covers is written `pending_approval`, its briefing
     and nothing else: no target, no ledger row, no timer (`approve` writes them).
 
@@ -174,14 +132,14 @@ def declare(
         if existing is not None:
             return _replay(existing, digest), False
     now = utcnow()
-    targeting.check_known(
+    audience.check_known(
         session,
         Roster.id,
         data.followup.escalation_rosters,
         "followup.escalation_rosters",
         "no such roster",
     )
-    targeting.audience_condition(session, data.audience)  # unknown rosters or members: 422
+    audience.audience_condition(session, data.audience)  # unknown rosters or members: 422
     channels = data.channels or list(Channel)
     pending = approval is not None and approval.needed(data.severity, data.mode)
     try:
@@ -204,12 +162,12 @@ def declare(
         if existing is None:
             raise
         return _replay(existing, digest), False
-    briefing = _add_briefing(
+    briefing = add_briefing(
         session, incident, kind="declared", content=_content(data.briefing), actor=actor, now=now
     )
     if pending:
-        audience = targeting.audience_condition(session, data.audience, check=False)
-        reach = targeting.count_reach(session, and_(audience, targeting.reachable(channels)), [])
+        described = audience.audience_condition(session, data.audience, check=False)
+        reach = audience.count_reach(session, and_(described, audience.reachable(channels)), [])
         if not reach.members:
             raise _matches_nobody()
         timeline.add(
@@ -476,66 +434,6 @@ def _open_incident(session: Session, incident_id: uuid.UUID) -> Incident:
     return incident
 
 
-def add_follow_up_briefing(session: Session, incident: Incident, *, kind: str) -> Briefing:
-    """A reminder or escalation version: the latest briefing's text, sent again."""
-    latest = session.scalar(
-        select(Briefing)
-        .where(
-            Briefing.incident_id == incident.id,
-            Briefing.kind.in_(("declared", "updated")),
-        )
-        .order_by(Briefing.version.desc())
-        .limit(1)
-    )
-    assert latest is not None  # every incident has its declaration
-    return _add_briefing(
-        session, incident, kind=kind, content=latest.content, actor=None, now=utcnow()
-    )
-
-
-def dispatch_after_commit(session: Session, briefing: Briefing, dispatch: Dispatcher) -> None:
-    briefing_id = briefing.id
-    on_commit(session, lambda: dispatch(briefing_id))
-
-
-def _retire_unsent(session: Session, incident: Incident, *, to_status: str, reason: str) -> int:
-    """Earlier versions not yet sent are not sent any more: a newer message replaces them.
-
-    Rows a dead worker left `sending` go too. Rows in flight right now are fenced by the
-    versions' state instead: a claim never takes them again, and a failed send among them
-    ends `cancelled` / `superseded` rather than `retrying` (see `ledger.fates`).
-    """
-    now = utcnow()
-    changed = 0
-    ours = Delivery.incident_id == incident.id
-    for from_status, where in (
-        (DeliveryStatus.PENDING, ours),
-        (DeliveryStatus.RETRYING, ours),
-        (DeliveryStatus.SENDING, and_(ours, Delivery.lease_until < ledger.db_time(session))),
-    ):
-        changed += len(
-            ledger.transition(
-                session,
-                where=where,
-                from_status=from_status,
-                to_status=to_status,
-                values={"last_error": reason, "lease_until": None},
-                now=now,
-            )
-        )
-    return changed
-
-
-def _supersede_versions(session: Session, incident: Incident, now: datetime) -> None:
-    """Every version sent so far is replaced by the one being written."""
-    session.execute(
-        update(Briefing)
-        .where(Briefing.incident_id == incident.id, Briefing.superseded_at.is_(None))
-        .values(superseded_at=now)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def post_update(
     session: Session,
     incident_id: uuid.UUID,
@@ -551,15 +449,15 @@ def post_update(
     if incident.status == IncidentStatus.PENDING_APPROVAL:
         raise Conflict("the incident is pending approval: approve or reject it first")
     now = utcnow()
-    _retire_unsent(
+    retire_unsent(
         session,
         incident,
         to_status=DeliveryStatus.SUPERSEDED,
         reason="superseded by a newer version",
     )
-    _supersede_versions(session, incident, now)
+    supersede_versions(session, incident, now)
     targeting.stop_pending(session, incident, now)
-    briefing = _add_briefing(
+    briefing = add_briefing(
         session, incident, kind="updated", content=_content(data.briefing), actor=actor, now=now
     )
     job = targeting.start(session, incident, briefing, chunk_members=chunk_members, now=now)
@@ -603,7 +501,7 @@ def end_incident(
     assert kind in (BriefingKind.RESOLVED, BriefingKind.CANCELLED)
     incident = _open_incident(session, incident_id)
     now = utcnow()
-    retired = _retire_unsent(
+    retired = retire_unsent(
         session, incident, to_status=DeliveryStatus.CANCELLED, reason=f"incident {kind}"
     )
     targeting.stop_pending(session, incident, now)
@@ -612,16 +510,16 @@ def end_incident(
         if data.briefing
         else {
             language: {"subject": subject, "body": body, "talking_points": []}
-            for language, (subject, body) in _STANDARD_END[kind].items()
+            for language, (subject, body) in STANDARD_END[kind].items()
         }
     )
-    briefing = _add_briefing(session, incident, kind=kind, content=content, actor=actor, now=now)
+    briefing = add_briefing(session, incident, kind=kind, content=content, actor=actor, now=now)
     briefed = select(Delivery.member_id).where(
         Delivery.incident_id == incident.id,
         Delivery.status.in_((DeliveryStatus.SENT, DeliveryStatus.SENDING)),
     )
-    recipients = and_(targeting.recipients(incident), Member.id.in_(briefed))
-    count = targeting.add_deliveries(session, incident, briefing, recipients, now=now)
+    recipients = and_(audience.recipients(incident), Member.id.in_(briefed))
+    count = add_deliveries(session, incident, briefing, recipients, now=now)
     incident.status = kind
     incident.ended_at = now
     incident.updated_at = now

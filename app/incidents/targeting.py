@@ -1,13 +1,14 @@
-"""Who a briefing version goes to, written set-based.
+"""Who a briefing version goes to, written set-based, chunk by chunk; and a preview's
+counts of the same.
 
 Targets (`incident_targets`) and ledger rows (`deliveries`) are written by INSERT … SELECT
-over `members`: no member row passes through Python. Each row's language is chosen in SQL
-by a CASE over the few distinct language lists of the members written (`choose_language`
-decides each list once), and a deferred first attempt (quiet hours) likewise over their
-distinct quiet-hours settings.
+over `members` (app/incidents/briefings.py): no member row passes through Python. Each
+row's language is chosen in SQL by a CASE over the few distinct language lists of the
+members written (`choose_language` decides each list once), and a deferred first attempt
+(quiet hours) likewise over their distinct quiet-hours settings.
 
 A declaration or an update writes its first chunk of members in the request (bounded work,
-however large the network) and answers. `advance()` writes the rest in the worker right
+however large the network) and answers. `jobs.advance()` writes the rest in the worker right
 after commit, one member-id chunk per transaction, dispatching each chunk's deliveries as
 soon as it is written; the sweeper resumes a job whose worker died (`resume_stalled`).
 A chunk's targets, rows, counters and the job's cursor are written in one transaction
@@ -26,151 +27,51 @@ from typing import Any
 
 import structlog
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
-    Integer,
-    String,
     Text,
     Uuid,
     and_,
     any_,
     case,
     cast,
-    exists,
     func,
-    insert,
     literal,
-    null,
     or_,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from app.acks.service import Segment, count_quota_targets
-from app.db import begin_immediate, session_scope
-from app.deliveries import ledger
-from app.deliveries.content import choose_language, has_language
-from app.deliveries.quiet_hours import DEFERRABLE_SEVERITIES, first_attempt_at
-from app.errors import FieldProblem, InvalidInput
-from app.incidents import timeline
+from app import timeline
+from app.incidents.audience import (
+    REACHES,
+    audience_condition,
+    count_reach,
+    newcomers,
+    reachable,
+    recipients,
+)
+from app.incidents.briefings import (
+    add_deliveries,
+    add_targets,
+    bump_targeted,
+    falls_back,
+    first_attempt,
+    language_of,
+)
 from app.incidents.schemas import Audience
-from app.members.service import json_array_contains, json_array_has_language
 from app.models import (
     Briefing,
     BriefingTargeting,
-    Delivery,
     Incident,
     IncidentTarget,
     Member,
-    Roster,
-    RosterMember,
 )
-from app.models.base import UTCDateTime, utcnow
-from app.vocabulary import Channel, DeliveryStatus, IncidentStatus, MemberStatus, TimelineEventKind
+from app.models.base import utcnow
+from app.vocabulary import IncidentStatus, MemberStatus, TimelineEventKind
 
 log = structlog.get_logger(__name__)
-
-_CHECK_CHUNK = 500
-
-# A member is reachable on a channel when the channel has an address to send to.
-REACHES: dict[str, ColumnElement[bool]] = {
-    Channel.EMAIL: and_(Member.email.is_not(None), Member.email != ""),
-    Channel.WEBHOOK: and_(
-        Member.webhook_url.is_not(None),
-        Member.webhook_url != "",
-        Member.webhook_disabled_at.is_(None),
-    ),
-}
-
-
-def reachable(channels: Sequence[str]) -> ColumnElement[bool]:
-    """Active members whom at least one of `channels` can reach."""
-    return and_(Member.status == MemberStatus.ACTIVE, or_(*(REACHES[c] for c in channels)))
-
-
-def targeted_by(incident_id: uuid.UUID) -> ColumnElement[bool]:
-    return exists().where(
-        IncidentTarget.incident_id == incident_id, IncidentTarget.member_id == Member.id
-    )
-
-
-def check_known(
-    session: Session,
-    column: Any,
-    ids: Sequence[uuid.UUID],
-    field: str,
-    reason: str,
-) -> None:
-    """Every id exists, else a 422 naming the unknown ones."""
-    known: set[uuid.UUID] = set()
-    for start in range(0, len(ids), _CHECK_CHUNK):
-        chunk = ids[start : start + _CHECK_CHUNK]
-        known.update(session.scalars(select(column).where(column.in_(chunk))))
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise InvalidInput(
-            f"{field}: {len(unknown)} unknown id(s)",
-            errors=[
-                FieldProblem(field=f"body.{field}", reason=f"{reason}: {i}") for i in unknown[:50]
-            ],
-        )
-
-
-def audience_condition(
-    session: Session, audience: Audience, *, check: bool = True
-) -> ColumnElement[bool]:
-    """The active members the audience describes, as a condition on `members`. Unknown
-    rosters or members are a 422 (`check`; a stored audience was checked when written)."""
-    if check:
-        check_known(session, Roster.id, audience.rosters, "audience.rosters", "no such roster")
-        check_known(
-            session, Member.id, audience.member_ids, "audience.member_ids", "no such member"
-        )
-    sources = []
-    if audience.rosters:
-        sources.append(
-            Member.id.in_(
-                select(RosterMember.member_id).where(RosterMember.roster_id.in_(audience.rosters))
-            )
-        )
-    if audience.networks:
-        sources.append(Member.network.in_(audience.networks))
-    if audience.member_ids:
-        sources.append(Member.id.in_(audience.member_ids))
-    parts = [Member.status == MemberStatus.ACTIVE, or_(*sources)]
-    if audience.countries:
-        parts.append(Member.country.in_(audience.countries))
-    if audience.languages:
-        # "fr" also finds members who read "fr-CA", as the language choice does.
-        parts.append(
-            or_(
-                *(
-                    json_array_has_language(session, Member.languages, lang)
-                    for lang in audience.languages
-                )
-            )
-        )
-    for column, values in ((Member.themes, audience.themes), (Member.tags, audience.tags)):
-        if values:
-            parts.append(or_(*(json_array_contains(session, column, v) for v in values)))
-    return and_(*parts)
-
-
-@dataclass(frozen=True)
-class Reach:
-    """How many members a condition matches and how many ledger rows they make."""
-
-    members: int
-    deliveries: int
-
-
-def count_reach(session: Session, condition: ColumnElement[bool], channels: Sequence[str]) -> Reach:
-    """One aggregate query: members matching `condition`, and their reachable channels."""
-    sums = [func.coalesce(func.sum(case((REACHES[c], 1), else_=0)), 0) for c in channels]
-    row = session.execute(select(func.count(), *sums).select_from(Member).where(condition)).one()
-    return Reach(members=int(row[0]), deliveries=sum(int(n) for n in row[1:]))
 
 
 @dataclass(frozen=True)
@@ -257,18 +158,6 @@ def breakdown(
     )
 
 
-def _segments(session: Session, condition: ColumnElement[bool]) -> list[Segment]:
-    languages = cast(Member.languages, Text)
-    rows = session.execute(
-        select(Member.network, Member.country, languages, func.count())
-        .where(condition)
-        .group_by(Member.network, Member.country, languages)
-    )
-    return [
-        Segment(network, country, json.loads(text) or [], n) for network, country, text, n in rows
-    ]
-
-
 def _one_of(session: Session, column: Any, ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
     """`column` is one of `ids`, bound as ONE parameter (an array, or JSON on SQLite):
     an IN list of a thousand parameters costs SQLAlchemy more than the statement costs
@@ -312,176 +201,7 @@ def _next_members(
     return ordered[:limit], len(ordered) >= limit
 
 
-def add_targets(
-    session: Session, incident: Incident, condition: ColumnElement[bool], now: datetime
-) -> int:
-    """Target the members matching `condition` (none of whom may be targeted yet) and count
-    them in the quota segments. The caller counts them into `incidents.targeted`."""
-    segments = _segments(session, condition)
-    added = sum(s.members for s in segments)
-    if added:
-        rows = select(literal(incident.id, Uuid), Member.id, literal(now, UTCDateTime)).where(
-            condition
-        )
-        session.execute(
-            insert(IncidentTarget).from_select(
-                ["incident_id", "member_id", "added_at"], rows, include_defaults=False
-            )
-        )
-        count_quota_targets(session, incident, segments)
-    return added
-
-
-def bump_targeted(session: Session, incident_id: uuid.UUID, count: int) -> None:
-    if count:
-        session.execute(
-            update(Incident)
-            .where(Incident.id == incident_id)
-            .values(targeted=Incident.targeted + count, updated_at=Incident.updated_at)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def _language_lists(
-    session: Session, condition: ColumnElement[bool], briefing_languages: Sequence[str]
-) -> dict[str, tuple[str, bool]]:
-    """Each distinct language list of the matching members (as stored text) → the language
-    it is sent and whether that is one of the member's own (False: the fallback)."""
-    text = cast(Member.languages, Text)
-    chosen: dict[str, tuple[str, bool]] = {}
-    for listed in session.scalars(select(text).where(condition).distinct()):
-        wanted = json.loads(listed) or []
-        chosen[listed] = (
-            choose_language(wanted, briefing_languages),
-            has_language(wanted, briefing_languages),
-        )
-    return chosen
-
-
-def language_of(
-    session: Session, condition: ColumnElement[bool], briefing_languages: Sequence[str]
-) -> ColumnElement[str]:
-    """The CASE that picks each member's language, built from the distinct lists."""
-    text = cast(Member.languages, Text)
-    default = choose_language([], briefing_languages)
-    by_choice: dict[str, list[str]] = {}
-    for listed, (language, _) in _language_lists(session, condition, briefing_languages).items():
-        if language != default:
-            by_choice.setdefault(language, []).append(listed)
-    if not by_choice:
-        return literal(default, String)
-    return case(
-        *((text.in_(lists), literal(chosen, String)) for chosen, lists in by_choice.items()),
-        else_=literal(default, String),
-    )
-
-
-def falls_back(
-    session: Session, condition: ColumnElement[bool], briefing_languages: Sequence[str]
-) -> ColumnElement[bool]:
-    """True for members none of whose languages the briefing has."""
-    text = cast(Member.languages, Text)
-    lacking = [
-        listed
-        for listed, (_, own) in _language_lists(session, condition, briefing_languages).items()
-        if not own
-    ]
-    if not lacking:
-        return literal(False)
-    return text.in_(lacking)
-
-
-def first_attempt(
-    session: Session, condition: ColumnElement[bool], severity: str, now: datetime
-) -> ColumnElement[Any]:
-    """The CASE that defers members in their quiet hours (minor and moderate only)."""
-    if severity not in DEFERRABLE_SEVERITIES:
-        return null()
-    settings = session.execute(
-        select(Member.timezone, Member.quiet_hours_start, Member.quiet_hours_end)
-        .where(
-            condition, Member.quiet_hours_start.is_not(None), Member.quiet_hours_end.is_not(None)
-        )
-        .distinct()
-    )
-    whens = []
-    for zone, start, end in settings:
-        at = first_attempt_at(now, severity, zone, start, end)
-        if at is not None:
-            same = and_(
-                Member.timezone == zone,
-                Member.quiet_hours_start == start,
-                Member.quiet_hours_end == end,
-            )
-            whens.append((same, literal(at, UTCDateTime)))
-    return case(*whens, else_=null()) if whens else null()
-
-
-_DELIVERY_COLUMNS = [
-    "incident_id",
-    "briefing_id",
-    "member_id",
-    "channel",
-    "status",
-    "language",
-    "attempts",
-    "enqueue_count",
-    "next_attempt_at",
-    "created_at",
-    "updated_at",
-]
-
-
-def add_deliveries(
-    session: Session,
-    incident: Incident,
-    briefing: Briefing,
-    condition: ColumnElement[bool],
-    *,
-    now: datetime,
-) -> int:
-    """Write the version's ledger rows for the members matching `condition`: one per
-    channel of the incident that reaches them. One INSERT … SELECT per channel."""
-    language = language_of(session, condition, briefing.languages)
-    not_before = first_attempt(session, condition, incident.severity, now)
-    counts: Counter[tuple[uuid.UUID, str, str]] = Counter()
-    for channel in incident.channels:
-        rows = select(
-            literal(incident.id, Uuid),
-            literal(briefing.id, BigInteger),
-            Member.id,
-            literal(channel, String),
-            literal(DeliveryStatus.PENDING, String),
-            language,
-            literal(0, Integer),
-            literal(0, Integer),
-            not_before,
-            literal(now, UTCDateTime),
-            literal(now, UTCDateTime),
-        ).where(condition, REACHES[channel])
-        result = session.execute(
-            insert(Delivery)
-            .from_select(_DELIVERY_COLUMNS, rows, include_defaults=False)
-            # SQLAlchemy keeps an INSERT's row count only when asked.
-            .execution_options(preserve_rowcount=True)
-        )
-        counts[(incident.id, channel, DeliveryStatus.PENDING)] += result.rowcount  # type: ignore[attr-defined]
-    ledger.bump_counters(session, counts)
-    return sum(counts.values())
-
-
 # --- the chunked job of a declared or updated version ---------------------------------
-
-
-def newcomers(session: Session, incident: Incident) -> ColumnElement[bool]:
-    """Members the incident's audience matches and its channels reach, not targeted yet."""
-    audience = audience_condition(session, Audience(**incident.audience), check=False)
-    return and_(audience, reachable(incident.channels), ~targeted_by(incident.id))
-
-
-def recipients(incident: Incident) -> ColumnElement[bool]:
-    """Who a declared or updated version goes to, once the newcomers are targeted."""
-    return and_(Member.status == MemberStatus.ACTIVE, targeted_by(incident.id))
 
 
 def start(
@@ -493,7 +213,7 @@ def start(
     now: datetime,
 ) -> BriefingTargeting:
     """Count who the version goes to, target its first chunk and write its rows. The
-    rest is the worker's (`advance`), unless the first chunk was everyone."""
+    rest is the worker's (`jobs.advance`), unless the first chunk was everyone."""
     if briefing.kind == "declared":
         # Nobody is targeted yet: everyone it goes to is new. One COUNT, no lookups.
         audience = audience_condition(session, Audience(**incident.audience), check=False)
@@ -522,11 +242,11 @@ def start(
     bump_targeted(session, incident.id, expected)
     session.expire(incident, ["targeted"])
     session.flush()
-    _write_chunk(session, incident, briefing, job, chunk_members=chunk_members, now=now)
+    write_chunk(session, incident, briefing, job, chunk_members=chunk_members, now=now)
     return job
 
 
-def _write_chunk(
+def write_chunk(
     session: Session,
     incident: Incident,
     briefing: Briefing,
@@ -624,42 +344,6 @@ def stop_pending(session: Session, incident: Incident, now: datetime) -> int:
         assert briefing is not None  # the job's row is deleted with its briefing
         _finish(session, incident, briefing, job, now, stopped=True)
     return len(jobs)
-
-
-Dispatch = Callable[[int], object]
-
-
-def advance(
-    session_factory: sessionmaker[Session],
-    briefing_id: int,
-    *,
-    chunk_members: int,
-    dispatch: Dispatch,
-) -> int:
-    """Write the version's remaining chunks, each in its own transaction, handing each
-    chunk's rows to `dispatch` (by briefing id) as soon as it is committed. Returns the
-    chunks written. Safe to run twice at once: the incident's row lock orders them."""
-    chunks = 0
-    while True:
-        with session_scope(session_factory) as session:
-            begin_immediate(session)
-            job = session.get(BriefingTargeting, briefing_id)
-            if job is None or job.finished_at is not None:
-                return chunks
-            # The incident row first (lock order), then the job's, re-read under it.
-            incident = session.get(Incident, job.incident_id, with_for_update=True)
-            session.refresh(job, with_for_update=True)
-            briefing = session.get(Briefing, briefing_id)
-            if incident is None or briefing is None or job.finished_at is not None:
-                return chunks
-            _write_chunk(
-                session, incident, briefing, job, chunk_members=chunk_members, now=utcnow()
-            )
-            finished = job.finished_at is not None
-        chunks += 1
-        dispatch(briefing_id)
-        if finished:
-            return chunks
 
 
 def resume_stalled(

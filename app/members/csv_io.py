@@ -21,7 +21,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
 from app.errors import Conflict, FieldProblem, InvalidInput
 from app.members.schemas import (
     ImportedSecret,
@@ -34,6 +33,7 @@ from app.members.service import MemberPolicy, iter_members, member_columns
 from app.models import Member
 from app.models.base import uuid7
 from app.netguard import UnsafeURL, check_webhook_url
+from app.principal import Principal
 from app.security import new_webhook_secret
 
 COLUMNS = (

@@ -14,8 +14,8 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
 from app.models import Member
+from app.principal import Principal
 from app.security import SecretBox
 
 

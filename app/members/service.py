@@ -13,12 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.audit.service import record
-from app.auth.service import Principal
 from app.db import contains_pattern
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from app.members.schemas import Consent, MemberCreate, MemberFilters, MemberUpdate, QuietHours
 from app.models import Member
 from app.netguard import UnsafeURL, check_webhook_url
+from app.principal import Principal
 from app.security import SecretBox, new_webhook_secret
 
 

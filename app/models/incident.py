@@ -38,7 +38,7 @@ class Incident(Base):
     declared_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Follow-up of the answers: see app/acks/followup.py.
+    # Follow-up of the answers: see app/incidents/followup.py.
     ack_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     followup: Mapped[dict[str, Any]] = mapped_column(JSONList, default=dict)
     # The two-person rule: a pending declaration expires at `approval_expires_at`; who

@@ -25,10 +25,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from app.models import ConsoleSession, Person, Role
 from app.models.base import utcnow
+from app.principal import Principal
 from app.security import SecretBox
 
 TOTP_PURPOSE = "rrmm console totp secrets v1"

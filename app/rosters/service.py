@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.auth.service import Principal
 from app.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from app.models import Member, Roster, RosterMember
+from app.principal import Principal
 from app.rosters.schemas import RosterCreate, RosterUpdate
 
 _CHUNK = 500

@@ -18,15 +18,15 @@ from kombu import Connection, Queue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks.tokens import AckTokenSigner, signer_from_settings
+from app.broker import BEAT_QUEUE, SEND_QUEUE
 from app.config import Settings
+from app.deliveries.tokens import AckTokenSigner, signer_from_settings
 from app.main import create_app
 from app.models import Ack, Briefing, CurrentAck, Delivery, Role
 from tests.support.factories import declare_body, member_payload
 from tests.support.live_server import serve
 from tests.support.sinks import SmtpSink
 from tests.support.worker import WorkerProcess, worker_environment
-from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 # Every test app but the rate-limit ones: far above what a test sends from one address.
 NO_LIMIT = "1000000/minute"

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect, sync_playwright
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks.tokens import AckTokenSigner
 from app.config import Settings
+from app.deliveries.tokens import AckTokenSigner
 from app.netutil import wait_until
 from tests.acks.conftest import (
     SECURITY_HEADERS,

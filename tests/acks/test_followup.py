@@ -26,8 +26,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
+from app.broker import DISPATCH_TASK, create_publisher
 from app.config import Settings
+from app.incidents import jobs as incident_jobs
 from app.models import Ack, Briefing, Delivery, IncidentTimer, Role
 from app.models.base import utcnow
 from app.netutil import wait_until
@@ -36,7 +37,6 @@ from tests.support.clock import ManualClock
 from tests.support.factories import declare_body, wait_final
 from tests.support.sinks import CaughtMail, Hit, SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
-from workers.celery_app import DISPATCH_TASK, create_publisher
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def worker(worker_env: dict[str, str], purge_broker: None) -> Iterator[WorkerPro
 def fire_timers(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> Iterator[Callable[[ManualClock], int]]:
-    """Beat's timer step (`followup.fire_due`) at the test's clock, publishing what it
+    """Beat's timer step (`incidents.jobs.fire_due`) at the test's clock, publishing what it
     dispatches to the real broker as the worker's sweep does. Tests that use it declare
     timers far enough ahead that the worker's own beat never reaches them."""
     publisher = create_publisher(settings.model_copy(update={"operator_emails": [OPERATOR]}))
@@ -99,7 +99,7 @@ def fire_timers(
         publisher.send_task(DISPATCH_TASK, args=(briefing_id,))
 
     def fire(clock: ManualClock) -> int:
-        return followup.fire_due(
+        return incident_jobs.fire_due(
             session_factory,
             settings.model_copy(update={"operator_emails": [OPERATOR]}),
             dispatch,

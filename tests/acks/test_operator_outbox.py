@@ -21,9 +21,11 @@ from pydantic import SecretStr
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup, outbox
+from app.acks import jobs as acks_jobs
+from app.acks import outbox
 from app.config import Settings
 from app.db import session_scope
+from app.incidents import jobs as incident_jobs
 from app.models import IncidentEvent, IncidentTimer, OperatorNotice
 from app.models.base import utcnow
 from app.netutil import free_port, wait_until
@@ -131,8 +133,8 @@ def test_a_hung_relay_does_not_hold_the_incident_and_the_notice_goes_out_when_it
     results: dict[str, int] = {}
 
     def sweep() -> None:  # what workers.tasks.sweep runs, in this order
-        results["timers"] = followup.fire_due(session_factory, settings, lambda _: None)
-        results["notices"] = outbox.send_due(session_factory, settings)
+        results["timers"] = incident_jobs.fire_due(session_factory, settings, lambda _: None)
+        results["notices"] = acks_jobs.send_due(session_factory, settings)
 
     sweeper = threading.Thread(target=sweep, daemon=True)
     sweeper.start()
@@ -162,14 +164,14 @@ def test_a_hung_relay_does_not_hold_the_incident_and_the_notice_goes_out_when_it
     assert failed.lease_until is None
     assert "operators_notified" not in kinds(session_factory, incident)
     # Not due yet: a sweep now leaves it alone.
-    assert outbox.send_due(session_factory, settings) == 0
+    assert acks_jobs.send_due(session_factory, settings) == 0
     assert the_notice(session_factory).attempts == 1
 
     sink = sink_on(hanging.port)
     try:
         make_due(session_factory)
-        assert outbox.send_due(session_factory, settings) == 1
-        assert outbox.send_due(session_factory, settings) == 0  # sent once
+        assert acks_jobs.send_due(session_factory, settings) == 1
+        assert acks_jobs.send_due(session_factory, settings) == 0  # sent once
     finally:
         sink.stop()
 
@@ -206,12 +208,12 @@ def test_attempts_are_bounded_and_back_off(
     closed_port = free_port()  # nothing listens: every attempt is refused at once
     settings = notice_settings(ack_settings, closed_port, operator_notice_max_attempts=3)
     incident, _ = incident_at_its_deadline(api, session_factory)
-    assert followup.fire_due(session_factory, settings, lambda _: None) == 1
+    assert incident_jobs.fire_due(session_factory, settings, lambda _: None) == 1
 
     waits = []
     for attempt in (1, 2, 3):
         before = utcnow()
-        assert outbox.send_due(session_factory, settings) == 0
+        assert acks_jobs.send_due(session_factory, settings) == 0
         notice = the_notice(session_factory)
         assert notice.attempts == attempt
         assert notice.last_error is not None
@@ -223,7 +225,7 @@ def test_attempts_are_bounded_and_back_off(
     # Doubling waits between attempts (30 s, then 60 s), none after the last.
     assert timedelta(seconds=29) < waits[0] <= timedelta(seconds=31)
     assert timedelta(seconds=59) < waits[1] <= timedelta(seconds=61)
-    assert outbox.send_due(session_factory, settings) == 0
+    assert acks_jobs.send_due(session_factory, settings) == 0
     assert the_notice(session_factory).attempts == 3  # given up: never tried again
     assert "operators_notified" not in kinds(session_factory, incident)
     assert outbox.retry_delay(settings, 20) == timedelta(hours=1)  # capped
@@ -246,7 +248,7 @@ def test_no_notice_without_unmet_quotas_or_addresses(
     with session_scope(session_factory) as session:
         session.execute(update(IncidentTimer).values(due_at=utcnow() - timedelta(seconds=1)))
 
-    assert followup.fire_due(session_factory, settings, lambda _: None) == 1
+    assert incident_jobs.fire_due(session_factory, settings, lambda _: None) == 1
 
     with session_factory() as session:
         assert session.scalars(select(OperatorNotice)).all() == []
@@ -266,9 +268,9 @@ def test_the_notice_follows_the_starttls_mode(
         required = notice_settings(
             ack_settings, plain.port, smtp_starttls="required", **credentials
         )
-        assert followup.fire_due(session_factory, required, lambda _: None) == 1
+        assert incident_jobs.fire_due(session_factory, required, lambda _: None) == 1
         # The relay does not offer STARTTLS: refused before any password or message.
-        assert outbox.send_due(session_factory, required) == 0
+        assert acks_jobs.send_due(session_factory, required) == 0
         refused = the_notice(session_factory)
         assert "STARTTLS required" in (refused.last_error or "")
         assert plain.auth_attempts == []
@@ -279,7 +281,7 @@ def test_the_notice_follows_the_starttls_mode(
         untrusted = notice_settings(
             ack_settings, tls.port, smtp_starttls="opportunistic", **credentials
         )
-        assert outbox.send_due(session_factory, untrusted) == 0
+        assert acks_jobs.send_due(session_factory, untrusted) == 0
         assert "certificate" in (the_notice(session_factory).last_error or "")
         assert tls.auth_attempts == []
 
@@ -292,7 +294,7 @@ def test_the_notice_follows_the_starttls_mode(
             smtp_ca_file=certificates.ca_file,
             **credentials,
         )
-        assert outbox.send_due(session_factory, verified) == 1
+        assert acks_jobs.send_due(session_factory, verified) == 1
     finally:
         plain.stop()
         tls.stop()
@@ -309,13 +311,13 @@ def test_two_senders_never_send_the_same_notice_twice(
     try:
         settings = notice_settings(ack_settings, sink.port)
         incident_at_its_deadline(api, session_factory)
-        assert followup.fire_due(session_factory, settings, lambda _: None) == 1
+        assert incident_jobs.fire_due(session_factory, settings, lambda _: None) == 1
         sent: list[int] = []
         barrier = threading.Barrier(2)
 
         def sender() -> None:
             barrier.wait()
-            sent.append(outbox.send_due(session_factory, settings))
+            sent.append(acks_jobs.send_due(session_factory, settings))
 
         threads = [threading.Thread(target=sender) for _ in range(2)]
         for thread in threads:
@@ -348,7 +350,7 @@ def test_a_notice_that_could_inject_a_header_is_given_up_at_once(
                 subject="Deadline",
                 body="Body\n",
             )
-        assert outbox.send_due(session_factory, settings) == 0
+        assert acks_jobs.send_due(session_factory, settings) == 0
     finally:
         sink.stop()
 

@@ -20,13 +20,13 @@ from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.service import Principal
 from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
 from app.models import AuditEntry, ConsoleSession, Person, Role
 from app.models.base import utcnow
 from app.people import service as people
+from app.principal import Principal
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.factories import declare_body, member_payload
 from tests.support.live_server import serve

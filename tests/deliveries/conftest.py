@@ -8,12 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 from kombu import Connection, Queue
 
+from app.broker import BEAT_QUEUE, SEND_QUEUE
 from app.config import Settings
 from app.models import Role
 from tests.support.factories import member_payload
 from tests.support.sinks import SmtpSink, WebhookReceiver
 from tests.support.worker import WorkerProcess, worker_environment
-from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.acks.tokens import AckTokenSigner, InvalidToken
 from app.deliveries.content import (
     ACK_URL_PLACEHOLDER,
     choose_language,
@@ -20,6 +19,7 @@ from app.deliveries.content import (
     text_direction,
 )
 from app.deliveries.quiet_hours import first_attempt_at, quiet_until
+from app.deliveries.tokens import AckTokenSigner, InvalidToken
 from app.models import Briefing, Incident
 
 PARIS = ZoneInfo("Europe/Paris")

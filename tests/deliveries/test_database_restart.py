@@ -22,11 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import migrate
-from app.auth.service import Principal, create_key
+from app.auth.service import create_key
 from app.db import create_db_engine, create_session_factory, session_scope
 from app.main import create_app
 from app.models import Role
 from app.netutil import free_port
+from app.principal import Principal
 from tests.deliveries.test_process_faults import (
     assert_everyone_reached,
     assert_one_sent_row_per_member_and_channel,

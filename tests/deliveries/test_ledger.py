@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
-from app.deliveries import ledger
+from app.deliveries import jobs, ledger
 from app.models import Briefing, Delivery, Incident, Role
 from app.models.base import utcnow
 from app.vocabulary import DeliveryStatus
@@ -175,14 +175,12 @@ def test_a_skewed_worker_clock_does_not_move_leases_on_postgresql(
 def test_dispatch_reads_the_ledger_one_page_at_a_time(session_factory, settings, declared):
     """Each page's batches are published before the next page is read, and every due row
     is published exactly once."""
-    from app.deliveries import service
-
     _incident_id, ids = declared
     published: list[list[int]] = []
-    queued = service.dispatch(session_factory, settings, published.append, page_rows=2)
+    queued = jobs.dispatch(session_factory, settings, published.append, page_rows=2)
     assert queued == 3
     assert published == [sorted(ids)[:2], sorted(ids)[2:]]
-    assert service.dispatch(session_factory, settings, published.append, page_rows=2) == 0
+    assert jobs.dispatch(session_factory, settings, published.append, page_rows=2) == 0
 
 
 def test_take_due_marks_and_returns_one_page_after_the_last_id(session_factory, declared):

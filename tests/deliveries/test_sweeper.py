@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.broker import SEND_QUEUE
 from app.health.service import sweep_runs
 from app.models import Role
 from app.netutil import wait_until
 from tests.support.factories import declare_body
 from tests.support.sinks import WebhookReceiver
 from tests.support.worker import WorkerProcess
-from workers.celery_app import SEND_QUEUE
 
 pytestmark = pytest.mark.slow  # a real worker
 

@@ -22,6 +22,7 @@ import pytest
 from kombu import Connection
 from sqlalchemy import select
 
+from app.broker import BEAT_QUEUE, SEND_QUEUE
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries.email import UnsafeHeader, safe_header_value
@@ -33,7 +34,6 @@ from tests.support.factories import assert_problem, briefing, declare_body, wait
 from tests.support.sinks import CaughtMail, HangingSmtpServer, SmtpSink
 from tests.support.timed_receiver import RequestTrap, TimedReceiver
 from tests.support.worker import FAST_CLOCKS, WorkerProcess, worker_environment
-from workers.celery_app import BEAT_QUEUE, SEND_QUEUE
 
 pytestmark = pytest.mark.slow
 

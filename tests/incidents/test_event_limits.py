@@ -18,11 +18,12 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.service import Principal, create_key, revoke_key
+from app.auth.service import create_key, revoke_key
 from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
 from app.models import Role
+from app.principal import Principal
 from tests.incidents.test_status import Person, add_members, declare
 from tests.support.factories import assert_problem
 from tests.support.live_server import serve

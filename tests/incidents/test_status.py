@@ -20,16 +20,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
 from app.acks.service import record
-from app.acks.tokens import signer_from_settings
-from app.auth.service import Principal, create_key, revoke_key
+from app.auth.service import create_key, revoke_key
 from app.config import Settings
 from app.db import session_scope
 from app.deliveries import ledger
+from app.deliveries.tokens import signer_from_settings
+from app.incidents import followup
 from app.main import create_app
 from app.models import Delivery, Member, Role
 from app.models.base import utcnow
+from app.principal import Principal
 from app.state import app_state
 from app.vocabulary import DeliveryStatus
 from tests.support.clock import ManualClock

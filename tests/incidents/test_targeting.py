@@ -1,5 +1,5 @@
 """Declaring in constant time: the request writes the first chunk of members, the worker
-the rest (`targeting.advance`), set-based, resumable, exactly once per member and channel.
+the rest (`app.incidents.jobs.advance`), set-based, resumable, exactly once per member and channel.
 
 The API runs with chunks of CHUNK members; `advance` is the worker's own function, called
 here in-process on the same database (tests/deliveries/test_fanout.py runs it in a real
@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from app.deliveries.content import choose_language
 from app.deliveries.quiet_hours import first_attempt_at
+from app.incidents import jobs as incident_jobs
 from app.incidents import targeting
 from app.models import (
     Briefing,
@@ -83,7 +84,7 @@ def _briefing_id(db, incident_id: str, version: int = 1) -> int:
 
 def _advance(session_factory, briefing_id: int) -> list[int]:
     queued: list[int] = []
-    targeting.advance(session_factory, briefing_id, chunk_members=CHUNK, dispatch=queued.append)
+    incident_jobs.advance(session_factory, briefing_id, chunk_members=CHUNK, dispatch=queued.append)
     return queued
 
 
@@ -194,7 +195,7 @@ def test_a_worker_that_dies_between_chunks_is_resumed_and_nothing_is_written_twi
             raise SystemExit("worker killed")  # after the chunk's commit, as a SIGKILL would be
 
     with pytest.raises(SystemExit):
-        targeting.advance(
+        incident_jobs.advance(
             session_factory, version, chunk_members=CHUNK, dispatch=dies_after_second_chunk
         )
     db.expire_all()

@@ -17,14 +17,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.acks import followup
 from app.acks.service import record
-from app.acks.tokens import signer_from_settings
 from app.config import Settings
 from app.db import session_scope
+from app.deliveries import jobs as deliveries
 from app.deliveries import ledger
-from app.deliveries import service as deliveries
-from app.incidents import timeline
+from app.deliveries.tokens import signer_from_settings
+from app.incidents import jobs as incident_jobs
 from app.incidents.service import activate_mobilized
 from app.models import Ack, Delivery, IncidentEvent, IncidentTimer, Role
 from app.models.base import utcnow
@@ -80,7 +79,7 @@ def fire_timers_now(session_factory: sessionmaker[Session], settings: Settings) 
         timers = session.scalars(select(IncidentTimer).order_by(IncidentTimer.due_at)).all()
         for n, timer in enumerate(timers):
             timer.due_at = utcnow() - timedelta(seconds=len(timers) - n)
-    return followup.fire_due(session_factory, settings, lambda _: None)
+    return incident_jobs.fire_due(session_factory, settings, lambda _: None)
 
 
 def test_the_timeline_tells_the_whole_incident_in_order(
@@ -112,12 +111,12 @@ def test_the_timeline_tells_the_whole_incident_in_order(
     # The fan-out starts when the rows are queued, once however often they are queued.
     assert dispatch_all(session_factory, settings)
     deliveries.dispatch(session_factory, settings, lambda _: None)
-    assert timeline.record_finished_fanouts(session_factory) == 0  # rows still open
+    assert incident_jobs.record_finished_fanouts(session_factory) == 0  # rows still open
     settle_everything(session_factory, incident)
     with session_scope(session_factory) as session:
         assert activate_mobilized(session) == 1  # every first delivery has been tried
-    assert timeline.record_finished_fanouts(session_factory) == 1
-    assert timeline.record_finished_fanouts(session_factory) == 0  # once
+    assert incident_jobs.record_finished_fanouts(session_factory) == 1
+    assert incident_jobs.record_finished_fanouts(session_factory) == 0  # once
     update_body = {"briefing": {"en": {"subject": "Update", "body": "Calm is returning."}}}
     updated = client.post(
         f"/v1/incidents/{incident['id']}/updates", json=update_body, headers=operator

@@ -20,19 +20,16 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.models import (
     Briefing,
-    BriefingTargeting,
-    Delivery,
-    DeliveryCounter,
     Incident,
     IncidentEvent,
 )
 from app.models.base import utcnow
-from app.vocabulary import OPEN_DELIVERY_STATUSES, TimelineEventKind
+from app.vocabulary import TimelineEventKind
 
 # Delivery latency (from the briefing version's creation to the message leaving) is
 # counted per finished fan-out in these buckets (seconds), for the /metrics histogram.
@@ -137,110 +134,6 @@ def record_fanout_started(session: Session, briefing_ids: Sequence[int], at: dat
             at=at,
         )
     return added
-
-
-def _unfinished_fanouts(session: Session) -> list[tuple[uuid.UUID, int, datetime]]:
-    """(incident, version, start) of every fan-out started and not yet finished."""
-    started = aliased(IncidentEvent)
-    finished = aliased(IncidentEvent)
-    query = (
-        select(started.incident_id, started.briefing_version, started.at)
-        .outerjoin(
-            finished,
-            (finished.incident_id == started.incident_id)
-            & (finished.kind == TimelineEventKind.FANOUT_FINISHED)
-            & (finished.briefing_version == started.briefing_version),
-        )
-        .where(started.kind == TimelineEventKind.FANOUT_STARTED, finished.id.is_(None))
-    )
-    return [(row[0], row[1] or 0, row[2]) for row in session.execute(query)]
-
-
-def _latency_buckets(latencies: Sequence[float]) -> list[int]:
-    """Cumulative counts per `LATENCY_BUCKETS` bound (Prometheus' `le` convention)."""
-    return [sum(1 for value in latencies if value <= bound) for bound in LATENCY_BUCKETS]
-
-
-def _still_targeting(session: Session, briefing_id: int) -> bool:
-    """Rows are still being written for this version: its fan-out has not finished."""
-    return (
-        session.scalar(
-            select(BriefingTargeting.briefing_id).where(
-                BriefingTargeting.briefing_id == briefing_id,
-                BriefingTargeting.finished_at.is_(None),
-            )
-        )
-        is not None
-    )
-
-
-def record_finished_fanouts(session_factory: Any) -> int:
-    """Called by the sweep: a fan-out whose briefing version has no row left to send is
-    finished; its event carries the outcome counts and the delivery-latency histogram.
-
-    While an incident has any row open, its delivery counters say so and its fan-outs are
-    not looked at (no scan of the ledger at every sweep). A row that is final stays final,
-    so an incident with none open has every started fan-out finished; the event's time is
-    its last row's, however late the sweep notices. Each is written in its own transaction.
-    """
-    from app.db import session_scope
-
-    with session_scope(session_factory) as session:
-        candidates = _unfinished_fanouts(session)
-        if not candidates:
-            return 0
-        busy = set(
-            session.scalars(
-                select(DeliveryCounter.incident_id)
-                .where(
-                    DeliveryCounter.incident_id.in_({c[0] for c in candidates}),
-                    DeliveryCounter.status.in_(sorted(OPEN_DELIVERY_STATUSES)),
-                    DeliveryCounter.count > 0,
-                )
-                .distinct()
-            )
-        )
-    finished = 0
-    for incident_id, version, started_at in candidates:
-        if incident_id in busy:
-            continue
-        with session_scope(session_factory) as session:
-            briefing = session.scalar(
-                select(Briefing).where(
-                    Briefing.incident_id == incident_id, Briefing.version == version
-                )
-            )
-            if briefing is None or _still_targeting(session, briefing.id):
-                continue
-            outcomes: dict[str, int] = {}
-            latencies: list[float] = []
-            last_change = started_at
-            for status, sent_at, updated_at in session.execute(
-                select(Delivery.status, Delivery.sent_at, Delivery.updated_at).where(
-                    Delivery.briefing_id == briefing.id
-                )
-            ):
-                outcomes[status] = outcomes.get(status, 0) + 1
-                last_change = max(last_change, updated_at)
-                if sent_at is not None:
-                    latencies.append(max((sent_at - briefing.created_at).total_seconds(), 0.0))
-            finished += add_once(
-                session,
-                incident_id,
-                TimelineEventKind.FANOUT_FINISHED,
-                f"{TimelineEventKind.FANOUT_FINISHED}:{version}",
-                version=version,
-                at=last_change,
-                detail={
-                    "briefing": briefing.kind,
-                    "outcomes": outcomes,
-                    "duration_seconds": round((last_change - started_at).total_seconds(), 3),
-                    "latency_buckets": _latency_buckets(latencies),
-                    "latency_sum": round(sum(latencies), 3),
-                    "latency_count": len(latencies),
-                },
-            )
-    return finished
 
 
 def events(

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
+from app import timeline
 from app.acks import outbox
-from app.acks.service import met_segments, quota_progress
-from app.clock import SYSTEM, Clock
+from app.acks.quotas import met_segments, quota_progress
 from app.config import Settings
-from app.incidents import timeline
+from app.incidents import audience, briefings
 from app.models import CurrentAck, Incident, IncidentTimer, Member, RosterMember
 from app.models.base import utcnow
 from app.vocabulary import ENDED_INCIDENT_STATUSES, BriefingKind, TimelineEventKind, TimerKind
 
 log = structlog.get_logger(__name__)
-
-Dispatcher = Any  # Callable[[int], None], see app.incidents.service
-RETRY_FAILED_TIMER = timedelta(minutes=1)
 
 
 def create_timers(session: Session, incident: Incident, now: datetime) -> None:
@@ -81,10 +77,9 @@ def take_due_timer(session: Session, now: datetime) -> IncidentTimer | None:
 
 def _silent_targets(session: Session, incident: Incident) -> ColumnElement[bool]:
     """Targeted, active members with no answer, outside every segment that met its quota."""
-    from app.incidents import targeting
 
     answered = select(CurrentAck.member_id).where(CurrentAck.incident_id == incident.id)
-    condition = [targeting.recipients(incident), Member.id.not_in(answered)]
+    condition = [audience.recipients(incident), Member.id.not_in(answered)]
     met = met_segments(session, incident)
     if met is not None:
         condition.append(~met)
@@ -92,59 +87,53 @@ def _silent_targets(session: Session, incident: Incident) -> ColumnElement[bool]
 
 
 def fire(
-    session: Session, timer: IncidentTimer, *, settings: Settings, dispatch: Dispatcher
+    session: Session, timer: IncidentTimer, *, settings: Settings, dispatch: briefings.Dispatcher
 ) -> str:
     """Do what the timer is for; returns a short outcome kept on the timer row."""
-    from app.incidents import service as incidents
-    from app.incidents import targeting
-
-    # The incident row first (see app.incidents.timeline for the lock order): a reminder
+    # The incident row first (see app.timeline for the lock order): a reminder
     # and an update of one incident also get distinct briefing versions this way.
     incident = session.get(Incident, timer.incident_id, with_for_update=True)
     if incident is None or incident.status in ENDED_INCIDENT_STATUSES:
         return "incident ended"
     if timer.kind == TimerKind.REMINDER:
         silent = _silent_targets(session, incident)
-        members = targeting.count_reach(session, silent, []).members
+        members = audience.count_reach(session, silent, []).members
         if not members:
             return "nobody to remind"
-        briefing = incidents.add_follow_up_briefing(session, incident, kind=BriefingKind.REMINDER)
-        count = targeting.add_deliveries(session, incident, briefing, silent, now=utcnow())
-        incidents.dispatch_after_commit(session, briefing, dispatch)
+        briefing = briefings.add_follow_up_briefing(session, incident, kind=BriefingKind.REMINDER)
+        count = briefings.add_deliveries(session, incident, briefing, silent, now=utcnow())
+        briefings.dispatch_after_commit(session, briefing, dispatch)
         return f"reminded {members} members ({count} deliveries)"
     if timer.kind == TimerKind.ESCALATION:
         return _escalate(session, incident, dispatch)
     return _deadline(session, incident, settings, timer)
 
 
-def _escalate(session: Session, incident: Incident, dispatch: Dispatcher) -> str:
-    from app.incidents import service as incidents
-    from app.incidents import targeting
-
+def _escalate(session: Session, incident: Incident, dispatch: briefings.Dispatcher) -> str:
     if all(p.met for p in quota_progress(session, incident)) and incident.followup.get("quotas"):
         return "every quota met: no escalation"
     rosters = [uuid.UUID(r) for r in incident.followup.get("escalation_rosters", [])]
     in_rosters = select(RosterMember.member_id).where(RosterMember.roster_id.in_(rosters))
     condition = [
         Member.id.in_(in_rosters),
-        targeting.reachable(incident.channels),
-        ~targeting.targeted_by(incident.id),
+        audience.reachable(incident.channels),
+        ~audience.targeted_by(incident.id),
     ]
     met = met_segments(session, incident)
     if met is not None:
         condition.append(~met)
     escalated = and_(*condition)
-    members = targeting.count_reach(session, escalated, []).members
+    members = audience.count_reach(session, escalated, []).members
     if not members:
         return "no one left to escalate to"
     now = utcnow()
-    briefing = incidents.add_follow_up_briefing(session, incident, kind=BriefingKind.ESCALATED)
+    briefing = briefings.add_follow_up_briefing(session, incident, kind=BriefingKind.ESCALATED)
     # Their rows first: once targeted, they no longer match `escalated`.
-    count = targeting.add_deliveries(session, incident, briefing, escalated, now=now)
-    targeting.bump_targeted(
-        session, incident.id, targeting.add_targets(session, incident, escalated, now)
+    count = briefings.add_deliveries(session, incident, briefing, escalated, now=now)
+    briefings.bump_targeted(
+        session, incident.id, briefings.add_targets(session, incident, escalated, now)
     )
-    incidents.dispatch_after_commit(session, briefing, dispatch)
+    briefings.dispatch_after_commit(session, briefing, dispatch)
     return f"escalated to {members} members ({count} deliveries)"
 
 
@@ -193,7 +182,7 @@ def _deadline(
     return f"deadline passed, {len(unmet)} quota(s) unmet: operators' notice queued"
 
 
-def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
+def add_to_timeline(session: Session, timer: IncidentTimer) -> None:
     """What a fired timer did, for the timeline (nothing if the incident had ended)."""
     outcome = timer.outcome or ""
     if outcome == "incident ended":
@@ -209,49 +198,3 @@ def _add_to_timeline(session: Session, timer: IncidentTimer) -> None:
     timeline.add(
         session, timer.incident_id, kind, detail={"sequence": timer.sequence, "outcome": outcome}
     )
-
-
-def fire_due(
-    session_factory: Any,
-    settings: Settings,
-    dispatch: Dispatcher,
-    limit: int = 50,
-    *,
-    clock: Clock = SYSTEM,
-) -> int:
-    """Fire due timers, one transaction each. A timer whose work fails is postponed a
-    minute and fired again then. (The operators' notice is only queued here: see
-    app/acks/outbox.py for its sending and retries.)"""
-    from app.db import session_scope
-
-    fired = 0
-    for _ in range(limit):
-        timer_id = None
-        try:
-            with session_scope(session_factory) as session:
-                timer = take_due_timer(session, clock.now())
-                if timer is None:
-                    return fired
-                timer_id = timer.id
-                timer.outcome = fire(session, timer, settings=settings, dispatch=dispatch)[:200]
-                _add_to_timeline(session, timer)
-                log.info(
-                    "timer_fired",
-                    kind=timer.kind,
-                    incident_id=str(timer.incident_id),
-                    outcome=timer.outcome,
-                )
-        except Exception as exc:
-            # Whatever failed (a database error, or a bug), this timer waits a minute and
-            # the others still fire: one bad timer never blocks the rest.
-            log.warning("timer_postponed", timer_id=timer_id, error=type(exc).__name__)
-            if timer_id is not None:
-                with session_scope(session_factory) as session:
-                    session.execute(
-                        update(IncidentTimer)
-                        .where(IncidentTimer.id == timer_id)
-                        .values(due_at=clock.now() + RETRY_FAILED_TIMER)
-                    )
-            continue
-        fired += 1
-    return fired
