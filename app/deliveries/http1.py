@@ -397,8 +397,7 @@ class Http1Client:
                 except BaseException:
                     sock.close()
                     raise
-            assert error is not None
-            raise error
+            raise error or OSError(f"{origin.host} resolved to no address")
 
     async def _open(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, origin: Origin
