@@ -44,11 +44,13 @@ class HttpError(Exception):
 
 class ServerDisconnected(HttpError):
     """The connection closed before the whole answer came. `before_response`: not one byte
-    of it had arrived (on a pooled connection: the receiver had closed it while idle)."""
+    of it had arrived (on a pooled connection: the receiver had closed it while idle);
+    `in_body`: the headers had come, the body was cut short."""
 
-    def __init__(self, *, before_response: bool) -> None:
+    def __init__(self, *, before_response: bool, in_body: bool = False) -> None:
         super().__init__("the server closed the connection")
         self.before_response = before_response
+        self.in_body = in_body
 
 
 class MalformedResponse(HttpError):
@@ -183,7 +185,9 @@ class _Connection(asyncio.Protocol):
             # A body delimited by the end of the connection (neither length nor chunks).
             self._finish(truncated=False)
         else:
-            waiter.set_exception(ServerDisconnected(before_response=self._received == 0))
+            waiter.set_exception(
+                ServerDisconnected(before_response=self._received == 0, in_body=self._headers_done)
+            )
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter

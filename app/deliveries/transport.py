@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from app.deliveries.http1 import (
     HttpError,
     InvalidTarget,
     Response,
+    ServerDisconnected,
     Target,
     parse_target,
     request_bytes,
@@ -222,7 +224,7 @@ class WebhookSender:
                 request.delivery_id,
                 ok=False,
                 retryable=True,
-                error=f"connection error: {type(exc).__name__}",
+                error=f"connection error: {_error_name(exc)}",
             )
         return self._classify(request.delivery_id, response)
 
@@ -248,6 +250,24 @@ class WebhookSender:
             error=f"HTTP {status}",
             retry_after=retry_after,
         )
+
+
+def _error_name(exc: HttpError | OSError) -> str:
+    """The name a failed exchange is recorded under: the names the aiohttp-based sender
+    wrote before this client (the ledger's `last_error` and whatever reads it keep their
+    vocabulary). OSErrors come from resolving and connecting only: once connected, every
+    failure is an `HttpError`."""
+    if isinstance(exc, ServerDisconnected):
+        return "ClientPayloadError" if exc.in_body else "ServerDisconnectedError"
+    if isinstance(exc, HttpError):
+        return "ClientResponseError"  # a malformed answer, or its headers too large
+    if isinstance(exc, socket.gaierror):
+        return "ClientConnectorDNSError"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "ClientConnectorCertificateError"
+    if isinstance(exc, ssl.SSLError):
+        return "ClientConnectorSSLError"
+    return "ClientConnectorError"
 
 
 STARTTLS_MODES = ("off", "opportunistic", "required")

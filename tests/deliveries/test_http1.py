@@ -733,7 +733,7 @@ def test_the_sender_classifies_what_the_client_reports(
     assert by_path["/bad"] == SendResult(4, ok=False, error="HTTP 400")
     garbage = by_path["/garbage"]
     assert (garbage.ok, garbage.retryable) == (False, True)
-    assert garbage.error == "connection error: MalformedResponse"
+    assert garbage.error == "connection error: ClientResponseError"
 
 
 def test_the_sender_refuses_injected_headers_without_sending(
@@ -781,5 +781,30 @@ def test_the_sender_reports_timeouts_and_connection_errors_as_retryable(
     by_id = {r.delivery_id: r for r in asyncio.run(go())}
     assert by_id[1] == SendResult(1, ok=False, retryable=True, error="timeout")
     assert by_id[2] == SendResult(
-        2, ok=False, retryable=True, error="connection error: ConnectionRefusedError"
+        2, ok=False, retryable=True, error="connection error: ClientConnectorError"
     )
+
+
+def test_the_sender_names_an_unverified_certificate_and_a_cut_answer(
+    serve: Callable[..., ScriptedServer], tls_server_context: tuple[ssl.SSLContext, Path]
+) -> None:
+    server_context, _ = tls_server_context
+    untrusted = serve(answer(OK), tls=server_context)
+
+    def cut(exchange: Exchange) -> bool:
+        exchange.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        return False
+
+    cutting = serve(cut)
+    results = send(
+        [WebhookRequest(1, untrusted.url(), b"{}", {}), WebhookRequest(2, cutting.url(), b"{}", {})]
+    )
+
+    by_id = {r.delivery_id: r for r in results}
+    assert by_id[1] == SendResult(
+        1, ok=False, retryable=True, error="connection error: ClientConnectorCertificateError"
+    )
+    assert by_id[2] == SendResult(
+        2, ok=False, retryable=True, error="connection error: ClientPayloadError"
+    )
+    assert untrusted.received == []
