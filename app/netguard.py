@@ -3,8 +3,8 @@
 Checked when a URL is registered and again, on the resolved address, when it is called
 (DNS can change in between), so a member record cannot be used to reach the metadata
 service or anything else inside our network. Both checks read the host as the HTTP client
-(aiohttp, through yarl) will connect to it: yarl applies IDNA/NFKC, so `１２７.０.０.１` and
-`ｌｏｃａｌｈｏｓｔ` are loopback, whatever the raw text looks like.
+(`app.deliveries.http1`, through yarl) will connect to it: yarl applies IDNA/NFKC, so
+`１２７.０.０.１` and `ｌｏｃａｌｈｏｓｔ` are loopback, whatever the raw text looks like.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ class UnsafeURL(ValueError):
 class NonPublicAddress(OSError):
     """At send time: the webhook's host is, or resolves to, an address we never call.
 
-    An `OSError` because the resolver raises it inside aiohttp's connector, which only lets
-    `OSError` through (wrapped in `ClientConnectorError`); the sender unwraps it into a
+    An `OSError`, as the other ways a connection can fail; the sender turns it into a
     final failure: asking again would get the same answer."""
 
     def __init__(self, address: IPAddress) -> None:
@@ -78,8 +77,8 @@ def client_host(url: str | URL) -> str:
 
 
 def address_literal(host: str) -> IPAddress | None:
-    """The address if `host` is an IP literal (aiohttp connects to those without asking
-    any resolver), else None."""
+    """The address if `host` is an IP literal (connected to without asking any resolver,
+    and checked all the same), else None."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -125,7 +124,8 @@ def check_webhook_url(url: str, *, allow_private: bool) -> str:
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
         raise UnsafeURL("contains whitespace or control characters")
     try:
-        # Parsed by yarl, as aiohttp will parse it when calling: one reading of the host.
+        # Parsed by yarl, as the webhook client will parse it when calling: one reading of
+        # the host.
         parts = URL(url)
         host = client_host(parts)
         port = parts.port

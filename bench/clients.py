@@ -5,7 +5,7 @@ costs without the service (no database, no queue, no Celery, no message building
         --webhook-concurrency C --smtp-connections K
     python -m bench.clients floor ...
 
-- `library`: the client libraries the worker uses (aiosmtplib, aiohttp), driven by a fixed
+- `library`: the general-purpose client libraries (aiosmtplib, aiohttp), driven by a fixed
   pool of coroutines (K SMTP connections, C webhook senders on one pooled session).
 - `floor`: the protocol's own cost, clients of this file on asyncio protocols: SMTP with
   the whole transaction in one write per message (MAIL, RCPT, DATA, the dot-stuffed body,

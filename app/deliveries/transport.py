@@ -1,5 +1,5 @@
-"""Outbound I/O: webhooks over a pooled aiohttp session, email over a few reused SMTP
-connections. Each send returns a `SendResult`; nothing here touches the database."""
+"""Outbound I/O: webhooks over our keep-alive HTTP/1.1 client, email over a few reused
+SMTP connections. Each send returns a `SendResult`; nothing here touches the database."""
 
 from __future__ import annotations
 
@@ -15,16 +15,21 @@ from dataclasses import dataclass
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any, cast
 
-import aiohttp
 import aiosmtplib
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiosmtplib.protocol import normalize_message_line_endings
-from yarl import URL
 
-from app.netguard import NonPublicAddress, address_literal, client_host, refuse_non_public
+from app.deliveries.http1 import (
+    Http1Client,
+    HttpError,
+    InvalidTarget,
+    Response,
+    ServerDisconnected,
+    Target,
+    parse_target,
+    request_bytes,
+)
+from app.netguard import NonPublicAddress, address_literal, refuse_non_public
 
-# How much of a receiver's answer we read: enough for an error message, never 50 MB.
-MAX_RESPONSE_BYTES = 16 * 1024
 # HTTP statuses worth another try; every other non-2xx is final.
 RETRYABLE_HTTP = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -69,26 +74,6 @@ class EmailRequest:
     message: bytes
 
 
-class PublicOnlyResolver(AbstractResolver):
-    """Resolves like the system, then refuses if any address is not public. It is the
-    connector's resolver, so the addresses checked are the ones connected to (DNS
-    rebinding: the address is checked when we connect, not only when the URL was
-    registered, and there is no second lookup in between)."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        refuse_non_public([ipaddress.ip_address(result["host"]) for result in results])
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def parse_retry_after(value: str | None, *, cap: float) -> float | None:
     """`Retry-After` as seconds (delta or HTTP date), capped; None when absent or invalid."""
     if not value:
@@ -103,20 +88,10 @@ def parse_retry_after(value: str | None, *, cap: float) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), cap))
 
 
-async def _read_capped(response: aiohttp.ClientResponse) -> None:
-    """Read the answer to its end, but no more than MAX_RESPONSE_BYTES: an answer that
-    never ends runs into the timeout (not sent), a huge one is cut off."""
-    received = 0
-    while received < MAX_RESPONSE_BYTES:
-        chunk = await response.content.read(MAX_RESPONSE_BYTES - received)
-        if not chunk:
-            return
-        received += len(chunk)
-
-
 class WebhookSender:
-    """One pooled session for the process's loop; a fixed pool of `concurrency` sender
-    coroutines takes requests from one queue (no task and no semaphore wait per request)."""
+    """One keep-alive HTTP/1.1 client (`app.deliveries.http1`) for the process's loop; a
+    fixed pool of `concurrency` sender coroutines takes requests from one queue (no task
+    and no semaphore wait per request)."""
 
     def __init__(
         self,
@@ -128,37 +103,31 @@ class WebhookSender:
         retry_after_cap: float,
     ) -> None:
         self.allow_private = allow_private
-        # `total` bounds the whole exchange, reading the answer included (a receiver that
-        # drips its answer runs into it), so no per-read timer is rearmed on every chunk.
-        self.timeout = aiohttp.ClientTimeout(total=total_timeout, connect=connect_timeout)
+        # The total bounds the whole exchange, reading the answer included (a receiver
+        # that drips its answer runs into it), so no per-read timer is rearmed per chunk.
+        self.connect_timeout = connect_timeout
+        self.total_timeout = total_timeout
         self.concurrency = concurrency
         self.retry_after_cap = retry_after_cap
 
-        self._session: aiohttp.ClientSession | None = None
+        self._http: Http1Client | None = None
         # URL text → what to call (or why not): a member's URL is parsed and checked once
         # per process, not once per delivery. Only the literal check is cached; names are
-        # still resolved (and checked) by the connector at connect time.
-        self._targets: dict[str, URL | SendResult] = {}
+        # still resolved (and checked) each time a connection is made.
+        self._targets: dict[str, Target | SendResult] = {}
 
-    def _client(self) -> aiohttp.ClientSession:
-        """One pooled session for the life of the process's event loop: connections to a
-        receiver are reused from one batch to the next."""
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.concurrency,
-                limit_per_host=self.concurrency,
-                resolver=None if self.allow_private else PublicOnlyResolver(),
-                ttl_dns_cache=60,
+    def _client(self) -> Http1Client:
+        """One client for the life of the process's event loop: connections to a receiver
+        are reused from one batch to the next. No cookies are kept at all: a receiver's
+        Set-Cookie never reaches another member's receiver on the same host."""
+        if self._http is None:
+            self._http = Http1Client(
+                allow_private=self.allow_private,
+                connect_timeout=self.connect_timeout,
+                total_timeout=self.total_timeout,
+                max_idle=self.concurrency,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self.timeout,
-                auto_decompress=False,
-                # No cookie jar: a receiver's Set-Cookie must never reach another member's
-                # receiver on the same host, and keeping cookies costs per request.
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+        return self._http
 
     async def send_all(
         self,
@@ -170,7 +139,7 @@ class WebhookSender:
         A request that `wanted` refuses when its turn comes is not sent."""
         if not requests:
             return []
-        session = self._client()
+        client = self._client()
         queue = deque(requests)
         results: list[SendResult] = []
 
@@ -180,7 +149,7 @@ class WebhookSender:
                 if wanted is not None and not wanted(request.delivery_id):
                     result = not_wanted(request.delivery_id)
                 else:
-                    result = await self._send(session, request)
+                    result = await self._send(client, request)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
@@ -189,16 +158,17 @@ class WebhookSender:
         return results
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
-    def _literal_address_refused(self, url: URL) -> NonPublicAddress | None:
-        """aiohttp connects to an IP literal without asking the resolver, so literals are
-        checked here, on the host of the very URL object the request is made with."""
+    def _literal_address_refused(self, target: Target) -> NonPublicAddress | None:
+        """A literal that is refused is refused for good: found out once, when the URL is
+        first parsed (the client checks it again when connecting, as it does every name's
+        addresses)."""
         if self.allow_private:
             return None
-        literal = address_literal(client_host(url))
+        literal = address_literal(target.origin.host)
         if literal is None:
             return None
         try:
@@ -207,8 +177,8 @@ class WebhookSender:
             return refusal
         return None
 
-    def _target(self, request: WebhookRequest) -> URL | SendResult:
-        """The URL object to call, or the final failure it always leads to."""
+    def _target(self, request: WebhookRequest) -> Target | SendResult:
+        """What to call, or the final failure it always leads to."""
         cached = self._targets.get(request.url)
         if cached is None:
             cached = self._parse_target(request.url)
@@ -219,47 +189,46 @@ class WebhookSender:
             return SendResult(request.delivery_id, ok=False, error=cached.error)
         return cached
 
-    def _parse_target(self, text: str) -> URL | SendResult:
+    def _parse_target(self, text: str) -> Target | SendResult:
         try:
             # yarl normalises the host here (IDNA, full-width digits): what is checked below
-            # and by the resolver is what aiohttp connects to.
-            url = URL(text)
-        except ValueError as exc:
+            # and when connecting is what is connected to. Legacy spellings of an IPv4
+            # address (2130706433, 127.1) are refused: final, not retried.
+            target = parse_target(text)
+        except InvalidTarget as exc:
             return SendResult(0, ok=False, error=f"invalid webhook URL: {exc}")
-        refusal = self._literal_address_refused(url)
+        refusal = self._literal_address_refused(target)
         if refusal is not None:
             return SendResult(0, ok=False, error=str(refusal))
-        return url
+        return target
 
-    async def _send(self, session: aiohttp.ClientSession, request: WebhookRequest) -> SendResult:
-        url = self._target(request)
-        if isinstance(url, SendResult):
-            return url
+    async def _send(self, client: Http1Client, request: WebhookRequest) -> SendResult:
+        target = self._target(request)
+        if isinstance(target, SendResult):
+            return target
         try:
-            async with session.post(
-                url, data=request.body, headers=request.headers, allow_redirects=False
-            ) as response:
-                await _read_capped(response)
-                return self._classify(request.delivery_id, response)
+            data = request_bytes(target, request.headers, request.body)
+        except ValueError as exc:
+            return SendResult(
+                request.delivery_id, ok=False, error=f"invalid webhook request: {exc}"
+            )
+        try:
+            response = await client.post(target, data)
         except TimeoutError:
             return SendResult(request.delivery_id, ok=False, retryable=True, error="timeout")
-        except aiohttp.InvalidURL as exc:
-            # Final too: e.g. 2130706433 or 127.1, legacy spellings of an IPv4 address that
-            # aiohttp refuses to connect to at all.
-            return SendResult(request.delivery_id, ok=False, error=f"invalid webhook URL: {exc}")
-        except (aiohttp.ClientError, OSError) as exc:
-            refused = _refusal_in(exc)
-            if refused is not None:
-                # Final: the same name would resolve to the same refused address next time.
-                return SendResult(request.delivery_id, ok=False, error=str(refused))
+        except NonPublicAddress as refused:
+            # Final: the same name would resolve to the same refused address next time.
+            return SendResult(request.delivery_id, ok=False, error=str(refused))
+        except (HttpError, OSError) as exc:
             return SendResult(
                 request.delivery_id,
                 ok=False,
                 retryable=True,
-                error=f"connection error: {type(exc).__name__}",
+                error=f"connection error: {_error_name(exc)}",
             )
+        return self._classify(request.delivery_id, response)
 
-    def _classify(self, delivery_id: int, response: aiohttp.ClientResponse) -> SendResult:
+    def _classify(self, delivery_id: int, response: Response) -> SendResult:
         status = response.status
         if 200 <= status < 300:
             return SendResult(delivery_id, ok=True)
@@ -272,7 +241,7 @@ class WebhookSender:
         retry_after = None
         if status in (429, 503):
             retry_after = parse_retry_after(
-                response.headers.get("Retry-After"), cap=self.retry_after_cap
+                response.headers.get("retry-after"), cap=self.retry_after_cap
             )
         return SendResult(
             delivery_id,
@@ -283,18 +252,22 @@ class WebhookSender:
         )
 
 
-def _refusal_in(exc: BaseException) -> NonPublicAddress | None:
-    """The resolver's refusal inside aiohttp's connector error, if that is what it is."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, NonPublicAddress):
-            return seen
-        if isinstance(seen, aiohttp.ClientConnectorError) and isinstance(
-            seen.os_error, NonPublicAddress
-        ):
-            return seen.os_error
-        seen = seen.__cause__
-    return None
+def _error_name(exc: HttpError | OSError) -> str:
+    """The name a failed exchange is recorded under: the names the aiohttp-based sender
+    wrote before this client (the ledger's `last_error` and whatever reads it keep their
+    vocabulary). OSErrors come from resolving and connecting only: once connected, every
+    failure is an `HttpError`."""
+    if isinstance(exc, ServerDisconnected):
+        return "ClientPayloadError" if exc.in_body else "ServerDisconnectedError"
+    if isinstance(exc, HttpError):
+        return "ClientResponseError"  # a malformed answer, or its headers too large
+    if isinstance(exc, socket.gaierror):
+        return "ClientConnectorDNSError"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "ClientConnectorCertificateError"
+    if isinstance(exc, ssl.SSLError):
+        return "ClientConnectorSSLError"
+    return "ClientConnectorError"
 
 
 STARTTLS_MODES = ("off", "opportunistic", "required")
