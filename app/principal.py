@@ -10,11 +10,13 @@ from app.models import Role
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's id (for the audit trail), its name and its role."""
+    """Who is calling: the key's id (for the audit trail), its name and its role, and the
+    person when a person calls (the console): the two-person rule compares persons."""
 
     key_id: uuid.UUID | None
     name: str
     role: Role
+    person_id: uuid.UUID | None = None
 
     @classmethod
     def cli(cls) -> Principal:

@@ -99,6 +99,9 @@ CONSOLE_PAGE: set[Route] = {
     ("GET", "/console/setup/{token}"),
     ("POST", "/console/setup/{token}"),
     ("GET", "/console/static/{name}"),
+    ("GET", "/console/approvals"),
+    ("POST", "/console/incidents/{incident_id}/approve"),
+    ("POST", "/console/incidents/{incident_id}/reject"),
 }
 
 ROUTES = sorted(EXPECTED)

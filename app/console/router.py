@@ -12,34 +12,39 @@ else and run no inline script or style (a strict CSP says so to the browser).
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib.resources import files
 from typing import Annotated, Any
 
 import segno
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader
 from limits import parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.acks.ratelimit import RATE_LIMIT_STORAGE_ERRORS
+from app.broker import api_dispatcher
 from app.clientaddr import client_address
 from app.config import Settings
 from app.console import words
 from app.db import session_scope
-from app.deliveries.content import scale_word
-from app.errors import InvalidInput
+from app.deliveries.content import scale_word, text_direction
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound
+from app.incidents import audience
 from app.incidents import service as incidents
-from app.incidents.schemas import IncidentFilters
-from app.models import ConsoleSession, Person
+from app.incidents.schemas import Audience, IncidentFilters
+from app.models import Briefing, ConsoleSession, Incident, Person, Role
 from app.people import service as people
 from app.security import page_headers
 from app.state import app_state
+from app.vocabulary import IncidentStatus
 
 pages = APIRouter(include_in_schema=False)
 
@@ -368,3 +373,153 @@ def incidents_page(request: Request) -> Any:
             csrf=current.row.csrf_token,
             incidents=rows[:100],
         )
+
+
+# -------------------------------------------------------------------------- approvals
+
+
+def _may_decide(person: Person) -> bool:
+    return Role(person.role).includes(Role.OPERATOR)
+
+
+def _audience_size(session: Session, incident: Incident) -> int:
+    """Members the pending declaration would brief if approved now (one COUNT)."""
+    condition = and_(
+        audience.audience_condition(session, Audience(**incident.audience), check=False),
+        audience.reachable(incident.channels),
+    )
+    return audience.count_reach(session, condition, incident.channels).members
+
+
+def _approvals(
+    session: Session,
+    current: SignedIn,
+    *,
+    status: int = 200,
+    note: str | None = None,
+    error: str | None = None,
+    reason_error: str | None = None,
+) -> HTMLResponse:
+    """What waits for a second person, each with its briefing as written, in every
+    language; the declarer sees theirs as waiting, with no approve button."""
+    language = current.person.language
+    pending = list(
+        session.scalars(
+            select(Incident)
+            .where(Incident.status == IncidentStatus.PENDING_APPROVAL)
+            .order_by(Incident.declared_at)
+        )
+    )
+    first_versions = {
+        b.incident_id: b
+        for b in session.scalars(
+            select(Briefing).where(
+                Briefing.incident_id.in_([i.id for i in pending]), Briefing.version == 1
+            )
+        )
+    }
+    items = []
+    for incident in pending:
+        briefing = first_versions.get(incident.id)
+        content = (
+            [(lang, briefing.content[lang]) for lang in briefing.languages] if briefing else []
+        )
+        items.append(
+            {
+                "incident": incident,
+                "audience": _audience_size(session, incident),
+                "content": content,
+                "directions": {lang: text_direction(lang) for lang, _ in content},
+                "mine": incident.created_by_person_id == current.person.id,
+            }
+        )
+    return _page(
+        "approvals.html.j2",
+        language,
+        status,
+        current=current.person,
+        csrf=current.row.csrf_token,
+        items=items,
+        note=note,
+        error=error,
+        reason_error=reason_error,
+        severity=lambda value: scale_word(language, value),
+        urgency=lambda value: scale_word(language, value),
+    )
+
+
+@pages.get("/console/approvals", response_class=HTMLResponse)
+def approvals_page(request: Request, done: Annotated[str, Query(max_length=20)] = "") -> Any:
+    """Declarations waiting for a second person's approval (operators and admins)."""
+    with session_scope(_sessions(request)) as session:
+        current = _signed_in(request, session)
+        if current is None:
+            return _to_login()
+        if not _may_decide(current.person):
+            return _message(current.person.language, 403, "not_allowed", "not_allowed_text")
+        said = words.WORDS[words.context(current.person.language)["language"]]
+        note = {"approved": said["approved_note"], "rejected": said["rejected_note"]}.get(done)
+        return _approvals(session, current, note=note)
+
+
+def _decision(request: Request, incident_id: str, csrf: str, decide: Any) -> Any:
+    """The frame of approve and reject: a session, the role, the form token, the incident;
+    the decision's refusal (the declarer, the window passed, decided meanwhile) shown on
+    the approvals page; on success back to it with a note."""
+    with session_scope(_sessions(request)) as session:
+        current = _signed_in(request, session)
+        if current is None:
+            return _to_login()
+        language = current.person.language
+        if not people.csrf_ok(current.row.csrf_token, csrf):
+            return _csrf_refused(language)
+        if not _may_decide(current.person):
+            return _message(language, 403, "not_allowed", "not_allowed_text")
+        try:
+            parsed = uuid.UUID(incident_id)
+        except ValueError:
+            parsed = None
+        try:
+            if parsed is None:
+                raise NotFound("no such incident")
+            outcome = decide(session, parsed, current)
+        except InvalidInput:
+            session.rollback()
+            return _approvals(session, current, status=422, reason_error=incident_id)
+        except (Forbidden, Conflict, NotFound) as exc:
+            session.rollback()
+            said = words.WORDS[words.context(language)["language"]]
+            message = said["not_pending"] if isinstance(exc, Conflict | NotFound) else exc.detail
+            return _approvals(session, current, status=exc.status, error=message)
+    return RedirectResponse(f"/console/approvals?done={outcome}", status_code=303)
+
+
+@pages.post("/console/incidents/{incident_id}/approve", response_class=HTMLResponse)
+def approve_form(incident_id: str, request: Request, csrf: Field = "") -> Any:
+    """Approve a pending declaration as the second person: it is targeted and sent now."""
+    state = app_state(request.app)
+
+    def decide(session: Session, parsed: uuid.UUID, current: SignedIn) -> str:
+        incidents.approve(
+            session,
+            parsed,
+            actor=people.principal(current.person),
+            dispatch=api_dispatcher(state.publisher),
+            chunk_members=state.settings.targeting_chunk_members,
+        )
+        return "approved"
+
+    return _decision(request, incident_id, csrf, decide)
+
+
+@pages.post("/console/incidents/{incident_id}/reject", response_class=HTMLResponse)
+def reject_form(incident_id: str, request: Request, csrf: Field = "", reason: Field = "") -> Any:
+    """Reject a pending declaration, with the reason: nothing is ever sent."""
+
+    def decide(session: Session, parsed: uuid.UUID, current: SignedIn) -> str:
+        if not reason.strip() or len(reason) > 1000:
+            raise InvalidInput("reason: required")
+        incidents.reject(session, parsed, reason.strip(), actor=people.principal(current.person))
+        return "rejected"
+
+    return _decision(request, incident_id, csrf, decide)

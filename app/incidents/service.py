@@ -155,6 +155,7 @@ def declare(
                 request_hash=digest,
                 created_by_key_id=actor.key_id,
             )
+            incident.created_by_person_id = actor.person_id
             session.add(incident)
             session.flush()
     except IntegrityError:
@@ -264,6 +265,16 @@ def _pending_incident(session: Session, incident_id: uuid.UUID) -> Incident:
     return incident
 
 
+def _is_declarer(actor: Principal, incident: Incident) -> bool:
+    """Whether the approver is who declared: the same person (console), the same key, or
+    nobody known (the CLI, an unattributed caller) — never counted as a second person."""
+    if actor.key_id is None and actor.person_id is None:
+        return True
+    if actor.person_id is not None and actor.person_id == incident.created_by_person_id:
+        return True
+    return actor.key_id is not None and actor.key_id == incident.created_by_key_id
+
+
 def approve(
     session: Session,
     incident_id: uuid.UUID,
@@ -275,7 +286,7 @@ def approve(
     """A second principal approves a pending declaration: it is targeted and sent now, as
     if declared at this moment (the acknowledgement deadline and timers count from now)."""
     incident = _pending_incident(session, incident_id)
-    if actor.key_id is None or actor.key_id == incident.created_by_key_id:
+    if _is_declarer(actor, incident):
         raise Forbidden("a second person must approve: the declarer cannot approve")
     now = utcnow()
     if incident.approval_expires_at is not None and incident.approval_expires_at <= now:
@@ -286,6 +297,7 @@ def approve(
     assert briefing is not None  # written with the pending declaration
     incident.status = IncidentStatus.MOBILIZING
     incident.decided_by_key_id = actor.key_id
+    incident.decided_by_person_id = actor.person_id
     incident.decided_at = now
     incident.approval_expires_at = None
     incident.ack_deadline = now + timedelta(seconds=incident.followup["ack_deadline_seconds"])
@@ -331,6 +343,7 @@ def reject(session: Session, incident_id: uuid.UUID, reason: str, *, actor: Prin
     now = utcnow()
     incident.status = IncidentStatus.REJECTED
     incident.decided_by_key_id = actor.key_id
+    incident.decided_by_person_id = actor.person_id
     incident.decided_at = now
     incident.rejection_reason = reason
     incident.approval_expires_at = None

@@ -45,6 +45,9 @@ class Incident(Base):
     # approved it (or rejected it, with the reason) and when.
     approval_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decided_by_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The people behind the declaration and the decision, when made in the console.
+    created_by_person_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    decided_by_person_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rejection_reason: Mapped[str | None] = mapped_column(String(1000))
     # The briefing template the declaration was written from, and its version (no foreign

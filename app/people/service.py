@@ -64,7 +64,7 @@ def normalise_email(email: str) -> str:
 
 def principal(person: Person) -> Principal:
     """The person as the audit trail and the service functions name them."""
-    return Principal(key_id=None, name=person.email, role=Role(person.role))
+    return Principal(key_id=None, name=person.email, role=Role(person.role), person_id=person.id)
 
 
 # ------------------------------------------------------------------------- invitations

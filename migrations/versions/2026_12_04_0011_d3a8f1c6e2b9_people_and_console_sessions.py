@@ -1,4 +1,5 @@
-"""People of the console and their server-side sessions.
+"""People of the console and their server-side sessions; the people behind an incident's
+declaration and its approval (the two-person rule compares persons).
 
 Revision ID: d3a8f1c6e2b9
 Revises: b7e2c4f9a1d6
@@ -61,9 +62,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id_hash", name=op.f("pk_console_sessions")),
     )
     op.create_index("ix_console_sessions_person_id", "console_sessions", ["person_id"])
+    with op.batch_alter_table("incidents") as batch:
+        batch.add_column(sa.Column("created_by_person_id", sa.Uuid(), nullable=True))
+        batch.add_column(sa.Column("decided_by_person_id", sa.Uuid(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("incidents") as batch:
+        batch.drop_column("decided_by_person_id")
+        batch.drop_column("created_by_person_id")
     op.drop_index("ix_console_sessions_person_id", table_name="console_sessions")
     op.drop_table("console_sessions")
     op.drop_table("people")
