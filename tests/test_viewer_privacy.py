@@ -655,7 +655,7 @@ def test_a_viewer_with_a_tampered_link_sees_only_the_invalid_page(
 
 
 def test_a_viewer_person_sees_nothing_private_in_the_console(
-    app: FastAPI, seeded: Seeded, session_factory: sessionmaker[Session]
+    client: TestClient, seeded: Seeded, session_factory: sessionmaker[Session]
 ) -> None:
     with session_scope(session_factory) as session:
         link = people.create_person(
@@ -666,9 +666,8 @@ def test_a_viewer_person_sees_nothing_private_in_the_console(
         person.status = "active"
         policy = people.SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=1))
         cookie, _ = people.open_session(session, person, policy=policy, address=None)
-    with TestClient(app, base_url="https://testserver") as browser:
-        browser.cookies.set("__Host-rrmm_session", cookie)
-        page = browser.get("/console")
+    # The suite's client (one lifespan per app), the session cookie sent as a browser would.
+    page = client.get("/console", headers={"Cookie": f"__Host-rrmm_session={cookie}"})
     assert page.status_code == 200, page.text
     assert ACTIVE_TITLE in page.text  # the incidents are there: titles are not private
     assert RESOLVED_TITLE in page.text

@@ -45,9 +45,10 @@ def pending(approving: TestClient, operator: dict[str, str]) -> dict[str, Any]:
     return dict(declared.json())
 
 
-def signed_in_as(
-    app: FastAPI, session_factory: sessionmaker[Session], role: Role, email: str
-) -> Iterator[tuple[TestClient, Person]]:
+def open_session_for(
+    session_factory: sessionmaker[Session], role: Role, email: str
+) -> tuple[str, Person]:
+    """An active person of this role, signed in: the session cookie's value."""
     with session_scope(session_factory) as session:
         link = people.create_person(
             session, email=email, name=email.split("@")[0], role=role, actor=Principal.cli()
@@ -57,15 +58,18 @@ def signed_in_as(
         person.status = "active"
         policy = people.SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=1))
         cookie, _ = people.open_session(session, person, policy=policy, address=None)
+        session.flush()
         session.expunge(person)
-    with TestClient(app, base_url="https://testserver", follow_redirects=False) as browser:
-        browser.cookies.set(SESSION_COOKIE, cookie)
-        yield browser, person
+    return cookie, person
 
 
 @pytest.fixture
 def amina(app: FastAPI, session_factory: sessionmaker[Session]) -> Iterator[Any]:
-    yield from signed_in_as(app, session_factory, Role.OPERATOR, "amina@x.org")
+    """One client of the app (one lifespan), signed in as Amina, an operator."""
+    cookie, person = open_session_for(session_factory, Role.OPERATOR, "amina@x.org")
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as browser:
+        browser.cookies.set(SESSION_COOKIE, cookie)
+        yield browser, person
 
 
 def csrf_of(page: str) -> str:
@@ -177,7 +181,6 @@ def test_the_service_compares_persons_and_refuses_the_unattributed(
 
 
 def test_a_viewer_decides_nothing_and_forms_need_their_token(
-    app: FastAPI,
     amina: tuple[TestClient, Person],
     pending: dict[str, Any],
     session_factory: sessionmaker[Session],
@@ -185,14 +188,16 @@ def test_a_viewer_decides_nothing_and_forms_need_their_token(
     console, _ = amina
     no_token = console.post(f"/console/incidents/{pending['id']}/approve", data={})
     assert no_token.status_code == 403
-    for viewer, _person in signed_in_as(app, session_factory, Role.VIEWER, "v@x.org"):
-        assert viewer.get("/console/approvals").status_code == 403
-        token = csrf_of(viewer.get("/console").text)
-        refused = viewer.post(f"/console/incidents/{pending['id']}/approve", data={"csrf": token})
-        assert refused.status_code == 403
-        assert 'href="/console/approvals"' not in viewer.get("/console").text
-    assert status_of(session_factory, pending["id"]).status == "pending_approval"
     unknown = console.post(
         "/console/incidents/not-an-id/approve", data={"csrf": csrf_of(console.get("/console").text)}
     )
     assert unknown.status_code == 404
+
+    viewer_cookie, _ = open_session_for(session_factory, Role.VIEWER, "v@x.org")
+    console.cookies.set(SESSION_COOKIE, viewer_cookie)  # the same browser, now a viewer's
+    assert console.get("/console/approvals").status_code == 403
+    token = csrf_of(console.get("/console").text)
+    refused = console.post(f"/console/incidents/{pending['id']}/approve", data={"csrf": token})
+    assert refused.status_code == 403
+    assert 'href="/console/approvals"' not in console.get("/console").text
+    assert status_of(session_factory, pending["id"]).status == "pending_approval"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
@@ -170,9 +171,10 @@ def test_a_new_session_id_at_every_sign_in_and_sign_out_everywhere(
     app: FastAPI, session_factory: sessionmaker[Session], settings: Settings
 ) -> None:
     link = invite(session_factory)
+    # Two browsers on one app: the second client shares the first one's lifespan.
     with (
         TestClient(app, base_url="https://testserver", follow_redirects=False) as first,
-        TestClient(app, base_url="https://testserver", follow_redirects=False) as second,
+        closing(TestClient(app, base_url="https://testserver", follow_redirects=False)) as second,
     ):
         assert set_up(first, link.token).status_code == 200
         secret = totp_secret_of(session_factory, settings)
@@ -353,14 +355,13 @@ def test_a_set_up_link_expires_after_a_day(session_factory: sessionmaker[Session
 
 def test_the_incidents_page_lists_the_incidents(
     console: TestClient,
-    client: TestClient,
     operator: dict[str, str],
     session_factory: sessionmaker[Session],
     settings: Settings,
 ) -> None:
-    member = client.post("/v1/members", json=member_payload(), headers=operator).json()
+    member = console.post("/v1/members", json=member_payload(), headers=operator).json()
     body = declare_body(audience={"member_ids": [member["id"]]}, title="Tension <b>in</b> Fès")
-    incident = client.post("/v1/incidents", json=body, headers=operator).json()
+    incident = console.post("/v1/incidents", json=body, headers=operator).json()
     link = invite(session_factory, Role.VIEWER)
     set_up(console, link.token)
     assert sign_in(console, totp_secret_of(session_factory, settings)).status_code == 303
@@ -373,13 +374,12 @@ def test_the_incidents_page_lists_the_incidents(
 
 def test_the_console_speaks_the_persons_language(
     console: TestClient,
-    client: TestClient,
     operator: dict[str, str],
     session_factory: sessionmaker[Session],
     settings: Settings,
 ) -> None:
-    member = client.post("/v1/members", json=member_payload(), headers=operator).json()
-    declared = client.post(
+    member = console.post("/v1/members", json=member_payload(), headers=operator).json()
+    declared = console.post(
         "/v1/incidents",
         json=declare_body(audience={"member_ids": [member["id"]]}),
         headers=operator,
