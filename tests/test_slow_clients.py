@@ -77,16 +77,20 @@ def test_forty_stalled_bodies_do_not_take_the_api(
         with httpx.Client(base_url=live_url, timeout=10) as http:
             for _ in range(5):
                 for method, path in (("GET", "/v1/incidents"), ("POST", "/v1/acks")):
-                    began = time.monotonic()
                     if method == "GET":
                         response = http.get(path, headers=viewer)
                     else:
                         response = http.post(path, json={"token": "A" * 42, "response": "x"})
-                    took = time.monotonic() - began
                     assert response.status_code in (200, 404), response.text
-                    assert took < 1.0, (path, took)
-        # All of that happened while the stalled bodies were still within their deadline.
-        assert time.monotonic() - started < READ_TIMEOUT
+        # All of that was answered while every stalled body still held its connection,
+        # unanswered: the stalled ones took no admission slot from the others (an order of
+        # events, not a wall-clock bound, so a busy machine cannot fail it).
+        for sock in stalled:
+            timeout = sock.gettimeout()
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1, socket.MSG_PEEK)
+            sock.settimeout(timeout)
 
         for sock in stalled:
             status, headers, body = read_response(sock)
