@@ -298,8 +298,9 @@ def sign_in(
     if not (_verify(person.password_hash, password) and _second_factor_ok(person, code, box)):
         person.failed_sign_ins += 1
         if person.failed_sign_ins >= LOCK_AFTER_FAILURES:
-            wait = timedelta(minutes=2 ** (person.failed_sign_ins - LOCK_AFTER_FAILURES))
-            person.locked_until = now + min(wait, MAX_LOCK)
+            # The exponent capped: a count that keeps growing must not overflow timedelta.
+            doublings = min(person.failed_sign_ins - LOCK_AFTER_FAILURES, 6)
+            person.locked_until = now + min(timedelta(minutes=2**doublings), MAX_LOCK)
         record(session, principal(person), "person.sign_in_failed", "person", person.id, {})
         raise SignInRefused(person.locked_until)
     person.failed_sign_ins = 0

@@ -253,6 +253,47 @@ def test_failed_sign_ins_are_limited_per_address_whatever_the_account(
         assert session.scalar(select(func.count()).select_from(ConsoleSession)) == 0
 
 
+def test_the_lockout_grows_to_an_hour_and_stays_there(
+    session_factory: sessionmaker[Session], settings: Settings
+) -> None:
+    """Each failure after a lock ends doubles the wait, up to an hour, however many."""
+    link = invite(session_factory)
+    box = people.totp_box(settings.secret)
+    with session_scope(session_factory) as session:
+        person = session.get(Person, link.person.id)
+        assert person is not None
+        people.complete_setup(
+            session,
+            person,
+            password=PASSWORD,
+            confirmation=PASSWORD,
+            code="",
+            box=box,
+            second_factor_required=False,
+        )
+    now = utcnow()
+    waits = []
+    for _ in range(60):
+        with session_scope(session_factory) as session, pytest.raises(people.SignInRefused):
+            people.sign_in(
+                session,
+                email=link.person.email,
+                password="wrong wrong wrong",
+                code="",
+                box=box,
+                now=now,
+            )
+        with session_factory() as session:
+            locked = session.get(Person, link.person.id)
+            assert locked is not None
+            if locked.locked_until is not None:
+                waits.append(locked.locked_until - now)
+                now = locked.locked_until  # tried again the moment the lock ends
+    assert waits[:4] == [timedelta(minutes=m) for m in (1, 2, 4, 8)]
+    assert waits[-1] == people.MAX_LOCK
+    assert max(waits) == people.MAX_LOCK
+
+
 def test_a_recovery_code_signs_in_once(
     console: TestClient, session_factory: sessionmaker[Session], settings: Settings
 ) -> None:
