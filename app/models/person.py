@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Uuid
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONList, UTCDateTime, utcnow, uuid7
@@ -28,6 +28,8 @@ class Person(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200))
     totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     recovery_code_hashes: Mapped[list[str]] = mapped_column(JSONList, default=list)
+    # The TOTP time step of the last code accepted at sign-in: a code is good once.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     # The one-time set-up link: its SHA-256 and when it stops working.
     setup_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     setup_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -136,6 +136,7 @@ def reset_person(
     person = get_person(session, email)
     person.password_hash = None
     person.totp_secret = None
+    person.totp_last_step = None
     person.recovery_code_hashes = []
     person.status = "invited"
     person.failed_sign_ins = 0
@@ -261,14 +262,28 @@ class SignInRefused(Exception):
         self.locked_until = locked_until
 
 
-def _second_factor_ok(person: Person, code: str, box: SecretBox) -> bool:
+def _totp_step(secret: str, code: str, now: datetime) -> int | None:
+    """The time step (of the previous, current or next 30 s) whose code this is, if any."""
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now)
+    for step in (current - 1, current, current + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def _second_factor_ok(person: Person, code: str, box: SecretBox, now: datetime) -> bool:
     code = code.strip().replace(" ", "").lower()
     if person.totp_secret is None:
         return True
     if not code:
         return False
-    if code.isdigit() and pyotp.TOTP(box.decrypt(person.totp_secret)).verify(code, valid_window=1):
-        return True
+    if code.isdigit():
+        step = _totp_step(box.decrypt(person.totp_secret), code, now)
+        # Each code signs in once: one seen (or overheard) cannot be replayed within its 30 s.
+        if step is not None and (person.totp_last_step is None or step > person.totp_last_step):
+            person.totp_last_step = step
+            return True
     # A recovery code, used once.
     spent = digest(code)
     if spent in person.recovery_code_hashes:
@@ -295,7 +310,7 @@ def sign_in(
         raise SignInRefused()
     if person.locked_until is not None and person.locked_until > now:
         raise SignInRefused(person.locked_until)
-    if not (_verify(person.password_hash, password) and _second_factor_ok(person, code, box)):
+    if not (_verify(person.password_hash, password) and _second_factor_ok(person, code, box, now)):
         person.failed_sign_ins += 1
         if person.failed_sign_ins >= LOCK_AFTER_FAILURES:
             # The exponent capped: a count that keeps growing must not overflow timedelta.

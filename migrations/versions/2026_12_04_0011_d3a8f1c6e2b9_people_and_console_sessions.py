@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(length=200), nullable=True),
         sa.Column("totp_secret", sa.LargeBinary(), nullable=True),
         sa.Column("recovery_code_hashes", _JSON, nullable=False),
+        sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
         sa.Column("setup_token_hash", sa.String(length=64), nullable=True),
         sa.Column("setup_expires_at", app.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("failed_sign_ins", sa.Integer(), nullable=False),
