@@ -84,6 +84,11 @@ class InvalidInput(AppError):
     status = 422
     title = "Invalid input"
 
+    @classmethod
+    def at(cls, field: str, reason: str) -> InvalidInput:
+        """One invalid field: `field: reason` as the detail, and the field in `errors`."""
+        return cls(f"{field}: {reason}", errors=[FieldProblem(field=field, reason=reason)])
+
 
 def problem_response(
     status: int,

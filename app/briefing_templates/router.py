@@ -39,11 +39,7 @@ def _view(at: service.TemplateAt) -> dict[str, Any]:
 
 
 def _latest(template: Any) -> dict[str, Any]:
-    return _view(
-        service.TemplateAt(
-            template, template.version, template.variables, template.content, template.languages
-        )
-    )
+    return _view(service.TemplateAt.latest(template))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=BriefingTemplateView)

@@ -44,10 +44,6 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
-def _invalid(field: str, reason: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {reason}", errors=[FieldProblem(field=field, reason=reason)])
-
-
 def _sources(content: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """Every text of a template with the field it sits in: `content.fr.body`, …"""
     for language, entry in content.items():
@@ -83,17 +79,19 @@ def check_source(content: Mapping[str, Any], variables: list[dict[str, Any]]) ->
         try:
             tree = environment.parse(source)
         except TemplateSyntaxError as exc:
-            raise _invalid(where, f"line {exc.lineno}: {exc.message}") from exc
+            raise InvalidInput.at(where, f"line {exc.lineno}: {exc.message}") from exc
         forbidden = _forbidden_node(tree)
         if forbidden is not None:
-            raise _invalid(where, f"'{forbidden}' is not allowed in a template")
+            raise InvalidInput.at(where, f"'{forbidden}' is not allowed in a template")
         undeclared = sorted(meta.find_undeclared_variables(tree) - declared)
         if undeclared:
-            raise _invalid(where, f"uses {undeclared[0]!r}, which is not a declared variable")
+            raise InvalidInput.at(
+                where, f"uses {undeclared[0]!r}, which is not a declared variable"
+            )
         try:
             environment.from_string(source).render(trial)
         except TemplateError as exc:  # SecurityError included: the sandbox said no
-            raise _invalid(where, f"does not render: {exc}") from exc
+            raise InvalidInput.at(where, f"does not render: {exc}") from exc
 
 
 def _name_taken() -> Conflict:
@@ -165,6 +163,12 @@ class TemplateAt:
     content: dict[str, Any]
     languages: list[str]
 
+    @classmethod
+    def latest(cls, template: BriefingTemplate) -> TemplateAt:
+        return cls(
+            template, template.version, template.variables, template.content, template.languages
+        )
+
 
 def template_at(
     session: Session, template_id: uuid.UUID, version: int | None, *, field: str = "version"
@@ -173,12 +177,10 @@ def template_at(
     `field` (the template exists: it is the version that is wrong)."""
     template = get_template(session, template_id)
     if version is None or version == template.version:
-        return TemplateAt(
-            template, template.version, template.variables, template.content, template.languages
-        )
+        return TemplateAt.latest(template)
     kept = session.get(BriefingTemplateVersion, (template_id, version))
     if kept is None:
-        raise _invalid(field, f"this template has versions 1 to {template.version}")
+        raise InvalidInput.at(field, f"this template has versions 1 to {template.version}")
     return TemplateAt(template, version, kept.variables, kept.content, kept.languages)
 
 
@@ -254,16 +256,18 @@ def render_briefing(
     try:
         at = template_at(session, use.id, use.version, field="body.template.version")
     except NotFound as exc:
-        raise _invalid("body.template.id", "no such template") from exc
+        raise InvalidInput.at("body.template.id", "no such template") from exc
     declared = {v["name"]: v for v in at.variables}
     for name in use.variables:
         if name not in declared:
-            raise _invalid(f"body.template.variables.{name}", "not a variable of this template")
+            raise InvalidInput.at(
+                f"body.template.variables.{name}", "not a variable of this template"
+            )
     for name, variable in declared.items():
         if variable.get("required", True) and not use.variables.get(name, "").strip():
-            raise _invalid(f"body.template.variables.{name}", "required by the template")
+            raise InvalidInput.at(f"body.template.variables.{name}", "required by the template")
     if require_english and "en" not in at.content:
-        raise _invalid(
+        raise InvalidInput.at(
             "body.template", "the template has no English entry (or set require_english to false)"
         )
     values = {name: use.variables.get(name, "") for name in declared}
@@ -280,7 +284,9 @@ def render_briefing(
                 for point in entry.get("talking_points") or []
             ]
         except TemplateError as exc:
-            raise _invalid("body.template", f"the {language} entry does not render: {exc}") from exc
+            raise InvalidInput.at(
+                "body.template", f"the {language} entry does not render: {exc}"
+            ) from exc
         rendered["talking_points"] = [p for p in points if p]
         briefing[language] = rendered
     return briefing, TemplateRef(id=at.template.id, version=at.version)

@@ -12,15 +12,11 @@ from sqlalchemy.orm import Session
 
 from app.briefing_templates.schemas import TemplateRef
 from app.briefing_templates.service import render_briefing
-from app.errors import FieldProblem, InvalidInput
+from app.errors import InvalidInput
 from app.incidents.schemas import BriefingEntry, BriefingSource
 from app.models import Briefing, Incident
 
 Written = TypeVar("Written", bound=BaseModel)
-
-
-def _invalid(field: str, reason: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {reason}", errors=[FieldProblem(field=field, reason=reason)])
 
 
 def _checked(rendered: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +28,7 @@ def _checked(rendered: dict[str, Any]) -> dict[str, Any]:
         except ValidationError as exc:
             error = exc.errors()[0]
             part = ".".join(str(p) for p in error["loc"])
-            raise _invalid(
+            raise InvalidInput.at(
                 "body.template.variables",
                 f"the rendered {language} {part} is not a valid briefing: {error['msg']}",
             ) from exc
@@ -51,7 +47,7 @@ def written(
     try:
         return into.model_validate({**fields, "briefing": _checked(rendered)}), used
     except ValidationError as exc:
-        raise _invalid(
+        raise InvalidInput.at(
             "body.template", f"the rendered briefing is not valid: {exc.errors()[0]['msg']}"
         ) from exc
 

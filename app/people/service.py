@@ -98,11 +98,11 @@ def create_person(
     now = now or utcnow()
     email = normalise_email(email)
     if "@" not in email or len(email) > 320:
-        raise _invalid("email", "not an email address")
+        raise InvalidInput.at("email", "not an email address")
     if not name.strip() or len(name) > 200:
-        raise _invalid("name", "1 to 200 characters")
+        raise InvalidInput.at("name", "1 to 200 characters")
     if language not in LANGUAGES:
-        raise _invalid("language", f"one of {', '.join(LANGUAGES)}")
+        raise InvalidInput.at("language", f"one of {', '.join(LANGUAGES)}")
     person = Person(email=email, name=name.strip(), role=role.value, language=language)
     link = _new_setup_link(person, now)
     session.add(person)
@@ -189,19 +189,15 @@ def provisioning_uri(person: Person, secret: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=person.email, issuer_name="RRMM")
 
 
-def _invalid(field: str, reason: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {reason}", errors=[FieldProblem(field=field, reason=reason)])
-
-
 def check_new_password(password: str, confirmation: str, email: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise _invalid("password", f"at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidInput.at("password", f"at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise _invalid("password", f"at most {MAX_PASSWORD_LENGTH} characters")
+        raise InvalidInput.at("password", f"at most {MAX_PASSWORD_LENGTH} characters")
     if password.strip().lower() == email.lower():
-        raise _invalid("password", "must not be your email address")
+        raise InvalidInput.at("password", "must not be your email address")
     if not hmac.compare_digest(password.encode(), confirmation.encode()):
-        raise _invalid("confirmation", "does not match the password")
+        raise InvalidInput.at("confirmation", "does not match the password")
 
 
 def _recovery_code() -> str:
@@ -227,9 +223,9 @@ def complete_setup(
     if code:
         secret = setup_totp_secret(session, person, box)
         if not pyotp.TOTP(secret).verify(code, valid_window=1):
-            raise _invalid("code", "not the code your authenticator app shows now")
+            raise InvalidInput.at("code", "not the code your authenticator app shows now")
     elif second_factor_required:
-        raise _invalid("code", "required: scan the QR code and type the code it shows")
+        raise InvalidInput.at("code", "required: scan the QR code and type the code it shows")
     else:
         person.totp_secret = None
     codes = [_recovery_code() for _ in range(RECOVERY_CODES)]
